@@ -1,0 +1,136 @@
+//! The command line, as clap derive types. The `///` on each item is its `--help`.
+//!
+//! Nothing here reaches below `cmd/`: `lib::run` turns these into plain options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Deliver a campaign's personalized letters over SMTP, exactly once.
+///
+/// A campaign folder holds mailer.toml, a Tera letter and a supporters CSV.
+/// Start with `mailer init`, then `mailer check`, `mailer preview`,
+/// `mailer send --dry-run` and `mailer send`.
+#[derive(Debug, Parser)]
+#[command(name = "mailer", version, after_long_help = crate::exit::EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Campaign config file [default: ./mailer.toml]
+    #[arg(short, long, global = true, env = "MAILER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (never a secret)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// When to use colour on stderr; NO_COLOR turns it off under `auto`
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// `--color` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scaffold a campaign: mailer.toml, letters/letter.md, supporters.csv
+    ///
+    /// Asks for the campaign name, organization and target on a terminal;
+    /// writes working defaults otherwise. Never overwrites an existing file.
+    Init {
+        /// Folder to create the campaign in [default: .]
+        dir: Option<PathBuf>,
+    },
+    /// Validate the config, the letter and every supporter's letter
+    ///
+    /// Prints every problem, one per line with its FILE:LINE. Sends nothing.
+    Check {
+        /// Also connect to the SMTP server, negotiate TLS, authenticate and quit
+        #[arg(long)]
+        smtp: bool,
+    },
+    /// Show the rendered messages, without sending anything
+    Preview {
+        /// Only this supporter's letters
+        #[arg(long, value_name = "EMAIL")]
+        supporter: Option<String>,
+        /// Only letters to this target
+        #[arg(long, value_name = "EMAIL")]
+        target: Option<String>,
+        /// At most N messages
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Write one .eml file per message into DIR instead of printing them
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Send the letters that are due, recording each in the ledger
+    ///
+    /// Asks for confirmation on a terminal. A letter recorded as sent is never
+    /// sent again. Failed and unknown letters wait for the flags below.
+    Send(SendArgs),
+    /// Counts by state, and every failure with the server's reply
+    Status {
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// One CSV row per letter: supporter, target, state, attempts, reply, sent_at, message_id
+    Export {
+        /// Write to FILE instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout
+    Man,
+}
+
+/// `mailer send` flags.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Do everything but talk to the server; writes nothing to the ledger
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send at most N letters this run (overrides delivery.max_per_run)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Also retry letters the server rejected permanently (5xx)
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Also resend letters whose delivery is unknown (same Message-ID)
+    #[arg(long)]
+    pub resend_unknown: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,90 @@
+//! Time, injected: the real clock for runs, a manual one for tests.
+//!
+//! Everything that reads the wall clock or sleeps goes through [`Clock`], so
+//! the throttle and the ledger's time rules can be tested without waiting.
+
+use std::process::{Child, ExitStatus};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Reads the time and sleeps.
+pub trait Clock: Send + Sync {
+    /// The current wall-clock time.
+    fn now(&self) -> SystemTime;
+    /// Blocks the calling thread for `d`.
+    fn sleep(&self, d: Duration);
+
+    /// Seconds since the Unix epoch, as stored in the ledger.
+    fn unix(&self) -> i64 {
+        unix_secs(self.now())
+    }
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one place that may read the real clock
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    #[allow(clippy::disallowed_methods)] // the one place that may really sleep
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// A clock that only moves when slept on or advanced: for tests.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    #[must_use]
+    pub fn new(start: SystemTime) -> Self {
+        ManualClock(Mutex::new(start))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        *self.0.lock().expect("clock lock") += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().expect("clock lock")
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.advance(d);
+    }
+}
+
+/// Waits for a child process at most `limit`; `None` if it is still running.
+pub(crate) fn wait_with_timeout(
+    child: &mut Child,
+    limit: Duration,
+) -> std::io::Result<Option<ExitStatus>> {
+    let clock = SystemClock;
+    let step = Duration::from_millis(10);
+    let mut waited = Duration::ZERO;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if waited >= limit {
+            return Ok(None);
+        }
+        clock.sleep(step);
+        waited += step;
+    }
+}

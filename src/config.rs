@@ -1,0 +1,671 @@
+//! The campaign config (`mailer.toml`): schema, defaults and validation.
+//!
+//! [`Config::load`] does the I/O (reading, permissions, path resolution);
+//! [`Config::from_toml`] is pure. Every value is typed here, once; templates
+//! stay strings with their source line and are compiled by `letter.rs`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use lettre::Address;
+use lettre::message::Mailbox;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::secret::{Password, Secret};
+
+/// A validated campaign config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, as given.
+    pub path: PathBuf,
+    /// `[campaign]`
+    pub campaign: Campaign,
+    /// `[sender]`
+    pub sender: Sender,
+    /// `[[targets]]`, at least one.
+    pub targets: Vec<Target>,
+    /// `[supporters] file`, resolved.
+    pub supporters_file: PathBuf,
+    /// `[smtp]`, needed only to send.
+    pub smtp: Option<Smtp>,
+    /// `[delivery]`
+    pub delivery: Delivery,
+    /// `[ledger] path`, resolved (default `.mailer/<id>.sqlite3`).
+    pub ledger_path: PathBuf,
+    /// `[dkim]`
+    pub dkim: Option<Dkim>,
+}
+
+/// `[campaign]`
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// Keys the ledger; `[a-z0-9-]+`.
+    pub id: String,
+    /// Human name (`campaign.name`).
+    pub name: String,
+    /// Organization (`campaign.org`).
+    pub org: String,
+    /// The letter template, resolved.
+    pub letter: PathBuf,
+    /// Subject template.
+    pub subject: Source,
+}
+
+/// A template string from the config, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The template text.
+    pub text: String,
+    /// `FILE:LINE` of the value, for error messages.
+    pub location: String,
+}
+
+/// `[sender]`
+#[derive(Debug, Clone)]
+pub struct Sender {
+    /// From template, e.g. `{{ supporter.name }} via Org <letters@org.example>`.
+    pub from: Source,
+    /// Reply-To template (optional).
+    pub reply_to: Option<Source>,
+    /// Cc the supporter (default false).
+    pub cc_supporter: bool,
+    /// Extra Bcc recipients (default none).
+    pub bcc: Vec<Mailbox>,
+}
+
+/// One `[[targets]]` entry.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Display name, if given.
+    pub name: Option<String>,
+    /// Where the letter goes.
+    pub email: Address,
+    /// Every key of the entry, for the template's `target.*`.
+    pub fields: toml::Table,
+}
+
+impl Target {
+    /// The target's address, lower-cased: its identity in the ledger.
+    #[must_use]
+    pub fn key(&self) -> String {
+        self.email.to_string().to_lowercase()
+    }
+
+    /// The `To` mailbox.
+    #[must_use]
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox::new(self.name.clone(), self.email.clone())
+    }
+}
+
+/// `[smtp] security`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain connect, then a mandatory STARTTLS upgrade (default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: loopback only unless `allow_insecure`.
+    None,
+}
+
+impl Security {
+    /// The port this mode uses when `port` is absent.
+    #[must_use]
+    pub fn default_port(self) -> u16 {
+        match self {
+            Security::Starttls => 587,
+            Security::Tls => 465,
+            Security::None => 25,
+        }
+    }
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Security::Starttls => "STARTTLS",
+            Security::Tls => "TLS",
+            Security::None => "no TLS",
+        })
+    }
+}
+
+/// `[smtp]`, validated.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// Server host name or IP.
+    pub host: String,
+    /// Port (default by `security`).
+    pub port: u16,
+    /// Transport security.
+    pub security: Security,
+    /// AUTH user; no AUTH when absent.
+    pub username: Option<String>,
+    /// Where the password comes from.
+    pub password: Secret,
+    /// Extra trusted root(s), PEM.
+    pub ca_file: Option<PathBuf>,
+    /// Connect and per-reply timeout.
+    pub timeout: Duration,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Spacing between letters (absent = as fast as allowed).
+    pub rate: Option<Rate>,
+    /// Letters per rolling 24 h, counted from the ledger.
+    pub daily_limit: Option<u64>,
+    /// Letters per run (`send --limit` overrides).
+    pub max_per_run: Option<u64>,
+    /// SMTP connections at once (default 1).
+    pub concurrency: usize,
+    /// Immediate retries of a transient failure within a run (default 3).
+    pub retries: u32,
+}
+
+/// `[dkim]`
+#[derive(Debug, Clone)]
+pub struct Dkim {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`).
+    pub selector: String,
+    /// The private key PEM file, resolved.
+    pub private_key_file: PathBuf,
+}
+
+/// A sending rate such as `30/minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Letters per `per`.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The spacing between two letters.
+    #[must_use]
+    pub fn interval(self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid rate `{s}`: expected N/second, N/minute, N/hour or N/day");
+        let (count, unit) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("invalid rate `{s}`: N must be at least 1"));
+        }
+        let secs = match unit.trim() {
+            "second" | "sec" | "s" => 1,
+            "minute" | "min" | "m" => 60,
+            "hour" | "h" => 3600,
+            "day" | "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        Ok(Rate { count, per: Duration::from_secs(secs) })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---- The file's shape, as serde reads it. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    campaign: RawCampaign,
+    sender: RawSender,
+    targets: Vec<Spanned<toml::Table>>,
+    supporters: RawSupporters,
+    smtp: Option<RawSmtp>,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    ledger: RawLedger,
+    dkim: Option<RawDkim>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    org: String,
+    letter: PathBuf,
+    subject: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSender {
+    from: Spanned<String>,
+    reply_to: Option<Spanned<String>>,
+    #[serde(default)]
+    cc_supporter: bool,
+    #[serde(default)]
+    bcc: Vec<Mailbox>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupporters {
+    file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Spanned<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    security: Security,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_command: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+    #[serde(default)]
+    allow_insecure: bool,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    rate: Option<Rate>,
+    daily_limit: Option<u64>,
+    max_per_run: Option<u64>,
+    #[serde(default = "default_concurrency")]
+    concurrency: Spanned<usize>,
+    #[serde(default = "default_retries")]
+    retries: u32,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            rate: None,
+            daily_limit: None,
+            max_per_run: None,
+            concurrency: default_concurrency(),
+            retries: default_retries(),
+        }
+    }
+}
+
+fn default_concurrency() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    private_key_file: PathBuf,
+}
+
+/// The default SMTP password variable.
+pub const DEFAULT_PASSWORD_ENV: &str = "MAILER_SMTP_PASSWORD";
+
+impl Config {
+    /// Reads and validates a config file. Relative paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "\n\nhint: run `mailer init` to create one, or pass --config PATH"
+            } else {
+                ""
+            };
+            anyhow!("cannot read config `{}`: {e}{hint}", path.display())
+        })?;
+        let config = Config::from_toml(&text, path)?;
+        if matches!(config.smtp, Some(Smtp { password: Secret::Literal(_), .. })) {
+            ensure_private(path)?;
+        }
+        Ok(config)
+    }
+
+    /// Parses config text. `path` names the file in errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config> {
+        let file = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map_or_else(|| file.clone(), |s| format!("{file}:{}", line_col(text, s.start)));
+            anyhow!("{at}: {}", e.message().trim_end())
+        })?;
+        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let at = |span: std::ops::Range<usize>| format!("{file}:{}", line_of(text, span.start));
+        let source = |s: Spanned<String>| Source {
+            location: at(s.span()),
+            text: s.into_inner(),
+        };
+
+        let id_at = at(raw.campaign.id.span());
+        let id = raw.campaign.id.into_inner();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
+        }
+        let campaign = Campaign {
+            id: id.clone(),
+            name: raw.campaign.name,
+            org: raw.campaign.org,
+            letter: dir.join(raw.campaign.letter),
+            subject: source(raw.campaign.subject),
+        };
+        let sender = Sender {
+            from: source(raw.sender.from),
+            reply_to: raw.sender.reply_to.map(source),
+            cc_supporter: raw.sender.cc_supporter,
+            bcc: raw.sender.bcc,
+        };
+
+        if raw.targets.is_empty() {
+            bail!("{file}: no [[targets]]: add at least one with `name` and `email`");
+        }
+        let mut targets = Vec::with_capacity(raw.targets.len());
+        for (i, spanned) in raw.targets.into_iter().enumerate() {
+            let where_ = format!("{}: [[targets]] #{}", at(spanned.span()), i + 1);
+            let fields = spanned.into_inner();
+            let email = match fields.get("email") {
+                Some(toml::Value::String(s)) => s.trim().parse::<Address>().map_err(|e| {
+                    anyhow!("{where_}: invalid email `{s}`: {e}")
+                })?,
+                Some(_) => bail!("{where_}: `email` must be a string"),
+                None => bail!("{where_}: `email` is missing"),
+            };
+            let name = match fields.get("name") {
+                Some(toml::Value::String(s)) => Some(s.clone()),
+                Some(_) => bail!("{where_}: `name` must be a string"),
+                None => None,
+            };
+            if let Some(name) = &name
+                && name.chars().any(char::is_control)
+            {
+                bail!("{where_}: `name` holds a control character");
+            }
+            if targets.iter().any(|t: &Target| t.key() == email.to_string().to_lowercase()) {
+                bail!("{where_}: `{email}` is listed twice");
+            }
+            targets.push(Target { name, email, fields });
+        }
+
+        let smtp = raw.smtp.map(|s| smtp_from_raw(s, &dir, &at)).transpose()?;
+
+        let d = raw.delivery;
+        if *d.concurrency.get_ref() == 0 || *d.concurrency.get_ref() > 64 {
+            bail!("{}: concurrency must be between 1 and 64", at(d.concurrency.span()));
+        }
+        let delivery = Delivery {
+            rate: d.rate,
+            daily_limit: d.daily_limit,
+            max_per_run: d.max_per_run,
+            concurrency: d.concurrency.into_inner(),
+            retries: d.retries,
+        };
+        let ledger_path = dir.join(
+            raw.ledger.path.unwrap_or_else(|| PathBuf::from(format!(".mailer/{id}.sqlite3"))),
+        );
+        let dkim = raw.dkim.map(|k| Dkim {
+            domain: k.domain,
+            selector: k.selector,
+            private_key_file: dir.join(k.private_key_file),
+        });
+        Ok(Config {
+            path: path.to_path_buf(),
+            campaign,
+            sender,
+            targets,
+            supporters_file: dir.join(raw.supporters.file),
+            smtp,
+            delivery,
+            ledger_path,
+            dkim,
+        })
+    }
+
+    /// `[smtp]`, or an error saying it is needed.
+    pub fn smtp(&self) -> Result<&Smtp> {
+        self.smtp.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: no [smtp] section: add host, security and username to send",
+                self.path.display()
+            )
+        })
+    }
+}
+
+fn smtp_from_raw(
+    s: RawSmtp,
+    dir: &Path,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Smtp> {
+    let host_at = at(s.host.span());
+    let host = s.host.into_inner();
+    if host.trim().is_empty() {
+        bail!("{host_at}: [smtp] host is empty");
+    }
+    if s.security == Security::None && !s.allow_insecure && !is_loopback(&host) {
+        bail!(
+            "{host_at}: security = \"none\" would send the password and letters in clear text \
+             to `{host}`\n\nhint: use security = \"starttls\" or \"tls\"; set allow_insecure = true \
+             only for a relay on a network you trust"
+        );
+    }
+    let chosen = [s.password_env.is_some(), s.password_command.is_some(), s.password.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if chosen > 1 {
+        bail!("{host_at}: [smtp] takes one of password_env, password_command or password");
+    }
+    let password = if let Some(cmd) = s.password_command {
+        Secret::Command(cmd)
+    } else if let Some(literal) = s.password {
+        Secret::Literal(Password::new(literal))
+    } else {
+        Secret::Env(s.password_env.unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string()))
+    };
+    if s.timeout_secs == 0 {
+        bail!("{host_at}: [smtp] timeout_secs must be at least 1");
+    }
+    Ok(Smtp {
+        port: s.port.unwrap_or(s.security.default_port()),
+        host,
+        security: s.security,
+        username: s.username,
+        password,
+        ca_file: s.ca_file.map(|p| dir.join(p)),
+        timeout: Duration::from_secs(s.timeout_secs),
+    })
+}
+
+/// Whether `host` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+#[must_use]
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a literal password in a file others can read.
+#[cfg(unix)]
+fn ensure_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read permissions of `{}`", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "`{}` holds a literal SMTP password but is readable by others (mode {:o})\n\n\
+             hint: run `chmod 600 {}`, or use password_env / password_command",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn ensure_private(_: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// 1-based line of byte `offset` in `text`.
+#[must_use]
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    format!("{}:{}", line_of(text, offset), text[line_start..offset].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[campaign]
+id = "test-1"
+letter = "letters/letter.txt"
+subject = "Hello"
+
+[sender]
+from = "Org <letters@org.example>"
+
+[[targets]]
+name = "CEO"
+email = "ceo@corp.example"
+
+[supporters]
+file = "supporters.csv"
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::from_toml(text, Path::new("camp/mailer.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.campaign.letter, Path::new("camp/letters/letter.txt"));
+        assert_eq!(c.supporters_file, Path::new("camp/supporters.csv"));
+        assert_eq!(c.ledger_path, Path::new("camp/.mailer/test-1.sqlite3"));
+        assert_eq!(c.delivery.concurrency, 1);
+        assert_eq!(c.delivery.retries, 3);
+        assert!(c.smtp.is_none());
+        assert_eq!(c.campaign.subject.location, "camp/mailer.toml:5");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = MINIMAL.replace("[supporters]\n", "[supporters]\nfiel = 1\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("camp/mailer.toml:15:1: unknown field `fiel`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_column() {
+        let text = format!("{MINIMAL}\n[delivery]\nretries = \"three\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("camp/mailer.toml:18:11: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("30/minute".parse::<Rate>().unwrap().interval(), Duration::from_secs(2));
+        assert_eq!("10/second".parse::<Rate>().unwrap().interval(), Duration::from_millis(100));
+        assert!("0/minute".parse::<Rate>().is_err());
+        assert!("fast".parse::<Rate>().is_err());
+        let text = format!("{MINIMAL}\n[delivery]\nrate = \"5/fortnight\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("camp/mailer.toml:18:8: invalid rate `5/fortnight`"), "{err}");
+    }
+
+    #[test]
+    fn campaign_id_is_checked() {
+        let err = parse(&MINIMAL.replace("test-1", "Test 1")).unwrap_err().to_string();
+        assert!(err.starts_with("camp/mailer.toml:3: campaign id"), "{err}");
+    }
+
+    #[test]
+    fn insecure_remote_is_refused_but_loopback_is_fine() {
+        let smtp = |host: &str, extra: &str| {
+            format!("{MINIMAL}\n[smtp]\nhost = \"{host}\"\nsecurity = \"none\"\n{extra}")
+        };
+        let err = parse(&smtp("smtp.example.org", "")).unwrap_err().to_string();
+        assert!(err.contains("clear text"), "{err}");
+        assert!(parse(&smtp("smtp.example.org", "allow_insecure = true")).is_ok());
+        let c = parse(&smtp("127.0.0.1", "")).unwrap();
+        assert_eq!(c.smtp.unwrap().port, 25);
+    }
+
+    #[test]
+    fn smtp_defaults() {
+        let c = parse(&format!("{MINIMAL}\n[smtp]\nhost = \"smtp.example.org\"\n")).unwrap();
+        let s = c.smtp.unwrap();
+        assert_eq!((s.port, s.security), (587, Security::Starttls));
+        assert_eq!(s.password, Secret::Env(DEFAULT_PASSWORD_ENV.into()));
+        assert_eq!(s.timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn target_needs_a_valid_email() {
+        let err = parse(&MINIMAL.replace("ceo@corp.example", "not-an-address"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[[targets]] #1: invalid email `not-an-address`"), "{err}");
+        assert!(err.starts_with("camp/mailer.toml:10: [[targets]] #1"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::from_toml(text, Path::new("config.example.toml")).unwrap();
+        assert_eq!(c.campaign.id, "microsoft-ice-2018");
+        assert!(c.smtp.is_some());
+    }
+}

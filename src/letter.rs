@@ -1,0 +1,450 @@
+//! The letter and the config's header templates, compiled with Tera 2.
+//!
+//! Owns: loading templates (the letter's folder, so includes work), the
+//! context SPEC.md defines, and the text / HTML renditions. Supporter values
+//! only ever enter as context data, never as template source.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use pulldown_cmark::{Event, Options, Parser};
+use tera::{Context, ErrorKind, Tera};
+
+use crate::config::{Config, Source, Target};
+use crate::roster::Supporter;
+
+/// Template names for the config's header fields (never file names).
+const SUBJECT: &str = "config:subject";
+const FROM_NAME: &str = "config:from.name";
+const FROM_ADDR: &str = "config:from.address";
+const REPLY_NAME: &str = "config:reply_to.name";
+const REPLY_ADDR: &str = "config:reply_to.address";
+
+/// How the letter is sent, chosen by its file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.txt`: text/plain only.
+    Text,
+    /// `.md`: text/plain as written, plus text/html rendered from Markdown.
+    Markdown,
+}
+
+/// The compiled letter and header templates.
+pub struct Letter {
+    /// Renders everything unescaped: text part and headers.
+    plain: Tera,
+    /// `.md` only: renders the letter with values Markdown-escaped, for HTML.
+    markdown: Option<Tera>,
+    /// The letter's template name (its file name within its folder).
+    name: String,
+    dir: PathBuf,
+    /// How the letter is sent.
+    pub format: Format,
+    reply_to: bool,
+    from_has_name: bool,
+    reply_has_name: bool,
+    /// Where each config template came from, for error messages.
+    sources: BTreeMap<&'static str, String>,
+}
+
+/// The per-letter values a template sees besides supporter and target.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// `campaign.id`, `campaign.name`, `campaign.org`.
+    pub campaign: BTreeMap<&'static str, String>,
+    /// `today`, YYYY-MM-DD.
+    pub today: String,
+}
+
+/// A mailbox as rendered: optional display name and the address text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedMailbox {
+    /// Display name, if the template has one.
+    pub name: Option<String>,
+    /// The address, not yet validated.
+    pub address: String,
+}
+
+/// One letter, rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Subject line.
+    pub subject: String,
+    /// From.
+    pub from: RenderedMailbox,
+    /// Reply-To.
+    pub reply_to: Option<RenderedMailbox>,
+    /// text/plain body.
+    pub text: String,
+    /// text/html body (`.md` letters).
+    pub html: Option<String>,
+}
+
+impl Letter {
+    /// Loads the letter named in the config (with its folder, for includes)
+    /// and compiles the subject / from / reply-to templates.
+    pub fn load(config: &Config) -> Result<Letter> {
+        let path = &config.campaign.letter;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("md") => Format::Markdown,
+            Some("txt") => Format::Text,
+            _ => bail!(
+                "letter `{}` must end in .md (text + HTML) or .txt (text only)",
+                path.display()
+            ),
+        };
+        if !path.is_file() {
+            bail!(
+                "cannot read letter `{}`: no such file\n\nhint: check [campaign] letter in `{}`",
+                path.display(),
+                config.path.display()
+            );
+        }
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let name = path.file_name().and_then(|n| n.to_str()).context("letter name is not UTF-8")?.to_string();
+        let files = template_files(&dir)?;
+
+        let mut sources = BTreeMap::new();
+        let mut headers: Vec<(&'static str, String)> = Vec::new();
+        let mut add = |key: &'static str, text: String, src: &Source| {
+            sources.insert(key, src.location.clone());
+            headers.push((key, text));
+        };
+        add(SUBJECT, config.campaign.subject.text.clone(), &config.campaign.subject);
+        let (from_name, from_addr) = split_mailbox(&config.sender.from.text);
+        let from_has_name = from_name.is_some();
+        add(FROM_ADDR, from_addr, &config.sender.from);
+        if let Some(n) = from_name {
+            add(FROM_NAME, n, &config.sender.from);
+        }
+        let mut reply_has_name = false;
+        if let Some(reply) = &config.sender.reply_to {
+            let (n, a) = split_mailbox(&reply.text);
+            reply_has_name = n.is_some();
+            add(REPLY_ADDR, a, reply);
+            if let Some(n) = n {
+                add(REPLY_NAME, n, reply);
+            }
+        }
+
+        let mut letter = Letter {
+            plain: Tera::new(),
+            markdown: None,
+            name,
+            dir,
+            format,
+            reply_to: config.sender.reply_to.is_some(),
+            from_has_name,
+            reply_has_name,
+            sources,
+        };
+        letter.plain = letter.compile(&files, &headers, false)?;
+        if format == Format::Markdown {
+            letter.markdown = Some(letter.compile(&files, &[], true)?);
+        }
+        Ok(letter)
+    }
+
+    fn compile(&self, files: &[(PathBuf, String)], headers: &[(&str, String)], md: bool) -> Result<Tera> {
+        let mut tera = Tera::new();
+        if md {
+            tera.autoescape_on(vec![".md"]);
+            tera.set_escape_fn(escape_markdown);
+        } else {
+            tera.autoescape_on(Vec::<&str>::new());
+        }
+        for (key, text) in headers {
+            tera.add_raw_template(key, text).map_err(|e| self.explain(&e))?;
+        }
+        let mut raw = Vec::with_capacity(files.len());
+        for (path, name) in files {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read template `{}`", path.display()))?;
+            raw.push((name.clone(), text));
+        }
+        tera.add_raw_templates(raw).map_err(|e| self.explain(&e))?;
+        Ok(tera)
+    }
+
+    /// Turns a Tera error into `FILE:LINE:COL: message`.
+    #[must_use]
+    pub fn explain(&self, err: &tera::Error) -> anyhow::Error {
+        let place = |template: &str| -> String {
+            self.sources.get(template).map_or_else(
+                || self.dir.join(template).display().to_string(),
+                |loc| format!("{loc} ({})", template.trim_start_matches("config:")),
+            )
+        };
+        match err.kind() {
+            ErrorKind::SyntaxError(r) | ErrorKind::RenderingError(r) => {
+                let span = r.span();
+                let at = if self.sources.contains_key(r.filename()) {
+                    place(r.filename())
+                } else {
+                    format!("{}:{}:{}", place(r.filename()), span.start_line, span.start_col + 1)
+                };
+                anyhow!("{at}: {}", r.message())
+            }
+            ErrorKind::CircularInclude { include_chain, .. } => {
+                anyhow!("{}: templates include each other in a loop: {}", place(&self.name), include_chain.join(" → "))
+            }
+            ErrorKind::TemplateNotFound(name) => {
+                anyhow!("{}: includes `{name}`, which is not in `{}`", place(&self.name), self.dir.display())
+            }
+            _ => {
+                let mut msg = err.to_string();
+                let mut source = std::error::Error::source(err);
+                while let Some(s) = source {
+                    msg.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                anyhow!("{}: {msg}", place(&self.name))
+            }
+        }
+    }
+
+    /// Renders one letter. Errors are template errors (the caller adds the row).
+    pub fn render(&self, supporter: &Supporter, target: &Target, globals: &Globals) -> Result<Rendered> {
+        let ctx = context(supporter, target, globals);
+        let r = |name: &str| self.plain.render(name, &ctx).map_err(|e| self.explain(&e));
+        let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
+            Ok(RenderedMailbox {
+                name: if name { Some(r(name_key)?.trim().to_string()) } else { None },
+                address: r(addr_key)?.trim().to_string(),
+            })
+        };
+        let text = r(&self.name)?;
+        let html = match &self.markdown {
+            Some(md) => Some(markdown_to_html(&md.render(&self.name, &ctx).map_err(|e| self.explain(&e))?)),
+            None => None,
+        };
+        Ok(Rendered {
+            subject: r(SUBJECT)?.trim().to_string(),
+            from: mailbox(self.from_has_name, FROM_NAME, FROM_ADDR)?,
+            reply_to: if self.reply_to {
+                Some(mailbox(self.reply_has_name, REPLY_NAME, REPLY_ADDR)?)
+            } else {
+                None
+            },
+            text,
+            html,
+        })
+    }
+}
+
+/// Every template file in the letter's folder, named by its file name.
+fn template_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if path.is_file() && matches!(ext, "md" | "txt" | "html" | "tera")
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            out.push((path.clone(), name.to_string()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Splits `Name <addr>` into its display-name and address templates.
+fn split_mailbox(text: &str) -> (Option<String>, String) {
+    let t = text.trim();
+    if let Some(open) = t.rfind('<')
+        && t.ends_with('>')
+    {
+        let name = t[..open].trim().trim_matches('"').trim();
+        let addr = t[open + 1..t.len() - 1].trim().to_string();
+        return ((!name.is_empty()).then(|| name.to_string()), addr);
+    }
+    (None, t.to_string())
+}
+
+/// The context SPEC.md defines: supporter.*, target.*, campaign.*, today.
+fn context(supporter: &Supporter, target: &Target, globals: &Globals) -> Context {
+    let mut s: BTreeMap<&str, &str> =
+        supporter.headers.iter().map(String::as_str).zip(supporter.values.iter().map(String::as_str)).collect();
+    let email = supporter.email.to_string();
+    s.insert("email", &email);
+    s.insert("name", &supporter.name);
+    let mut ctx = Context::new();
+    ctx.insert("supporter", &s);
+    ctx.insert("target", &target.fields);
+    ctx.insert("campaign", &globals.campaign);
+    ctx.insert("today", &globals.today);
+    ctx
+}
+
+/// Tera escape function for the HTML rendition of `.md` letters: every ASCII
+/// punctuation mark in a value is backslash-escaped, so supporter data stays
+/// literal text (no links, headings or HTML) once Markdown is rendered.
+fn escape_markdown(value: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut buf = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if c.is_ascii_punctuation() {
+            buf.push('\\');
+        }
+        buf.push(c);
+    }
+    out.write_all(buf.as_bytes())
+}
+
+/// Markdown → HTML, with raw HTML in the source shown as text, not passed through.
+#[must_use]
+pub fn markdown_to_html(md: &str) -> String {
+    let parser = Parser::new_ext(md, Options::ENABLE_STRIKETHROUGH).map(|event| match event {
+        Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
+        other => other,
+    });
+    let mut html = String::with_capacity(md.len() * 2);
+    pulldown_cmark::html::push_html(&mut html, parser);
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: Config,
+    }
+
+    fn fixture(letter_name: &str, letter: &str, extra: &[(&str, &str)], subject: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("letters")).unwrap();
+        std::fs::write(dir.path().join("letters").join(letter_name), letter).unwrap();
+        for (name, text) in extra {
+            std::fs::write(dir.path().join("letters").join(name), text).unwrap();
+        }
+        let toml = format!(
+            r#"[campaign]
+id = "t"
+name = "Drop ICE"
+org = "Org"
+letter = "letters/{letter_name}"
+subject = "{subject}"
+[sender]
+from = "{{{{ supporter.name }}}} via Org <letters@org.example>"
+reply_to = "{{{{ supporter.email }}}}"
+[[targets]]
+name = "Satya"
+email = "ceo@corp.example"
+[supporters]
+file = "s.csv"
+"#
+        );
+        let path = dir.path().join("mailer.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = Config::from_toml(&toml, &path).unwrap();
+        Fixture { _dir: dir, config }
+    }
+
+    fn supporter(values: &[(&str, &str)]) -> Supporter {
+        let headers: Arc<[String]> = values.iter().map(|(h, _)| (*h).to_string()).collect();
+        Supporter {
+            line: 7,
+            email: "ana@x.org".parse().unwrap(),
+            key: "ana@x.org".into(),
+            name: "Ana López".into(),
+            headers,
+            values: values.iter().map(|(_, v)| (*v).to_string()).collect(),
+        }
+    }
+
+    fn globals() -> Globals {
+        Globals {
+            campaign: BTreeMap::from([("id", "t".into()), ("name", "Drop ICE".into()), ("org", "Org".into())]),
+            today: "2026-11-28".into(),
+        }
+    }
+
+    #[test]
+    fn renders_context_and_headers() {
+        let f = fixture(
+            "l.txt",
+            "Dear {{ target.name }}, from {{ supporter.name }} of {{ supporter.city }} ({{ campaign.org }}, {{ today }})",
+            &[],
+            "{{ supporter.city }}: cancel",
+        );
+        let letter = Letter::load(&f.config).unwrap();
+        let r = letter
+            .render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals())
+            .unwrap();
+        assert_eq!(r.text, "Dear Satya, from Ana López of Oslo (Org, 2026-11-28)");
+        assert_eq!(r.subject, "Oslo: cancel");
+        assert_eq!(r.from.name.as_deref(), Some("Ana López via Org"));
+        assert_eq!(r.from.address, "letters@org.example");
+        assert_eq!(r.reply_to.unwrap().address, "ana@x.org");
+        assert!(r.html.is_none());
+    }
+
+    #[test]
+    fn supporter_values_are_data_not_code() {
+        let f = fixture("l.txt", "Note: {{ supporter.note }}", &[], "s");
+        let letter = Letter::load(&f.config).unwrap();
+        let s = supporter(&[("note", "{{ 7*7 }} {% include \"l.txt\" %}")]);
+        let r = letter.render(&s, &f.config.targets[0], &globals()).unwrap();
+        assert_eq!(r.text, "Note: {{ 7*7 }} {% include \"l.txt\" %}");
+    }
+
+    #[test]
+    fn undefined_variable_names_file_line_and_column() {
+        let f = fixture("l.txt", "Hello\n\nfrom {{ supporter.cty }}", &[], "s");
+        let letter = Letter::load(&f.config).unwrap();
+        let err = letter.render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("letters/l.txt:3:"), "{msg}");
+        assert!(msg.contains("cty"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_is_found_at_load() {
+        let f = fixture("l.txt", "Hello\n{% if x %}never closed", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(msg.contains("letters/l.txt:"), "{msg}");
+    }
+
+    #[test]
+    fn no_function_reads_the_environment() {
+        let f = fixture("l.txt", "{{ get_env(name=\"HOME\") }}", &[], "s");
+        let msg = Letter::load(&f.config).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("get_env"), "get_env must be unknown: {msg}");
+    }
+
+    #[test]
+    fn include_cycle_is_an_error_not_a_crash() {
+        let f = fixture("a.txt", "A {% include \"b.txt\" %}", &[("b.txt", "B {% include \"a.txt\" %}")], "s");
+        let msg = match Letter::load(&f.config) {
+            Err(e) => e.to_string(),
+            Ok(l) => l.render(&supporter(&[]), &f.config.targets[0], &globals()).unwrap_err().to_string(),
+        };
+        assert!(msg.contains("loop") || msg.to_lowercase().contains("circular"), "{msg}");
+    }
+
+    #[test]
+    fn markdown_html_escapes_values_and_raw_html() {
+        let f = fixture("l.md", "# Dear {{ target.name }}\n\n<b>bold</b> {{ supporter.note }}", &[], "s");
+        let letter = Letter::load(&f.config).unwrap();
+        let s = supporter(&[("note", "[click](http://evil.example) <script>x</script> *wow*")]);
+        let r = letter.render(&s, &f.config.targets[0], &globals()).unwrap();
+        let html = r.html.unwrap();
+        assert!(html.contains("<h1>Dear Satya</h1>"), "{html}");
+        assert!(!html.contains("<a "), "{html}");
+        assert!(!html.contains("<script>") && !html.contains("<b>"), "{html}");
+        assert!(html.contains("&lt;script&gt;") && html.contains("*wow*"), "{html}");
+        assert!(r.text.contains("[click](http://evil.example) <script>x</script> *wow*"));
+    }
+
+    #[test]
+    fn split_mailbox_forms() {
+        assert_eq!(split_mailbox("A via B <x@y.org>"), (Some("A via B".into()), "x@y.org".into()));
+        assert_eq!(split_mailbox("\"Q\" <x@y.org>"), (Some("Q".into()), "x@y.org".into()));
+        assert_eq!(split_mailbox("{{ supporter.email }}"), (None, "{{ supporter.email }}".into()));
+    }
+}

@@ -12,6 +12,10 @@
 #   measure LOG CMD...          runs CMD under /usr/bin/time -v; sets M_SECS M_RSS_KB M_RC
 #   median NUMBERS...           prints the median
 
+# Set by measure(); read by the callers.
+# shellcheck disable=SC2034
+M_SECS=0 M_RSS_KB=0 M_RC=0
+
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
 	printf '[bench] error: %s\n' "$*" >&2

@@ -4,5 +4,6 @@ pub mod clock;
 pub mod config;
 pub mod exit;
 pub mod letter;
+pub mod message;
 pub mod roster;
 pub mod secret;

@@ -1,0 +1,258 @@
+//! A rendered letter → a finished email (lettre's builder), ready for SMTP.
+//!
+//! Owns: header safety (no CR/LF/control characters, bounded lengths), the
+//! deterministic Message-ID, the envelope (target first), body line endings
+//! and DKIM signing. Sending is `transport.rs`'s business.
+
+use std::time::SystemTime;
+
+use lettre::address::Envelope;
+use lettre::message::dkim::DkimConfig;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::{Address, Message};
+use sha2::{Digest as _, Sha256};
+
+use crate::config::Target;
+use crate::letter::{Rendered, RenderedMailbox};
+use crate::roster::Supporter;
+
+/// Longest subject accepted, in characters. Keeps every header line under
+/// RFC 5322's 998 octets even when lettre encodes it as one word.
+pub const MAX_SUBJECT_CHARS: usize = 250;
+/// Longest display name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Campaign-wide message settings.
+pub struct Envelopes<'a> {
+    /// `campaign.id`, part of the Message-ID.
+    pub campaign_id: &'a str,
+    /// Cc the supporter.
+    pub cc_supporter: bool,
+    /// Extra Bcc recipients.
+    pub bcc: &'a [Mailbox],
+    /// DKIM signing, if configured.
+    pub dkim: Option<&'a DkimConfig>,
+}
+
+/// A finished message and its SMTP envelope.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// `<HEX@DOMAIN>`.
+    pub message_id: String,
+    /// MAIL FROM.
+    pub from: Address,
+    /// RCPT TO, the target first.
+    pub recipients: Vec<Address>,
+    /// The subject, for plans and reports.
+    pub subject: String,
+    /// The whole message, CRLF line endings, not yet dot-stuffed.
+    pub bytes: Vec<u8>,
+}
+
+/// The Message-ID SPEC.md defines: stable per (campaign, supporter, target).
+#[must_use]
+pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, domain: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [campaign_id, supporter_key, target_key] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{domain}>")
+}
+
+/// Builds one message. An `Err` is a reason the supporter's row cannot be sent.
+pub fn build(
+    rendered: &Rendered,
+    supporter: &Supporter,
+    target: &Target,
+    settings: &Envelopes<'_>,
+    date: SystemTime,
+) -> Result<Built, String> {
+    let culprit = || {
+        let cols: Vec<&str> = supporter
+            .headers
+            .iter()
+            .zip(&supporter.values)
+            .filter(|(_, v)| v.chars().any(char::is_control))
+            .map(|(h, _)| h.as_str())
+            .collect();
+        if cols.is_empty() { String::new() } else { format!(" (column `{}`)", cols.join("`, `")) }
+    };
+    let header = |what: &str, value: &str, max: usize| -> Result<(), String> {
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            let kind = match c {
+                '\r' | '\n' => "a line break",
+                '\0' => "a NUL character",
+                _ => "a control character",
+            };
+            return Err(format!("the {what} would contain {kind}{}", culprit()));
+        }
+        let n = value.chars().count();
+        if n > max {
+            return Err(format!("the {what} would be {n} characters long (at most {max})"));
+        }
+        Ok(())
+    };
+    let mailbox = |what: &str, m: &RenderedMailbox| -> Result<Mailbox, String> {
+        if let Some(name) = &m.name {
+            header(&format!("{what} name"), name, MAX_NAME_CHARS)?;
+        }
+        header(&format!("{what} address"), &m.address, MAX_NAME_CHARS)?;
+        let address: Address =
+            m.address.parse().map_err(|e| format!("the {what} address `{}` is invalid: {e}", m.address))?;
+        Ok(Mailbox::new(m.name.clone().filter(|n| !n.is_empty()), address))
+    };
+
+    header("Subject", &rendered.subject, MAX_SUBJECT_CHARS)?;
+    let from = mailbox("From", &rendered.from)?;
+    let reply_to = rendered.reply_to.as_ref().map(|r| mailbox("Reply-To", r)).transpose()?;
+    if settings.cc_supporter {
+        header("Cc name", &supporter.name, MAX_NAME_CHARS)?;
+    }
+
+    let id = message_id(settings.campaign_id, &supporter.key, &target.key(), from.email.domain());
+    let mut recipients = vec![target.email.clone()];
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(target.mailbox())
+        .subject(rendered.subject.clone())
+        .date(date)
+        .message_id(Some(id.clone()));
+    if let Some(r) = reply_to {
+        builder = builder.reply_to(r);
+    }
+    if settings.cc_supporter {
+        let name = (!supporter.name.is_empty()).then(|| supporter.name.clone());
+        builder = builder.cc(Mailbox::new(name, supporter.email.clone()));
+        recipients.push(supporter.email.clone());
+    }
+    for b in settings.bcc {
+        builder = builder.bcc(b.clone());
+        recipients.push(b.email.clone());
+    }
+    recipients.dedup();
+    let envelope = Envelope::new(Some(from.email.clone()), recipients.clone())
+        .map_err(|e| format!("cannot build the envelope: {e}"))?;
+    builder = builder.envelope(envelope);
+
+    let text = normalize_newlines(&rendered.text);
+    let message = match &rendered.html {
+        Some(html) => builder.multipart(
+            MultiPart::alternative()
+                .singlepart(SinglePart::plain(text))
+                .singlepart(SinglePart::html(html.clone())),
+        ),
+        None => builder.header(ContentType::TEXT_PLAIN).body(text),
+    };
+    let mut message = message.map_err(|e| format!("cannot build the message: {e}"))?;
+    if let Some(dkim) = settings.dkim {
+        message.sign(dkim);
+    }
+    Ok(Built {
+        message_id: id,
+        from: from.email,
+        recipients,
+        subject: rendered.subject.clone(),
+        bytes: message.formatted(),
+    })
+}
+
+/// Bare CR and CRLF become LF; lettre then writes CRLF everywhere.
+fn normalize_newlines(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn target() -> Target {
+        Target {
+            name: Some("Satya Nadella".into()),
+            email: "Satya@Corp.example".parse().unwrap(),
+            fields: toml::Table::new(),
+        }
+    }
+
+    fn supporter(name: &str) -> Supporter {
+        Supporter {
+            line: 2,
+            email: "ana@x.org".parse().unwrap(),
+            key: "ana@x.org".into(),
+            name: name.into(),
+            headers: Arc::from(vec!["first_name".to_string()]),
+            values: vec![name.to_string()],
+        }
+    }
+
+    fn rendered(name: &str, subject: &str) -> Rendered {
+        Rendered {
+            subject: subject.into(),
+            from: RenderedMailbox { name: Some(format!("{name} via Org")), address: "letters@org.example".into() },
+            reply_to: Some(RenderedMailbox { name: None, address: "ana@x.org".into() }),
+            text: "Dear Satya,\r\nline two\rline three\n.leading dot\n".into(),
+            html: None,
+        }
+    }
+
+    fn settings(bcc: &[Mailbox]) -> Envelopes<'_> {
+        Envelopes { campaign_id: "c", cc_supporter: true, bcc, dkim: None }
+    }
+
+    fn build_one(name: &str, subject: &str) -> Result<Built, String> {
+        let bcc = ["archive@org.example".parse().unwrap()];
+        build(&rendered(name, subject), &supporter(name), &target(), &settings(&bcc), SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn headers_envelope_and_message_id() {
+        let b = build_one("José Hernández", "José from Oslo").unwrap();
+        let text = String::from_utf8(b.bytes.clone()).unwrap();
+        assert!(text.contains("To: \"Satya Nadella\" <Satya@Corp.example>\r\n"), "{text}");
+        assert!(text.contains("Reply-To: ana@x.org\r\n"), "{text}");
+        assert!(text.contains("Cc: "), "{text}");
+        assert!(!text.contains("Bcc"), "Bcc must not be a header: {text}");
+        assert!(text.contains(&format!("Message-ID: {}\r\n", b.message_id)), "{text}");
+        assert!(b.message_id.ends_with("@org.example>"));
+        assert_eq!(b.recipients[0].to_string(), "Satya@Corp.example");
+        assert_eq!(b.recipients.len(), 3);
+        // Every line ends in CRLF: no bare CR or LF.
+        assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+    }
+
+    #[test]
+    fn message_id_is_stable_and_case_insensitive_by_key() {
+        let a = message_id("c", "ana@x.org", "ceo@corp.example", "org.example");
+        assert_eq!(a, message_id("c", "ana@x.org", "ceo@corp.example", "org.example"));
+        assert_ne!(a, message_id("c", "ana@x.org", "cfo@corp.example", "org.example"));
+        assert_ne!(a, message_id("d", "ana@x.org", "ceo@corp.example", "org.example"));
+        assert_eq!(a.len(), 1 + 32 + 1 + "org.example".len() + 1);
+    }
+
+    #[test]
+    fn header_injection_is_refused_with_the_column() {
+        let err = build_one("Eve\r\nBcc: evil@x.org", "s").unwrap_err();
+        assert!(err.contains("line break") && err.contains("first_name"), "{err}");
+        let err = build_one("ok", "subject\nBcc: evil@x.org").unwrap_err();
+        assert!(err.contains("Subject"), "{err}");
+    }
+
+    #[test]
+    fn long_values_are_refused_and_accepted_ones_fit_in_998() {
+        assert!(build_one(&"x".repeat(MAX_NAME_CHARS + 1), "s").unwrap_err().contains("characters long"));
+        assert!(build_one("ok", &"y".repeat(MAX_SUBJECT_CHARS + 1)).is_err());
+        for (name, subject) in [
+            ("𝔁".repeat(MAX_NAME_CHARS - 8), "𝔂".repeat(MAX_SUBJECT_CHARS)),
+            ("n".repeat(MAX_NAME_CHARS - 8), "s".repeat(MAX_SUBJECT_CHARS)),
+        ] {
+            let b = build_one(&name, &subject).unwrap();
+            let text = String::from_utf8(b.bytes).unwrap();
+            let longest = text.split("\r\n").map(str::len).max().unwrap();
+            assert!(longest <= 998, "a header line of {longest} octets");
+        }
+    }
+}

@@ -1,9 +1,78 @@
 //! mailer: deliver a campaign's personalized letters over SMTP, exactly once.
+//!
+//! Architecture, from the edges in:
+//! - `cli` parses the command line; `run` turns it into plain options.
+//! - `cmd/*` orchestrate one subcommand each: load → plan → act → report.
+//! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
+//!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
+//! - `send` alone adds `ledger` (SQLite, crash-safe states and the run lock),
+//!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
+//!   failures) and `throttle` (rate).
+//! - `census` joins CSV and ledger for `status` and `export`.
+//! - `report` formats data for stdout; `ui` talks to the person on stderr;
+//!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
+//!   `secret` keep time and passwords behind small seams.
+
+pub mod campaign;
+pub mod census;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod config;
+pub mod dkim;
 pub mod exit;
+pub mod ledger;
 pub mod letter;
 pub mod message;
+pub mod report;
 pub mod roster;
 pub mod secret;
+pub mod throttle;
+pub mod transport;
+pub mod ui;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::CommandFactory as _;
+
+use crate::campaign::Campaign;
+use crate::cli::{Cli, Command};
+use crate::clock::{Clock, SystemClock};
+use crate::exit::Exit;
+use crate::ui::Ui;
+
+/// Runs one command line to its exit code. Errors carry their own code (see `exit`).
+pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
+    let load = || Campaign::load(&config_path, clock.now());
+    match cli.command {
+        Command::Init { dir } => cmd::init::run(dir, ui),
+        Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
+        Command::Preview { supporter, target, limit, out } => {
+            cmd::preview::run(&load()?, &cmd::preview::Options { supporter, target, limit, out }, ui)
+        }
+        Command::Send(a) => {
+            let opts = cmd::send::Options {
+                dry_run: a.dry_run,
+                limit: a.limit,
+                yes: a.yes,
+                retry_failed: a.retry_failed,
+                resend_unknown: a.resend_unknown,
+            };
+            cmd::send::run(&load()?, &opts, ui, &clock)
+        }
+        Command::Status { json } => cmd::status::run(&load()?, json),
+        Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut std::io::stdout());
+            Ok(Exit::Done)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(Exit::Done)
+        }
+    }
+}

@@ -44,8 +44,10 @@ pub struct Built {
     pub from: Address,
     /// RCPT TO, the target first.
     pub recipients: Vec<Address>,
-    /// The subject, for plans and reports.
-    pub subject: String,
+    /// The main headers, readable (not MIME-encoded), for previews.
+    pub summary: Vec<(&'static str, String)>,
+    /// The text/plain body as rendered.
+    pub text: String,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
     pub bytes: Vec<u8>,
 }
@@ -113,6 +115,7 @@ pub fn build(
         header("Cc name", &supporter.name, MAX_NAME_CHARS)?;
     }
 
+    let mut summary = vec![("From", from.to_string()), ("To", target.mailbox().to_string())];
     let id = message_id(settings.campaign_id, &supporter.key, &target.key(), from.email.domain());
     let mut recipients = vec![target.email.clone()];
     let mut builder = Message::builder()
@@ -122,14 +125,18 @@ pub fn build(
         .date(date)
         .message_id(Some(id.clone()));
     if let Some(r) = reply_to {
+        summary.push(("Reply-To", r.to_string()));
         builder = builder.reply_to(r);
     }
     if settings.cc_supporter {
         let name = (!supporter.name.is_empty()).then(|| supporter.name.clone());
-        builder = builder.cc(Mailbox::new(name, supporter.email.clone()));
+        let cc = Mailbox::new(name, supporter.email.clone());
+        summary.push(("Cc", cc.to_string()));
+        builder = builder.cc(cc);
         recipients.push(supporter.email.clone());
     }
     for b in settings.bcc {
+        summary.push(("Bcc", b.to_string()));
         builder = builder.bcc(b.clone());
         recipients.push(b.email.clone());
     }
@@ -138,14 +145,16 @@ pub fn build(
         .map_err(|e| format!("cannot build the envelope: {e}"))?;
     builder = builder.envelope(envelope);
 
+    summary.push(("Subject", rendered.subject.clone()));
+    summary.push(("Message-ID", id.clone()));
     let text = normalize_newlines(&rendered.text);
     let message = match &rendered.html {
         Some(html) => builder.multipart(
             MultiPart::alternative()
-                .singlepart(SinglePart::plain(text))
+                .singlepart(SinglePart::plain(text.clone()))
                 .singlepart(SinglePart::html(html.clone())),
         ),
-        None => builder.header(ContentType::TEXT_PLAIN).body(text),
+        None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
     };
     let mut message = message.map_err(|e| format!("cannot build the message: {e}"))?;
     if let Some(dkim) = settings.dkim {
@@ -155,7 +164,8 @@ pub fn build(
         message_id: id,
         from: from.email,
         recipients,
-        subject: rendered.subject.clone(),
+        summary,
+        text,
         bytes: message.formatted(),
     })
 }

@@ -1,0 +1,150 @@
+//! The pipeline every command shares: config + letter + supporters → messages.
+//!
+//! `check`, `preview` and `send` all walk [`Campaign::prepared`]; `send` alone
+//! hands the result to a transport. Rows stream: nothing grows with the file
+//! but the roster's duplicate set.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Result;
+use lettre::message::dkim::DkimConfig;
+
+use crate::config::Config;
+use crate::letter::{Globals, Letter};
+use crate::message::{self, Built, Envelopes};
+use crate::roster::{Roster, Row, Supporter};
+
+/// A letter template failed to render for a row: a bug in the letter or
+/// config, not in the data. Typed so `check` can list each and go on.
+#[derive(Debug)]
+pub struct TemplateError(pub String);
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// A loaded campaign, ready to prepare letters.
+pub struct Campaign {
+    /// The validated config.
+    pub config: Config,
+    /// The compiled templates.
+    pub letter: Letter,
+    globals: Globals,
+    dkim: Option<DkimConfig>,
+    date: SystemTime,
+}
+
+/// What one CSV row yields.
+#[derive(Debug)]
+pub enum Prepared {
+    /// The supporter's letters, one per target in config order.
+    Letters {
+        /// The supporter.
+        supporter: Supporter,
+        /// One finished message per target.
+        letters: Vec<Built>,
+    },
+    /// A row that cannot be sent (reported, recorded as skipped by `send`).
+    Skipped {
+        /// 1-based line.
+        line: u64,
+        /// Ledger key of the supporter.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A repeated email; only its first row counts.
+    Duplicate {
+        /// 1-based line.
+        line: u64,
+        /// The address.
+        email: String,
+        /// Where it first appears.
+        first_line: u64,
+    },
+}
+
+impl Campaign {
+    /// Loads the config file, the letter and the DKIM key.
+    pub fn load(config_path: &Path, now: SystemTime) -> Result<Campaign> {
+        let config = Config::load(config_path)?;
+        Campaign::new(config, now)
+    }
+
+    /// Compiles the letter for an already loaded config.
+    pub fn new(config: Config, now: SystemTime) -> Result<Campaign> {
+        let letter = Letter::load(&config)?;
+        let dkim = config.dkim.as_ref().map(crate::dkim::load).transpose()?;
+        let globals = Globals {
+            campaign: BTreeMap::from([
+                ("id", config.campaign.id.clone()),
+                ("name", config.campaign.name.clone()),
+                ("org", config.campaign.org.clone()),
+            ]),
+            today: local_date(now),
+        };
+        Ok(Campaign { config, letter, globals, dkim, date: now })
+    }
+
+    /// Opens the supporters file.
+    pub fn roster(&self) -> Result<Roster> {
+        Roster::open(&self.config.supporters_file)
+    }
+
+    /// Streams every row, prepared. An `Err` is fatal: the file is unreadable
+    /// or the letter cannot render (a template bug, not a data problem).
+    pub fn prepared(&self) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
+        let roster = self.roster()?;
+        let file = roster.path().display().to_string();
+        Ok(roster.map(move |row| self.prepare(row?, &file)))
+    }
+
+    /// Renders and builds one row's letters.
+    pub fn prepare(&self, row: Row, file: &str) -> Result<Prepared> {
+        let supporter = match row {
+            Row::Valid(s) => s,
+            Row::Invalid { line, key, reason } => return Ok(Prepared::Skipped { line, key, reason }),
+            Row::Duplicate { line, email, first_line } => {
+                return Ok(Prepared::Duplicate { line, email, first_line });
+            }
+        };
+        let settings = Envelopes {
+            campaign_id: &self.config.campaign.id,
+            cc_supporter: self.config.sender.cc_supporter,
+            bcc: &self.config.sender.bcc,
+            dkim: self.dkim.as_ref(),
+        };
+        let mut letters = Vec::with_capacity(self.config.targets.len());
+        for target in &self.config.targets {
+            let rendered = self.letter.render(&supporter, target, &self.globals).map_err(|e| {
+                anyhow::Error::new(TemplateError(format!("{e:#} (rendering the letter for {file}:{})", supporter.line)))
+            })?;
+            match message::build(&rendered, &supporter, target, &settings, self.date) {
+                Ok(built) => letters.push(built),
+                Err(reason) => {
+                    return Ok(Prepared::Skipped { line: supporter.line, key: supporter.key, reason });
+                }
+            }
+        }
+        Ok(Prepared::Letters { supporter, letters })
+    }
+
+    /// The number of targets (letters per supporter).
+    #[must_use]
+    pub fn target_count(&self) -> usize {
+        self.config.targets.len()
+    }
+}
+
+/// YYYY-MM-DD in the machine's time zone.
+fn local_date(now: SystemTime) -> String {
+    jiff::Timestamp::try_from(now)
+        .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).date().to_string())
+        .unwrap_or_else(|_| "1970-01-01".into())
+}

@@ -1,0 +1,115 @@
+//! The campaign's letters as of now: today's CSV × targets joined with the
+//! ledger, plus ledger letters whose row has left the CSV. Feeds `status`
+//! and `export`, so both count exactly what `send` would see.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+
+use anyhow::Result;
+
+use crate::campaign::{Campaign, Prepared};
+use crate::ledger::{Ledger, Record, State};
+
+/// One letter's current standing.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    /// Normalized supporter email (or `line:N` for a row without one).
+    pub supporter: String,
+    /// Normalized target email.
+    pub target: String,
+    /// State now: ledger state, else `pending` (or `skipped` for invalid rows).
+    pub state: State,
+    /// The ledger row, if any.
+    pub record: Option<Record>,
+    /// Message-ID (known for every valid letter, sent or not).
+    pub message_id: Option<String>,
+    /// Why a skipped letter is skipped.
+    pub reason: Option<String>,
+    /// Whether its row is still in the CSV.
+    pub in_csv: bool,
+}
+
+/// Calls `visit` for every letter: CSV order first, then departed ones.
+pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Letter)) -> Result<()> {
+    let mut seen = HashSet::new();
+    let lookup = |s: &str, t: &str| -> Result<Option<Record>> {
+        match ledger {
+            Some(l) => l.get(s, t),
+            None => Ok(None),
+        }
+    };
+    for prepared in campaign.prepared()? {
+        match prepared? {
+            Prepared::Letters { supporter, letters } => {
+                for (target, built) in campaign.config.targets.iter().zip(letters) {
+                    let t = target.key();
+                    seen.insert(fingerprint(&supporter.key, &t));
+                    let record = lookup(&supporter.key, &t)?;
+                    let state = match record.as_ref().map(|r| r.state) {
+                        None | Some(State::Skipped | State::Pending) => State::Pending,
+                        Some(s) => s,
+                    };
+                    visit(Letter {
+                        supporter: supporter.key.clone(),
+                        target: t,
+                        state,
+                        record,
+                        message_id: Some(built.message_id),
+                        reason: None,
+                        in_csv: true,
+                    });
+                }
+            }
+            Prepared::Skipped { key, reason, .. } => {
+                for target in &campaign.config.targets {
+                    let t = target.key();
+                    seen.insert(fingerprint(&key, &t));
+                    let record = lookup(&key, &t)?;
+                    // A letter sent before the row went bad stays sent.
+                    let state = match record.as_ref().map(|r| r.state) {
+                        Some(s @ (State::Sent | State::Unknown | State::Failed)) => s,
+                        _ => State::Skipped,
+                    };
+                    let message_id = record.as_ref().and_then(|r| r.message_id.clone());
+                    visit(Letter {
+                        supporter: key.clone(),
+                        target: t,
+                        state,
+                        record,
+                        message_id,
+                        reason: Some(reason.clone()),
+                        in_csv: true,
+                    });
+                }
+            }
+            Prepared::Duplicate { .. } => {}
+        }
+    }
+    if let Some(ledger) = ledger {
+        for record in ledger.all()? {
+            // Skipped rows that left the CSV were never letters.
+            if record.state == State::Skipped || seen.contains(&fingerprint(&record.supporter, &record.target)) {
+                continue;
+            }
+            visit(Letter {
+                supporter: record.supporter.clone(),
+                target: record.target.clone(),
+                state: record.state,
+                message_id: record.message_id.clone(),
+                reason: None,
+                record: Some(record),
+                in_csv: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn fingerprint(s: &str, t: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        (salt, s, t).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}

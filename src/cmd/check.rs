@@ -1,0 +1,147 @@
+//! `mailer check [--smtp]`: every problem in config, letter and rows, before
+//! anything is sent; optionally a full SMTP handshake.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use crate::campaign::{Campaign, Prepared, TemplateError};
+use crate::exit::{Exit, Failure};
+use crate::report::thousands;
+use crate::transport::{ConnectError, Connector};
+use crate::ui::Ui;
+
+/// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
+const FREE_MAIL: [&str; 14] = [
+    "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "hotmail.com", "outlook.com", "live.com",
+    "msn.com", "aol.com", "icloud.com", "me.com", "proton.me", "protonmail.com", "gmx.com",
+];
+
+/// Runs `mailer check`.
+pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
+    let file = campaign.config.supporters_file.display().to_string();
+    let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
+    let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut from = None;
+    for prepared in campaign.prepared()? {
+        match prepared {
+            Ok(Prepared::Letters { letters: built, .. }) => {
+                supporters += 1;
+                letters += built.len() as u64;
+                if from.is_none() {
+                    from = built.first().map(|b| b.from.clone());
+                }
+            }
+            Ok(Prepared::Skipped { line, reason, .. }) => {
+                problems += 1;
+                println!("{file}:{line}: {reason}");
+            }
+            Ok(Prepared::Duplicate { line, email, first_line }) => {
+                problems += 1;
+                println!("{file}:{line}: `{email}` repeats line {first_line}; only the first row counts");
+            }
+            Err(e) => match e.downcast::<TemplateError>() {
+                Ok(TemplateError(msg)) => {
+                    // Print each distinct template error once (with its first row).
+                    let key = msg.split(" (rendering the letter for").next().unwrap_or(&msg).to_string();
+                    let seen = template_errors.entry(key).or_insert(0);
+                    if *seen == 0 {
+                        println!("{msg}");
+                    }
+                    *seen += 1;
+                    problems += 1;
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    for (msg, n) in &template_errors {
+        if *n > 1 {
+            ui.note(&format!("(the error above, `{}`, repeats for {} more rows)", short(msg), n - 1));
+        }
+    }
+    if let Some(from) = &from {
+        sender_warnings(campaign, from.domain(), ui);
+    }
+    let targets = campaign.target_count();
+    let summary = format!(
+        "{} supporters × {targets} target{} = {} letters ready; {} problem{}",
+        thousands(supporters),
+        if targets == 1 { "" } else { "s" },
+        thousands(letters),
+        thousands(problems),
+        if problems == 1 { "" } else { "s" },
+    );
+    if !ui.quiet {
+        println!("{summary}");
+    }
+    if smtp {
+        check_smtp(campaign, ui)?;
+    }
+    Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
+}
+
+fn short(msg: &str) -> &str {
+    msg.split(": ").last().unwrap_or(msg).lines().next().unwrap_or(msg)
+}
+
+/// DMARC alignment and DKIM advice (warnings, never errors).
+fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
+    let from_domain = from_domain.to_ascii_lowercase();
+    if FREE_MAIL.contains(&from_domain.as_str()) {
+        ui.warn(&format!(
+            "From uses `{from_domain}`, a free-mail domain: its DMARC policy makes receivers reject mail \
+             from it sent through other servers\n\nhint: send From an address on your organization's own \
+             domain, with the supporter's name as display name and Reply-To the supporter"
+        ));
+    }
+    if let Some(user_domain) = campaign
+        .config
+        .smtp
+        .as_ref()
+        .and_then(|s| s.username.as_deref())
+        .and_then(|u| u.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase())
+        && user_domain != from_domain
+    {
+        ui.warn(&format!(
+            "From's domain `{from_domain}` differs from the SMTP login's `{user_domain}`: DMARC passes only \
+             when SPF or DKIM aligns with From's domain, so check your relay may send for `{from_domain}`"
+        ));
+    }
+    match &campaign.config.dkim {
+        None => ui.warn(&format!(
+            "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
+             `{from_domain}`; otherwise add [dkim] (see config.example.toml)"
+        )),
+        Some(d) if d.domain.to_ascii_lowercase() != from_domain
+            && !from_domain.ends_with(&format!(".{}", d.domain.to_ascii_lowercase())) =>
+        {
+            ui.warn(&format!(
+                "DKIM signs as `{}` but From is `{from_domain}`: the signature will not align for DMARC",
+                d.domain
+            ));
+        }
+        Some(_) => {}
+    }
+}
+
+/// `check --smtp`: connect, TLS, AUTH, QUIT; says which step failed.
+fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
+    let smtp = campaign.config.smtp()?;
+    let connector = Connector::new(smtp)?;
+    match connector.connect() {
+        Ok(conn) => {
+            let tls = if conn.is_tls() { "TLS verified" } else { "no TLS" };
+            let auth = smtp.username.as_deref().map_or("no AUTH".to_string(), |u| format!("authenticated as {u}"));
+            let pipe = if conn.pipelining() { ", PIPELINING" } else { "" };
+            conn.quit();
+            if !ui.quiet {
+                println!("SMTP {}: {} — connected, {tls}, {auth}{pipe}", connector.describe(), ui.ok("ok"));
+            }
+            Ok(())
+        }
+        Err(ConnectError::Unreachable(m)) => Err(Failure::new(Exit::TryLater, format!("SMTP check failed: {m}"))),
+        Err(ConnectError::Refused(m)) => Err(Failure::new(Exit::BadInput, format!("SMTP check failed: {m}"))),
+    }
+}

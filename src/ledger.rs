@@ -1,0 +1,515 @@
+//! The send ledger: one SQLite row per letter, on disk, private.
+//!
+//! Owns the states SPEC.md defines and their transitions, the run lock, and
+//! durability: a letter's `sending` is committed with a full fsync before its
+//! body goes to the server, so no crash, kill or power loss can make a letter
+//! that may have gone out look unsent. What to send is decided by `cmd/send`.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::exit::{Exit, Failure};
+
+/// A letter's state (SPEC.md "Ledger states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Not yet attempted.
+    Pending,
+    /// Handed to the server, outcome not yet recorded.
+    Sending,
+    /// The server said 2xx.
+    Sent,
+    /// 4xx or a network error before handoff: a later run retries.
+    Deferred,
+    /// 5xx: retried only with `--retry-failed`.
+    Failed,
+    /// May have been delivered: retried only with `--resend-unknown`.
+    Unknown,
+    /// The supporter's row is invalid.
+    Skipped,
+}
+
+impl State {
+    /// Every state, in report order.
+    pub const ALL: [State; 7] = [
+        State::Sent,
+        State::Pending,
+        State::Deferred,
+        State::Failed,
+        State::Unknown,
+        State::Skipped,
+        State::Sending,
+    ];
+
+    /// The name stored and shown.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Sending => "sending",
+            State::Sent => "sent",
+            State::Deferred => "deferred",
+            State::Failed => "failed",
+            State::Unknown => "unknown",
+            State::Skipped => "skipped",
+        }
+    }
+
+    fn parse(s: &str) -> Result<State> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .with_context(|| format!("unknown ledger state `{s}`"))
+    }
+}
+
+/// One letter's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Normalized supporter email.
+    pub supporter: String,
+    /// Normalized target email.
+    pub target: String,
+    /// Current state.
+    pub state: State,
+    /// How many times it was handed to a connection.
+    pub attempts: u32,
+    /// The CSV line it came from, when last seen.
+    pub line: Option<u64>,
+    /// Its Message-ID.
+    pub message_id: Option<String>,
+    /// The server's last reply, or why it was skipped.
+    pub reply: Option<String>,
+    /// Earliest next attempt (unix seconds), for `deferred`.
+    pub next_attempt_at: Option<i64>,
+    /// When the server accepted it (unix seconds).
+    pub sent_at: Option<i64>,
+}
+
+/// How one attempt ended, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx after the final dot.
+    Sent(String),
+    /// Transient: retry later (at unix second `next_attempt_at`).
+    Deferred { reply: String, next_attempt_at: i64, handed_over: bool },
+    /// Permanent rejection.
+    Failed { reply: String, handed_over: bool },
+    /// The body was handed over and no reply came.
+    Unknown(String),
+}
+
+/// Which letter a write is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    /// Normalized supporter email.
+    pub supporter: &'a str,
+    /// Normalized target email.
+    pub target: &'a str,
+    /// CSV line.
+    pub line: u64,
+    /// Message-ID.
+    pub message_id: &'a str,
+}
+
+/// The open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS letters (
+    supporter TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN
+        ('pending','sending','sent','deferred','failed','unknown','skipped')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    line INTEGER,
+    message_id TEXT,
+    reply TEXT,
+    next_attempt_at INTEGER,
+    sent_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (supporter, target)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    supporter TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reply TEXT,
+    handed_over INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
+";
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger for `campaign_id`: folder 0700,
+    /// file 0600, WAL, integrity-checked, refusing another campaign's file.
+    pub fn open(path: &Path, campaign_id: &str) -> Result<Ledger> {
+        let shown = path.display();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private_dir(dir)?;
+        }
+        private_file(path)?;
+        let conn = Connection::open(path).with_context(|| format!("cannot open ledger `{shown}`"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .with_context(|| format!("ledger `{shown}` is not a SQLite database"))?;
+        if mode != "wal" {
+            bail!("ledger `{shown}`: cannot switch to WAL mode (got `{mode}`)");
+        }
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            bail!("ledger `{shown}` is damaged ({check})\n\nhint: restore it from a backup; do not delete it, or letters may be sent twice");
+        }
+        conn.execute_batch(SCHEMA).with_context(|| format!("cannot set up ledger `{shown}`"))?;
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| r.get(0))
+            .optional()?;
+        match stored {
+            Some(id) if id != campaign_id => bail!(
+                "ledger `{shown}` belongs to campaign `{id}`, not `{campaign_id}`\n\n\
+                 hint: set [ledger] path to this campaign's own file"
+            ),
+            Some(_) => {}
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)", [campaign_id])?;
+            }
+        }
+        Ok(Ledger { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens an existing ledger for reading, or `None` if no run wrote one yet.
+    pub fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
+        if path.exists() { Ledger::open(path, campaign_id).map(Some) } else { Ok(None) }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Turns `sending` rows left by a run that died into `unknown`.
+    pub fn recover(&self, now: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE letters SET state = 'unknown', updated_at = ?1,
+                reply = coalesce(reply, 'the run ended before the server replied')
+             WHERE state = 'sending'",
+            [now],
+        )?)
+    }
+
+    /// One letter's row.
+    pub fn get(&self, supporter: &str, target: &str) -> Result<Option<Record>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
+             FROM letters WHERE supporter = ?1 AND target = ?2",
+        )?;
+        stmt.query_row([supporter, target], row_to_record).optional().map_err(Into::into)
+    }
+
+    /// Every row, ordered by supporter then target.
+    pub fn all(&self) -> Result<Vec<Record>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
+             FROM letters ORDER BY coalesce(line, 0), supporter, target",
+        )?;
+        let rows = stmt.query_map([], row_to_record)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+
+    /// Records `sending` durably (fsync) before the body is handed over.
+    pub fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
+        let Key { supporter, target, line, message_id } = *letter;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
+             VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
+             ON CONFLICT (supporter, target) DO UPDATE SET
+                state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
+             WHERE state <> 'sent'",
+        )?;
+        let changed = stmt
+            .execute(params![supporter, target, line as i64, message_id, now])
+            .map_err(|e| disk_error(e, &self.path))?;
+        if changed != 1 {
+            bail!("letter {supporter} → {target} is already recorded as sent; not sending it again");
+        }
+        Ok(())
+    }
+
+    /// Records how an attempt ended. `claimed`: [`Ledger::claim`] already
+    /// counted this attempt. Committed without an fsync: the next claim's
+    /// fsync covers it, and if power fails first the letter reads back as
+    /// `sending`, which becomes `unknown`, never resent silently.
+    pub fn record(&self, letter: &Key<'_>, outcome: &Outcome, claimed: bool, now: i64) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let (state, reply, next, sent_at, handed_over) = match outcome {
+            Outcome::Sent(r) => (State::Sent, r.as_str(), None, Some(now), true),
+            Outcome::Deferred { reply, next_attempt_at, handed_over } => {
+                (State::Deferred, reply.as_str(), Some(*next_attempt_at), None, *handed_over)
+            }
+            Outcome::Failed { reply, handed_over } => (State::Failed, reply.as_str(), None, None, *handed_over),
+            Outcome::Unknown(r) => (State::Unknown, r.as_str(), None, None, true),
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
+                sent_at, updated_at)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
+                message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
+                updated_at = ?9
+             WHERE state <> 'sent'",
+        )?
+        .execute(params![
+            letter.supporter,
+            letter.target,
+            state.as_str(),
+            letter.line as i64,
+            letter.message_id,
+            reply,
+            next,
+            sent_at,
+            now,
+            i64::from(!claimed),
+        ])?;
+        tx.prepare_cached(
+            "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
+        tx.commit().map_err(|e| disk_error(e, &self.path))
+    }
+
+    /// Puts a `failed` letter back to `deferred` (a run-wide policy stop was
+    /// not the letter's fault).
+    pub fn requeue(&self, supporter: &str, target: &str, now: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE letters SET state = 'deferred', next_attempt_at = ?3, updated_at = ?3
+             WHERE supporter = ?1 AND target = ?2 AND state = 'failed'",
+            params![supporter, target, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records an invalid row's letter as `skipped` (never over a sent letter).
+    pub fn skip(&self, supporter: &str, target: &str, line: u64, reason: &str, now: i64) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO letters (supporter, target, state, line, reply, updated_at)
+                 VALUES (?1, ?2, 'skipped', ?3, ?4, ?5)
+                 ON CONFLICT (supporter, target) DO UPDATE SET state = 'skipped', line = ?3, reply = ?4,
+                    updated_at = ?5
+                 WHERE state IN ('pending', 'skipped', 'deferred')",
+            )?
+            .execute(params![supporter, target, line as i64, reason, now])
+            .map_err(|e| disk_error(e, &self.path))?;
+        Ok(())
+    }
+
+    /// Letters handed to the server since `since` (unix seconds): the daily quota's use.
+    pub fn handed_over_since(&self, since: i64) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM attempts WHERE handed_over = 1 AND at >= ?1",
+            [since],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Rows per state.
+    pub fn counts(&self) -> Result<Vec<(State, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT state, count(*) FROM letters GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (s, n) = row?;
+            out.push((State::parse(&s)?, n as u64));
+        }
+        Ok(out)
+    }
+
+    /// Writes everything to the main database file (end of a run).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let state: String = r.get(2)?;
+    Ok(Record {
+        supporter: r.get(0)?,
+        target: r.get(1)?,
+        state: State::parse(&state).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        attempts: r.get::<_, i64>(3)? as u32,
+        line: r.get::<_, Option<i64>>(4)?.map(|l| l as u64),
+        message_id: r.get(5)?,
+        reply: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        sent_at: r.get(8)?,
+    })
+}
+
+/// Names a full disk plainly.
+fn disk_error(e: rusqlite::Error, path: &Path) -> anyhow::Error {
+    let full = matches!(
+        &e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull
+    );
+    if full {
+        anyhow::anyhow!(
+            "the disk holding the ledger `{}` is full: stopped before sending another letter\n\n\
+             hint: free some space, then run `mailer send` again",
+            path.display()
+        )
+    } else {
+        anyhow::Error::from(e).context(format!("cannot write ledger `{}`", path.display()))
+    }
+}
+
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create ledger folder `{}`", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create ledger `{}`", path.display()))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new().recursive(true).create(dir)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_file(path: &Path) -> Result<()> {
+    OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(())
+}
+
+/// The run lock: one `send` per ledger at a time. Released on drop (and by
+/// the OS if the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock at once, or fails with exit 75.
+    pub fn acquire(ledger_path: &Path) -> Result<RunLock> {
+        let mut lock_path = ledger_path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private_dir(dir)?;
+        }
+        private_file(&lock_path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open lock `{}`", lock_path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
+                Exit::TryLater,
+                format!(
+                    "another run holds the ledger `{}`: try again when it has finished",
+                    ledger_path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock `{}`", lock_path.display()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join(".mailer/c.sqlite3"), "c").unwrap();
+        (dir, l)
+    }
+
+    #[test]
+    fn transitions_and_recovery() {
+        let (_d, l) = ledger();
+        let a = Key { supporter: "a@x.org", target: "ceo@corp.example", line: 2, message_id: "<id@o>" };
+        l.claim(&a, 100).unwrap();
+        assert_eq!(l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Sending);
+        l.record(&a, &Outcome::Sent("250 ok".into()), true, 101).unwrap();
+        let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts, r.sent_at, r.reply.as_deref()), (State::Sent, 1, Some(101), Some("250 ok")));
+        // A sent letter can never be claimed again.
+        assert!(l.claim(&a, 102).is_err());
+        l.record(&a, &Outcome::Failed { reply: "550".into(), handed_over: false }, false, 102).unwrap();
+        // Nor skipped.
+        l.skip("a@x.org", "ceo@corp.example", 2, "bad", 103).unwrap();
+        assert_eq!(l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Sent);
+
+        let b = Key { supporter: "b@x.org", target: "ceo@corp.example", line: 3, message_id: "<id2@o>" };
+        l.record(&b, &Outcome::Deferred { reply: "451".into(), next_attempt_at: 160, handed_over: false }, false, 100)
+            .unwrap();
+        l.claim(&b, 100).unwrap();
+        assert_eq!(l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().attempts, 2);
+        assert_eq!(l.recover(200).unwrap(), 1);
+        assert_eq!(l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Unknown);
+        assert_eq!(l.handed_over_since(0).unwrap(), 1);
+    }
+
+    #[test]
+    fn files_are_private_and_campaign_is_checked() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, l) = ledger();
+        drop(l);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(".mailer")), 0o700);
+        assert_eq!(mode(&dir.path().join(".mailer/c.sqlite3")), 0o600);
+        let err = Ledger::open(&dir.path().join(".mailer/c.sqlite3"), "other").err().unwrap();
+        assert!(err.to_string().contains("belongs to campaign `c`"), "{err}");
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let first = RunLock::acquire(&path).unwrap();
+        let err = RunLock::acquire(&path).unwrap_err();
+        assert_eq!(crate::exit::exit_for(&err), Exit::TryLater);
+        drop(first);
+        RunLock::acquire(&path).unwrap();
+    }
+}

@@ -1,0 +1,243 @@
+//! Everything `mailer` prints as data: plans, previews, summaries, status.
+//!
+//! Commands build the values; this module formats them (tables on a
+//! terminal, one line on a pipe, JSON on request).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::campaign::Campaign;
+use crate::cmd::send::{Event, Fate};
+use crate::message::Built;
+use crate::ui::Ui;
+
+/// What `send` found due (pass 1).
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Valid supporters.
+    pub supporters: u64,
+    /// Letters due now.
+    pub due: u64,
+    /// Due letters per target, in config order.
+    pub per_target: Vec<u64>,
+    /// Already delivered.
+    pub already_sent: u64,
+    /// Deferred, waiting for their backoff.
+    pub waiting: u64,
+    /// Failed, held for `--retry-failed`.
+    pub held_failed: u64,
+    /// Unknown, held for `--resend-unknown`.
+    pub held_unknown: u64,
+    /// Invalid rows.
+    pub skipped_rows: u64,
+    /// Repeated rows.
+    pub duplicates: u64,
+    /// The first due letter, shown in full by `--dry-run`.
+    pub first: Option<Built>,
+}
+
+/// How a `send` run went.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// What was due.
+    pub plan: Plan,
+    /// Delivered this run.
+    pub sent: u64,
+    /// Deferred this run.
+    pub deferred: u64,
+    /// Failed this run.
+    pub failed: u64,
+    /// Unknown this run.
+    pub unknown: u64,
+    /// Due but left for a later run (limits, a stop).
+    pub not_reached: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Letters that reached an outcome this run.
+    #[must_use]
+    pub fn attempted(&self) -> u64 {
+        self.sent + self.deferred + self.failed + self.unknown
+    }
+
+    /// Counts a worker's event; prints a failure line; moves the bar.
+    pub(crate) fn count(&mut self, event: &Event, ui: &Ui, bar: &indicatif::ProgressBar) {
+        let line = |what: &str| format!("{} → {}: {what}", event.supporter, event.target);
+        match &event.result {
+            Fate::Sent => self.sent += 1,
+            Fate::Deferred(r) => {
+                self.deferred += 1;
+                bar.suspend(|| ui.failure(&line(&format!("deferred: {r}"))));
+            }
+            Fate::Failed(r) => {
+                self.failed += 1;
+                bar.suspend(|| ui.failure(&line(&format!("failed: {r}"))));
+            }
+            Fate::Unknown(r) => {
+                self.unknown += 1;
+                bar.suspend(|| ui.failure(&line(&format!("unknown: {r}"))));
+            }
+            Fate::NotSent => return,
+        }
+        bar.inc(1);
+        let failures = self.deferred + self.failed + self.unknown;
+        bar.set_message(format!("{failures} failed"));
+    }
+}
+
+/// `1234567` → `1,234,567`.
+#[must_use]
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The end-of-run report: a table on a terminal, one line otherwise.
+pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
+    if ui.quiet {
+        return;
+    }
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { s.attempted() as f64 / secs } else { 0.0 };
+    let p = &s.plan;
+    if ui.stdout_is_terminal() {
+        let mut t = String::new();
+        let _ = writeln!(t, "\n  sent       {:>8}", thousands(s.sent));
+        let _ = writeln!(t, "  deferred   {:>8}", thousands(s.deferred));
+        let _ = writeln!(t, "  failed     {:>8}", thousands(s.failed));
+        let _ = writeln!(t, "  unknown    {:>8}", thousands(s.unknown));
+        let _ = writeln!(t, "  skipped    {:>8}  (invalid rows)", thousands(p.skipped_rows));
+        if s.not_reached > 0 {
+            let _ = writeln!(t, "  left       {:>8}  (for the next run)", thousands(s.not_reached));
+        }
+        let _ = writeln!(t, "  elapsed    {:>8.1}s  ({rate:.1} letters/s)", secs);
+        print!("{t}");
+    } else {
+        println!(
+            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s)",
+            s.sent, s.deferred, s.failed, s.unknown, p.skipped_rows, s.not_reached
+        );
+    }
+    if p.due == 0 && s.attempted() == 0 {
+        ui.note(&format!("Nothing due: {} already sent.", thousands(p.already_sent)));
+    } else if s.not_reached > 0 && budget.is_some() {
+        ui.note(&format!(
+            "{} letters wait for the next run (max_per_run, --limit or daily_limit).",
+            thousands(s.not_reached)
+        ));
+    }
+    if s.failed + p.held_failed > 0 {
+        ui.hint("`mailer status` lists the failures; `mailer send --retry-failed` retries them");
+    }
+    if s.unknown + p.held_unknown > 0 {
+        ui.hint("some letters may or may not have arrived: `mailer send --resend-unknown` resends them (same Message-ID)");
+    }
+    if s.deferred + p.waiting > 0 {
+        ui.hint("deferred letters are retried by the next `mailer send`");
+    }
+}
+
+/// `send --dry-run`: letters per target, the limits, the first letter.
+pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>, ui: &Ui) {
+    let mut out = String::new();
+    let _ = writeln!(out, "Dry run: nothing will be sent and nothing recorded.\n");
+    let _ = writeln!(out, "Campaign   {} ({})", campaign.config.campaign.name, campaign.config.campaign.id);
+    let _ = writeln!(out, "Supporters {} valid, {} skipped, {} duplicate rows", thousands(p.supporters), p.skipped_rows, p.duplicates);
+    let _ = writeln!(out, "Letters due now: {}", thousands(p.due));
+    for (t, n) in campaign.config.targets.iter().zip(&p.per_target) {
+        let _ = writeln!(out, "  {:>8}  to {}", thousands(*n), t.mailbox());
+    }
+    if p.already_sent + p.waiting + p.held_failed + p.held_unknown > 0 {
+        let _ = writeln!(
+            out,
+            "Not due: {} sent, {} deferred (waiting), {} failed, {} unknown",
+            p.already_sent, p.waiting, p.held_failed, p.held_unknown
+        );
+    }
+    if let Some(b) = budget {
+        let _ = writeln!(out, "This run would send at most {} (max_per_run / --limit / daily_limit).", thousands(b));
+    }
+    if let Some(rate) = campaign.config.delivery.rate {
+        let _ = writeln!(out, "Rate: one letter every {:.1}s.", rate.interval().as_secs_f64());
+    }
+    match &p.first {
+        Some(first) => {
+            let _ = writeln!(out, "\nThe first letter:\n");
+            out.push_str(&preview_text(first));
+        }
+        None => {
+            let _ = writeln!(out, "\nNo letter is due.");
+        }
+    }
+    print!("{out}");
+    let _ = ui;
+}
+
+/// A message as a person reads it: main headers unencoded, then the text.
+#[must_use]
+pub fn preview_text(b: &Built) -> String {
+    let mut out = String::new();
+    for (name, value) in &b.summary {
+        let _ = writeln!(out, "{name}: {value}");
+    }
+    out.push('\n');
+    out.push_str(&b.text);
+    if !b.text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// `status --json`, exactly as SPEC.md fixes it.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// `campaign.id`
+    pub campaign: String,
+    /// Letters implied by today's CSV × targets, plus ledger letters whose row left the CSV.
+    pub total: u64,
+    /// Delivered.
+    pub sent: u64,
+    /// Not yet attempted.
+    pub pending: u64,
+    /// Waiting for a retry.
+    pub deferred: u64,
+    /// Rejected.
+    pub failed: u64,
+    /// May have been delivered.
+    pub unknown: u64,
+    /// Invalid rows.
+    pub skipped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn status_json_keys_are_the_spec_ones() {
+        let json = serde_json::to_string(&StatusCounts { campaign: "c".into(), ..StatusCounts::default() }).unwrap();
+        assert_eq!(
+            json,
+            r#"{"campaign":"c","total":0,"sent":0,"pending":0,"deferred":0,"failed":0,"unknown":0,"skipped":0}"#
+        );
+    }
+}

@@ -1,0 +1,597 @@
+//! Our own SMTP client connection, on std sockets and rustls.
+//!
+//! NOTE: we drive SMTP ourselves instead of lettre's transport because lettre
+//! 0.11 cannot say *when* a connection failed (before DATA is safe to retry,
+//! after the final dot is not), stalls ~40 ms per message (no TCP_NODELAY),
+//! has no PIPELINING, sends AUTH over plain connections, and kept bytes a
+//! man-in-the-middle injected before STARTTLS. lettre still builds and signs
+//! the messages (`message.rs`). The ledger callback runs between the server's
+//! `354` and the body, so `sending` is on disk before anything can arrive.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use base64::Engine as _;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use crate::config::{Security, Smtp};
+use crate::message::Built;
+
+/// Longest reply line we accept (RFC 5321 says 512; be generous).
+const MAX_LINE: usize = 4096;
+/// Letters per connection before a fresh one (relays often cap this).
+pub const LETTERS_PER_CONNECTION: usize = 100;
+
+/// A server reply: code and text (lines joined with ` / `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit code.
+    pub code: u16,
+    /// The text after the code.
+    pub text: String,
+}
+
+impl Reply {
+    /// 2xx
+    #[must_use]
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+    /// 4xx: try again later.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+    /// 5xx: don't.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+    /// A 5.7.x enhanced status: a policy rejection (auth, relaying, spam).
+    #[must_use]
+    pub fn is_policy(&self) -> bool {
+        self.code >= 500 && self.text.starts_with("5.7.")
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+/// Why a connection could not be set up. Each stops the run.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Nothing answered, or the server said "busy" (421): try later.
+    Unreachable(String),
+    /// TLS, authentication or protocol trouble that needs a person.
+    Refused(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Unreachable(m) | ConnectError::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// How one letter went on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// 2xx after the final dot.
+    Accepted(Reply),
+    /// The server said no. `handed_over`: the body had been sent.
+    Rejected { reply: Reply, handed_over: bool },
+    /// The connection failed. Before handoff it is safe to retry; after, the
+    /// letter may have been delivered.
+    Lost { reason: String, handed_over: bool },
+}
+
+/// Everything needed to open connections, built once per run.
+#[derive(Clone)]
+pub struct Connector {
+    smtp: Smtp,
+    tls: Arc<ClientConfig>,
+    hello: String,
+}
+
+impl Connector {
+    /// Prepares TLS roots (web PKI plus `ca_file`).
+    pub fn new(smtp: &Smtp) -> Result<Connector> {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(ca) = &smtp.ca_file {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject as _;
+            let certs = CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read ca_file `{}`", ca.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("ca_file `{}` is not PEM certificates", ca.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("ca_file `{}` holds no certificate", ca.display());
+            }
+            for cert in certs {
+                roots.add(cert).with_context(|| format!("ca_file `{}`: bad certificate", ca.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS setup")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let hello = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(char::is_whitespace))
+            .unwrap_or_else(|| "localhost".into());
+        Ok(Connector { smtp: smtp.clone(), tls: Arc::new(tls), hello })
+    }
+
+    /// `host:port (SECURITY)` for messages.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        format!("{}:{} ({})", self.smtp.host, self.smtp.port, self.smtp.security)
+    }
+
+    /// Connects, upgrades to TLS, greets and authenticates.
+    pub fn connect(&self) -> Result<Connection, ConnectError> {
+        let s = &self.smtp;
+        let where_ = format!("{}:{}", s.host, s.port);
+        let tcp = open_tcp(&s.host, s.port, s.timeout)
+            .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {where_}: {e}")))?;
+        let mut conn = Connection {
+            stream: Stream::Plain(tcp),
+            rbuf: Vec::with_capacity(1024),
+            caps: Caps::default(),
+            letters: 0,
+            usable: true,
+            host: s.host.clone(),
+        };
+        if s.security == Security::Tls {
+            conn.upgrade(&self.tls)?;
+        }
+        let greeting = conn.reply().map_err(|e| ConnectError::Unreachable(format!("{where_}: no greeting: {e}")))?;
+        if greeting.code != 220 {
+            return Err(ConnectError::Unreachable(format!("{where_} is not accepting mail: {greeting}")));
+        }
+        conn.ehlo(&self.hello)?;
+        if s.security == Security::Starttls {
+            if !conn.caps.starttls {
+                return Err(ConnectError::Refused(format!(
+                    "{where_} does not offer STARTTLS, and security = \"starttls\" requires it"
+                )));
+            }
+            let r = conn.command("STARTTLS\r\n").map_err(|e| ConnectError::Refused(format!("STARTTLS: {e}")))?;
+            if r.code != 220 {
+                return Err(ConnectError::Refused(format!("{where_} refused STARTTLS: {r}")));
+            }
+            if !conn.rbuf.is_empty() {
+                return Err(ConnectError::Refused(format!(
+                    "{where_} sent data after agreeing to STARTTLS and before the TLS handshake \
+                     (a sign of a STARTTLS injection attack); not continuing"
+                )));
+            }
+            conn.upgrade(&self.tls)?;
+            conn.caps = Caps::default();
+            conn.ehlo(&self.hello)?;
+        }
+        if let Some(user) = &s.username {
+            if !conn.stream.is_tls() {
+                return Err(ConnectError::Refused(format!(
+                    "refusing to send the SMTP password to {where_} without TLS \
+                     (security = \"none\"): use starttls or tls, or remove username"
+                )));
+            }
+            let password = s.password.resolve().map_err(|e| ConnectError::Refused(format!("{e:#}")))?;
+            conn.auth(user, password.expose())?;
+        }
+        Ok(conn)
+    }
+}
+
+fn open_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name did not resolve");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => {
+                tcp.set_nodelay(true)?;
+                tcp.set_read_timeout(Some(timeout))?;
+                tcp.set_write_timeout(Some(timeout))?;
+                return Ok(tcp);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+#[derive(Debug, Default, Clone)]
+struct Caps {
+    starttls: bool,
+    pipelining: bool,
+    eightbit: bool,
+    auth_plain: bool,
+    auth_login: bool,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Closed,
+}
+
+impl Stream {
+    fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+            Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+            Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// One open SMTP session, reused for many letters.
+pub struct Connection {
+    stream: Stream,
+    rbuf: Vec<u8>,
+    caps: Caps,
+    letters: usize,
+    usable: bool,
+    host: String,
+}
+
+impl Connection {
+    /// Whether another letter may go on this connection.
+    #[must_use]
+    pub fn is_usable(&self) -> bool {
+        self.usable && self.letters < LETTERS_PER_CONNECTION
+    }
+
+    /// Whether the server offered PIPELINING.
+    #[must_use]
+    pub fn pipelining(&self) -> bool {
+        self.caps.pipelining
+    }
+
+    /// Whether the session is encrypted.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    fn upgrade(&mut self, tls: &Arc<ClientConfig>) -> Result<(), ConnectError> {
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| ConnectError::Refused(format!("`{}` is not a valid TLS server name: {e}", self.host)))?;
+        let Stream::Plain(mut tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(ConnectError::Refused("TLS requested twice".into()));
+        };
+        let mut client = ClientConnection::new(Arc::clone(tls), name)
+            .map_err(|e| ConnectError::Refused(format!("TLS setup: {e}")))?;
+        while client.is_handshaking() {
+            if let Err(e) = client.complete_io(&mut tcp) {
+                return Err(tls_error(&self.host, &e));
+            }
+        }
+        self.rbuf.clear();
+        self.stream = Stream::Tls(Box::new(StreamOwned::new(client, tcp)));
+        Ok(())
+    }
+
+    fn ehlo(&mut self, hello: &str) -> Result<(), ConnectError> {
+        let r = self
+            .command(&format!("EHLO {hello}\r\n"))
+            .map_err(|e| ConnectError::Unreachable(format!("{}: EHLO: {e}", self.host)))?;
+        if !r.is_positive() {
+            return Err(ConnectError::Refused(format!("{} refused EHLO: {r}", self.host)));
+        }
+        for line in r.text.split(" / ").skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            match words.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("STARTTLS") => self.caps.starttls = true,
+                Some("PIPELINING") => self.caps.pipelining = true,
+                Some("8BITMIME") => self.caps.eightbit = true,
+                Some("AUTH") => {
+                    for m in words {
+                        match m.to_ascii_uppercase().as_str() {
+                            "PLAIN" => self.caps.auth_plain = true,
+                            "LOGIN" => self.caps.auth_login = true,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn auth(&mut self, user: &str, password: &str) -> Result<(), ConnectError> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let io_err = |e: io::Error| ConnectError::Unreachable(format!("connection lost during AUTH: {e}"));
+        let r = if self.caps.auth_plain {
+            self.command(&format!("AUTH PLAIN {}\r\n", b64(&format!("\0{user}\0{password}")))).map_err(io_err)?
+        } else if self.caps.auth_login {
+            let r = self.command("AUTH LOGIN\r\n").map_err(io_err)?;
+            if r.code != 334 {
+                return Err(ConnectError::Refused(format!("{} refused AUTH LOGIN: {r}", self.host)));
+            }
+            let r = self.command(&format!("{}\r\n", b64(user))).map_err(io_err)?;
+            if r.code != 334 {
+                return Err(ConnectError::Refused(format!("{} refused the user name: {r}", self.host)));
+            }
+            self.command(&format!("{}\r\n", b64(password))).map_err(io_err)?
+        } else {
+            return Err(ConnectError::Refused(format!(
+                "{} offers no AUTH PLAIN or LOGIN, but a username is configured",
+                self.host
+            )));
+        };
+        if r.is_positive() {
+            Ok(())
+        } else if r.is_transient() {
+            Err(ConnectError::Unreachable(format!("{} could not authenticate now: {r}", self.host)))
+        } else {
+            Err(ConnectError::Refused(format!(
+                "{} rejected the login for `{user}`: {r}\n\nhint: check [smtp] username and the password source",
+                self.host
+            )))
+        }
+    }
+
+    /// Sends one letter. `before_body` runs after the server's `354` and before
+    /// the body is written: the ledger commits `sending` there. Its error stops
+    /// the letter (not sent) and is returned.
+    pub fn deliver(&mut self, built: &Built, before_body: impl FnOnce() -> Result<()>) -> Result<Delivery> {
+        self.letters += 1;
+        let lost = |this: &mut Self, e: io::Error, handed_over: bool| {
+            this.usable = false;
+            this.stream = Stream::Closed;
+            Ok(Delivery::Lost { reason: describe_io(&e), handed_over })
+        };
+        let body_param = if self.caps.eightbit { " BODY=8BITMIME" } else { "" };
+        let mut commands = vec![format!("MAIL FROM:<{}>{body_param}\r\n", built.from)];
+        commands.extend(built.recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
+        commands.push("DATA\r\n".into());
+
+        let replies = if self.caps.pipelining {
+            match self.send_all(&commands.concat()).and_then(|()| self.replies(commands.len())) {
+                Ok(r) => r,
+                Err(e) => return lost(self, e, false),
+            }
+        } else {
+            let mut out = Vec::with_capacity(commands.len());
+            for (i, c) in commands.iter().enumerate() {
+                let r = match self.command(c) {
+                    Ok(r) => r,
+                    Err(e) => return lost(self, e, false),
+                };
+                let stop = !r.is_positive() && (i == 0 || i == 1);
+                out.push(r);
+                if stop {
+                    break;
+                }
+            }
+            out
+        };
+        if replies.iter().any(|r| r.code == 421) {
+            self.usable = false;
+        }
+        let mail = &replies[0];
+        let target = replies.get(1);
+        let data = replies.get(commands.len() - 1);
+        let refusal = if mail.is_positive() {
+            target.filter(|t| !t.is_positive()).or(data.filter(|d| d.code != 354))
+        } else {
+            Some(mail)
+        };
+        if let Some(reply) = refusal.cloned() {
+            if data.is_some_and(|d| d.code == 354) {
+                // The server waits for a body we will not send: drop the session.
+                self.usable = false;
+                self.stream = Stream::Closed;
+            } else if self.usable {
+                self.rset();
+            }
+            return Ok(Delivery::Rejected { reply, handed_over: false });
+        }
+        if data.is_none() {
+            // Without pipelining we stopped early; reached only if MAIL/RCPT failed.
+            self.rset();
+            return Ok(Delivery::Rejected { reply: mail.clone(), handed_over: false });
+        }
+
+        if let Err(e) = before_body() {
+            self.usable = false;
+            self.stream = Stream::Closed;
+            return Err(e);
+        }
+        // NOTE: if writing fails, the final ".\r\n" (the last bytes) did not
+        // all leave this process, so the server cannot have accepted it: safe
+        // to retry. Only a missing reply after a complete write is unknown.
+        if let Err(e) = self.send_all_bytes(&dot_stuff(&built.bytes)) {
+            return lost(self, e, false);
+        }
+        match self.reply() {
+            Ok(r) if r.is_positive() => Ok(Delivery::Accepted(r)),
+            Ok(r) => {
+                if r.code == 421 {
+                    self.usable = false;
+                }
+                Ok(Delivery::Rejected { reply: r, handed_over: true })
+            }
+            Err(e) => lost(self, e, true),
+        }
+    }
+
+    /// Ends the session politely.
+    pub fn quit(mut self) {
+        if self.usable {
+            let _ = self.command("QUIT\r\n");
+        }
+        if let Stream::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    }
+
+    fn rset(&mut self) {
+        match self.command("RSET\r\n") {
+            Ok(r) if r.is_positive() => {}
+            _ => self.usable = false,
+        }
+    }
+
+    fn command(&mut self, line: &str) -> io::Result<Reply> {
+        self.send_all(line)?;
+        self.reply()
+    }
+
+    fn send_all(&mut self, text: &str) -> io::Result<()> {
+        self.send_all_bytes(text.as_bytes())
+    }
+
+    fn send_all_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    fn replies(&mut self, n: usize) -> io::Result<Vec<Reply>> {
+        (0..n).map(|_| self.reply()).collect()
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    fn reply(&mut self) -> io::Result<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line()?;
+            let bytes = line.as_bytes();
+            if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("malformed reply `{line}`")));
+            }
+            let code: u16 = line[..3].parse().unwrap_or(0);
+            let more = bytes.get(3) == Some(&b'-');
+            lines.push((code, line.get(4..).unwrap_or("").to_string()));
+            if !more {
+                break;
+            }
+            if lines.len() > 200 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "reply too long"));
+            }
+        }
+        let code = lines.last().map_or(0, |l| l.0);
+        let text = lines.into_iter().map(|l| l.1).collect::<Vec<_>>().join(" / ");
+        Ok(Reply { code, text })
+    }
+
+    fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = self.rbuf.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = self.rbuf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&raw);
+                return Ok(text.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if self.rbuf.len() > MAX_LINE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Dot-stuffs a CRLF message and appends the terminator, in one buffer so it
+/// leaves in one write.
+fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "the server did not reply in time".into(),
+        io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "the connection was reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn tls_error(host: &str, e: &io::Error) -> ConnectError {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(why)) => ConnectError::Refused(format!(
+            "the certificate of `{host}` was rejected: {why:?}\n\n\
+             hint: if the relay uses a private CA, set [smtp] ca_file to its PEM certificate"
+        )),
+        Some(other) => ConnectError::Refused(format!("TLS handshake with `{host}` failed: {other}")),
+        None => ConnectError::Unreachable(format!("TLS handshake with `{host}` failed: {}", describe_io(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+    }
+
+    #[test]
+    fn reply_classes() {
+        let r = |code, text: &str| Reply { code, text: text.into() };
+        assert!(r(250, "ok").is_positive());
+        assert!(r(451, "4.3.0 later").is_transient());
+        assert!(r(554, "5.7.1 spam").is_permanent() && r(554, "5.7.1 spam").is_policy());
+        assert!(!r(550, "5.1.1 no such user").is_policy());
+    }
+}

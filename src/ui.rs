@@ -1,0 +1,174 @@
+//! What a person sees on stderr: errors, warnings, hints, the prompt and the
+//! progress bar. Terminal detection and colour (`--color`, `NO_COLOR`) live here.
+//!
+//! Data (previews, status, summaries) goes to stdout through `report.rs`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anstyle::{AnsiColor, Style};
+
+use crate::cli::ColorChoice;
+
+/// How loud to be and what the terminal can do.
+#[derive(Debug, Clone)]
+pub struct Ui {
+    /// `-q`: only errors.
+    pub quiet: bool,
+    /// `-v`: more detail.
+    pub verbose: bool,
+    color: bool,
+    stderr_tty: bool,
+    stdin_tty: bool,
+    stdout_tty: bool,
+}
+
+const RED: Style = AnsiColor::Red.on_default().bold();
+const YELLOW: Style = AnsiColor::Yellow.on_default().bold();
+const CYAN: Style = AnsiColor::Cyan.on_default().bold();
+const GREEN: Style = AnsiColor::Green.on_default().bold();
+
+impl Ui {
+    /// Detects terminals; colour per `--color` and `NO_COLOR`.
+    #[must_use]
+    pub fn new(quiet: bool, verbose: bool, color: ColorChoice) -> Ui {
+        let stderr_tty = std::io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = match color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stderr_tty && !no_color && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+        };
+        Ui {
+            quiet,
+            verbose,
+            color,
+            stderr_tty,
+            stdin_tty: std::io::stdin().is_terminal(),
+            stdout_tty: std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// Whether a person is at the keyboard (prompts allowed).
+    #[must_use]
+    pub fn interactive(&self) -> bool {
+        self.stdin_tty && self.stderr_tty
+    }
+
+    /// Whether stdout is a terminal (tables) or a pipe (one line).
+    #[must_use]
+    pub fn stdout_is_terminal(&self) -> bool {
+        self.stdout_tty
+    }
+
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.color { format!("{style}{text}{style:#}") } else { text.to_string() }
+    }
+
+    /// `error: …` (always shown). A `\n\nhint: …` tail is coloured as a hint.
+    pub fn error(&self, message: &str) {
+        let (main, hint) = split_hint(message);
+        eprintln!("{} {main}", self.paint(RED, "error:"));
+        if let Some(h) = hint {
+            eprintln!("\n{} {h}", self.paint(CYAN, "hint:"));
+        }
+    }
+
+    /// `warning: …` (hidden by `-q`).
+    pub fn warn(&self, message: &str) {
+        if !self.quiet {
+            let (main, hint) = split_hint(message);
+            eprintln!("{} {main}", self.paint(YELLOW, "warning:"));
+            if let Some(h) = hint {
+                eprintln!("{} {h}", self.paint(CYAN, "hint:"));
+            }
+        }
+    }
+
+    /// A problem line such as `FILE:LINE: reason` (hidden by `-q`).
+    pub fn problem(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// A failure during a send: shown even with `-q` (cron mails it).
+    pub fn failure(&self, message: &str) {
+        eprintln!("{message}");
+    }
+
+    /// `hint: …` (hidden by `-q`).
+    pub fn hint(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{} {message}", self.paint(CYAN, "hint:"));
+        }
+    }
+
+    /// Progress notes (hidden by `-q`).
+    pub fn note(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// Detail for `-v`.
+    pub fn detail(&self, message: &str) {
+        if self.verbose {
+            eprintln!("{} {message}", self.paint(CYAN, "debug:"));
+        }
+    }
+
+    /// A green `ok` mark for step lists.
+    #[must_use]
+    pub fn ok(&self, text: &str) -> String {
+        self.paint(GREEN, text)
+    }
+
+    /// Asks a yes/no question on stderr; only `y`/`yes` is yes.
+    pub fn confirm(&self, question: &str) -> bool {
+        eprint!("{question} [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        if std::io::stdin().lock().read_line(&mut answer).is_err() {
+            return false;
+        }
+        matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    }
+
+    /// Asks for a value with a default (terminal only).
+    pub fn ask(&self, question: &str, default: &str) -> String {
+        eprint!("{question} [{default}]: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        let answer = answer.trim();
+        if answer.is_empty() { default.to_string() } else { answer.to_string() }
+    }
+
+    /// A progress bar on a terminal; hidden otherwise.
+    #[must_use]
+    pub fn progress(&self, total: u64) -> indicatif::ProgressBar {
+        if !self.stderr_tty || self.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        let template = if self.color {
+            "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} letters · {per_sec} · ETA {eta} · {msg}"
+        } else {
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} letters · {per_sec} · ETA {eta} · {msg}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("0 failed");
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+}
+
+fn split_hint(message: &str) -> (&str, Option<&str>) {
+    match message.split_once("\n\nhint: ") {
+        Some((main, hint)) => (main, Some(hint)),
+        None => (message, None),
+    }
+}

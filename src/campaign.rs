@@ -89,7 +89,13 @@ impl Campaign {
             ]),
             today: local_date(now),
         };
-        Ok(Campaign { config, letter, globals, dkim, date: now })
+        Ok(Campaign {
+            config,
+            letter,
+            globals,
+            dkim,
+            date: now,
+        })
     }
 
     /// Opens the supporters file.
@@ -110,8 +116,16 @@ impl Campaign {
         let supporter = match row {
             Row::Valid(s) => s,
             Row::Invalid { line, key, reason } => return Ok(Prepared::Skipped { line, key, reason }),
-            Row::Duplicate { line, email, first_line } => {
-                return Ok(Prepared::Duplicate { line, email, first_line });
+            Row::Duplicate {
+                line,
+                email,
+                first_line,
+            } => {
+                return Ok(Prepared::Duplicate {
+                    line,
+                    email,
+                    first_line,
+                });
             }
         };
         let settings = Envelopes {
@@ -122,13 +136,23 @@ impl Campaign {
         };
         let mut letters = Vec::with_capacity(self.config.targets.len());
         for target in &self.config.targets {
-            let rendered = self.letter.render(&supporter, target, &self.globals).map_err(|e| {
-                anyhow::Error::new(TemplateError(format!("{e:#} (rendering the letter for {file}:{})", supporter.line)))
-            })?;
+            let rendered = self
+                .letter
+                .render(&supporter, target, &self.globals)
+                .map_err(|e| {
+                    anyhow::Error::new(TemplateError(format!(
+                        "{e:#} (rendering the letter for {file}:{})",
+                        supporter.line
+                    )))
+                })?;
             match message::build(&rendered, &supporter, target, &settings, self.date) {
                 Ok(built) => letters.push(built),
                 Err(reason) => {
-                    return Ok(Prepared::Skipped { line: supporter.line, key: supporter.key, reason });
+                    return Ok(Prepared::Skipped {
+                        line: supporter.line,
+                        key: supporter.key,
+                        reason,
+                    });
                 }
             }
         }
@@ -144,7 +168,12 @@ impl Campaign {
 
 /// YYYY-MM-DD in the machine's time zone.
 fn local_date(now: SystemTime) -> String {
-    jiff::Timestamp::try_from(now)
-        .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).date().to_string())
-        .unwrap_or_else(|_| "1970-01-01".into())
+    jiff::Timestamp::try_from(now).map_or_else(
+        |_| "1970-01-01".into(),
+        |t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .date()
+                .to_string()
+        },
+    )
 }

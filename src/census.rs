@@ -88,7 +88,9 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
     if let Some(ledger) = ledger {
         for record in ledger.all()? {
             // Skipped rows that left the CSV were never letters.
-            if record.state == State::Skipped || seen.contains(&fingerprint(&record.supporter, &record.target)) {
+            if record.state == State::Skipped
+                || seen.contains(&fingerprint(&record.supporter, &record.target))
+            {
                 continue;
             }
             visit(Letter {

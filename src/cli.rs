@@ -32,7 +32,7 @@ pub struct GlobalArgs {
     /// Print more detail (never a secret)
     #[arg(short, long, global = true)]
     pub verbose: bool,
-    /// When to use colour on stderr; NO_COLOR turns it off under `auto`
+    /// When to use colour on stderr; `NO_COLOR` turns it off under `auto`
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }
@@ -57,7 +57,7 @@ pub enum Command {
     },
     /// Validate the config, the letter and every supporter's letter
     ///
-    /// Prints every problem, one per line with its FILE:LINE. Sends nothing.
+    /// Prints every problem, one per line with its `FILE:LINE`. Sends nothing.
     Check {
         /// Also connect to the SMTP server, negotiate TLS, authenticate and quit
         #[arg(long)]
@@ -89,7 +89,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One CSV row per letter: supporter, target, state, attempts, reply, sent_at, message_id
+    /// One CSV row per letter: supporter, target, state, attempts, reply, `sent_at`, `message_id`
     Export {
         /// Write to FILE instead of stdout
         #[arg(long, value_name = "FILE")]
@@ -110,7 +110,7 @@ pub struct SendArgs {
     /// Do everything but talk to the server; writes nothing to the ledger
     #[arg(long)]
     pub dry_run: bool,
-    /// Send at most N letters this run (overrides delivery.max_per_run)
+    /// Send at most N letters this run (overrides `delivery.max_per_run`)
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     /// Do not ask for confirmation

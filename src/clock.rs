@@ -70,10 +70,7 @@ impl Clock for ManualClock {
 }
 
 /// Waits for a child process at most `limit`; `None` if it is still running.
-pub(crate) fn wait_with_timeout(
-    child: &mut Child,
-    limit: Duration,
-) -> std::io::Result<Option<ExitStatus>> {
+pub(crate) fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
     let clock = SystemClock;
     let step = Duration::from_millis(10);
     let mut waited = Duration::ZERO;

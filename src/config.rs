@@ -217,7 +217,10 @@ impl FromStr for Rate {
             "day" | "d" => 86_400,
             _ => return Err(bad()),
         };
-        Ok(Rate { count, per: Duration::from_secs(secs) })
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(secs),
+        })
     }
 }
 
@@ -356,7 +359,13 @@ impl Config {
             anyhow!("cannot read config `{}`: {e}{hint}", path.display())
         })?;
         let config = Config::from_toml(&text, path)?;
-        if matches!(config.smtp, Some(Smtp { password: Secret::Literal(_), .. })) {
+        if matches!(
+            config.smtp,
+            Some(Smtp {
+                password: Secret::Literal(_),
+                ..
+            })
+        ) {
             ensure_private(path)?;
         }
         Ok(config)
@@ -371,8 +380,14 @@ impl Config {
                 .map_or_else(|| file.clone(), |s| format!("{file}:{}", line_col(text, s.start)));
             anyhow!("{at}: {}", e.message().trim_end())
         })?;
-        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         let at = |span: std::ops::Range<usize>| format!("{file}:{}", line_of(text, span.start));
         let source = |s: Spanned<String>| Source {
             location: at(s.span()),
@@ -381,7 +396,11 @@ impl Config {
 
         let id_at = at(raw.campaign.id.span());
         let id = raw.campaign.id.into_inner();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
         }
         let campaign = Campaign {
@@ -398,41 +417,16 @@ impl Config {
             bcc: raw.sender.bcc,
         };
 
-        if raw.targets.is_empty() {
-            bail!("{file}: no [[targets]]: add at least one with `name` and `email`");
-        }
-        let mut targets = Vec::with_capacity(raw.targets.len());
-        for (i, spanned) in raw.targets.into_iter().enumerate() {
-            let where_ = format!("{}: [[targets]] #{}", at(spanned.span()), i + 1);
-            let fields = spanned.into_inner();
-            let email = match fields.get("email") {
-                Some(toml::Value::String(s)) => s.trim().parse::<Address>().map_err(|e| {
-                    anyhow!("{where_}: invalid email `{s}`: {e}")
-                })?,
-                Some(_) => bail!("{where_}: `email` must be a string"),
-                None => bail!("{where_}: `email` is missing"),
-            };
-            let name = match fields.get("name") {
-                Some(toml::Value::String(s)) => Some(s.clone()),
-                Some(_) => bail!("{where_}: `name` must be a string"),
-                None => None,
-            };
-            if let Some(name) = &name
-                && name.chars().any(char::is_control)
-            {
-                bail!("{where_}: `name` holds a control character");
-            }
-            if targets.iter().any(|t: &Target| t.key() == email.to_string().to_lowercase()) {
-                bail!("{where_}: `{email}` is listed twice");
-            }
-            targets.push(Target { name, email, fields });
-        }
+        let targets = targets_from_raw(raw.targets, &file, &at)?;
 
         let smtp = raw.smtp.map(|s| smtp_from_raw(s, &dir, &at)).transpose()?;
 
         let d = raw.delivery;
         if *d.concurrency.get_ref() == 0 || *d.concurrency.get_ref() > 64 {
-            bail!("{}: concurrency must be between 1 and 64", at(d.concurrency.span()));
+            bail!(
+                "{}: concurrency must be between 1 and 64",
+                at(d.concurrency.span())
+            );
         }
         let delivery = Delivery {
             rate: d.rate,
@@ -442,7 +436,9 @@ impl Config {
             retries: d.retries,
         };
         let ledger_path = dir.join(
-            raw.ledger.path.unwrap_or_else(|| PathBuf::from(format!(".mailer/{id}.sqlite3"))),
+            raw.ledger
+                .path
+                .unwrap_or_else(|| PathBuf::from(format!(".mailer/{id}.sqlite3"))),
         );
         let dkim = raw.dkim.map(|k| Dkim {
             domain: k.domain,
@@ -473,11 +469,44 @@ impl Config {
     }
 }
 
-fn smtp_from_raw(
-    s: RawSmtp,
-    dir: &Path,
+fn targets_from_raw(
+    raw: Vec<Spanned<toml::Table>>,
+    file: &str,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<Smtp> {
+) -> Result<Vec<Target>> {
+    if raw.is_empty() {
+        bail!("{file}: no [[targets]]: add at least one with `name` and `email`");
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+    for (i, spanned) in raw.into_iter().enumerate() {
+        let where_ = format!("{}: [[targets]] #{}", at(spanned.span()), i + 1);
+        let fields = spanned.into_inner();
+        let email = match fields.get("email") {
+            Some(toml::Value::String(s)) => s
+                .trim()
+                .parse::<Address>()
+                .map_err(|e| anyhow!("{where_}: invalid email `{s}`: {e}"))?,
+            Some(_) => bail!("{where_}: `email` must be a string"),
+            None => bail!("{where_}: `email` is missing"),
+        };
+        let name = match fields.get("name") {
+            Some(toml::Value::String(s)) if s.chars().any(char::is_control) => {
+                bail!("{where_}: `name` holds a control character")
+            }
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(_) => bail!("{where_}: `name` must be a string"),
+            None => None,
+        };
+        let key = email.to_string().to_lowercase();
+        if targets.iter().any(|t| t.key() == key) {
+            bail!("{where_}: `{email}` is listed twice");
+        }
+        targets.push(Target { name, email, fields });
+    }
+    Ok(targets)
+}
+
+fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> String) -> Result<Smtp> {
     let host_at = at(s.host.span());
     let host = s.host.into_inner();
     if host.trim().is_empty() {
@@ -490,10 +519,14 @@ fn smtp_from_raw(
              only for a relay on a network you trust"
         );
     }
-    let chosen = [s.password_env.is_some(), s.password_command.is_some(), s.password.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let chosen = [
+        s.password_env.is_some(),
+        s.password_command.is_some(),
+        s.password.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if chosen > 1 {
         bail!("{host_at}: [smtp] takes one of password_env, password_command or password");
     }
@@ -522,8 +555,7 @@ fn smtp_from_raw(
 #[must_use]
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Refuses a literal password in a file others can read.
@@ -554,13 +586,21 @@ fn ensure_private(_: &Path) -> Result<()> {
 /// 1-based line of byte `offset` in `text`.
 #[must_use]
 pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 fn line_col(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    format!("{}:{}", line_of(text, offset), text[line_start..offset].chars().count() + 1)
+    format!(
+        "{}:{}",
+        line_of(text, offset),
+        text[line_start..offset].chars().count() + 1
+    )
 }
 
 #[cfg(test)]
@@ -604,7 +644,10 @@ file = "supporters.csv"
     fn unknown_key_names_file_line_and_key() {
         let text = MINIMAL.replace("[supporters]\n", "[supporters]\nfiel = 1\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("camp/mailer.toml:15:1: unknown field `fiel`"), "{err}");
+        assert!(
+            err.starts_with("camp/mailer.toml:15:1: unknown field `fiel`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -616,18 +659,29 @@ file = "supporters.csv"
 
     #[test]
     fn rates_parse() {
-        assert_eq!("30/minute".parse::<Rate>().unwrap().interval(), Duration::from_secs(2));
-        assert_eq!("10/second".parse::<Rate>().unwrap().interval(), Duration::from_millis(100));
+        assert_eq!(
+            "30/minute".parse::<Rate>().unwrap().interval(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            "10/second".parse::<Rate>().unwrap().interval(),
+            Duration::from_millis(100)
+        );
         assert!("0/minute".parse::<Rate>().is_err());
         assert!("fast".parse::<Rate>().is_err());
         let text = format!("{MINIMAL}\n[delivery]\nrate = \"5/fortnight\"\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("camp/mailer.toml:18:8: invalid rate `5/fortnight`"), "{err}");
+        assert!(
+            err.starts_with("camp/mailer.toml:18:8: invalid rate `5/fortnight`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn campaign_id_is_checked() {
-        let err = parse(&MINIMAL.replace("test-1", "Test 1")).unwrap_err().to_string();
+        let err = parse(&MINIMAL.replace("test-1", "Test 1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("camp/mailer.toml:3: campaign id"), "{err}");
     }
 
@@ -657,7 +711,10 @@ file = "supporters.csv"
         let err = parse(&MINIMAL.replace("ceo@corp.example", "not-an-address"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("[[targets]] #1: invalid email `not-an-address`"), "{err}");
+        assert!(
+            err.contains("[[targets]] #1: invalid email `not-an-address`"),
+            "{err}"
+        );
         assert!(err.starts_with("camp/mailer.toml:10: [[targets]] #1"), "{err}");
     }
 

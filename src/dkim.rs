@@ -13,7 +13,16 @@ use lettre::message::header::HeaderName;
 use crate::config::Dkim;
 
 /// Headers signed, in this order.
-const SIGNED: [&str; 8] = ["From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version"];
+const SIGNED: [&str; 8] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "MIME-Version",
+];
 
 /// Reads the key file and builds lettre's signer config.
 pub fn load(dkim: &Dkim) -> Result<DkimConfig> {
@@ -27,7 +36,10 @@ pub fn load(dkim: &Dkim) -> Result<DkimConfig> {
         dkim.domain.clone(),
         key,
         headers,
-        DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed },
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
     ))
 }
 
@@ -41,7 +53,9 @@ fn signing_key(pem: &str) -> Result<DkimSigningKey> {
         bail!("not a PEM private key (expected BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)");
     }
     if let Ok(rsa) = rsa::RsaPrivateKey::from_pkcs8_pem(pem) {
-        let pkcs1 = rsa.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).context("cannot convert the RSA key")?;
+        let pkcs1 = rsa
+            .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
+            .context("cannot convert the RSA key")?;
         return DkimSigningKey::new(&pkcs1, DkimSigningAlgorithm::Rsa).map_err(|e| anyhow::anyhow!("{e}"));
     }
     let seed = ed25519_seed(pem)?;
@@ -51,11 +65,13 @@ fn signing_key(pem: &str) -> Result<DkimSigningKey> {
 
 /// The 32-byte seed of an Ed25519 PKCS#8 key (RFC 8410: a fixed 16-byte prefix).
 fn ed25519_seed(pem: &str) -> Result<[u8; 32]> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
     use rustls_pki_types::pem::PemObject as _;
     let key = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot decode the PEM: {e}"))?;
     let der = key.secret_pkcs8_der();
-    const PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     if der.len() != 48 || der[..16] != PREFIX {
         bail!("unsupported key: use an RSA key (PKCS#1 or PKCS#8) or an Ed25519 PKCS#8 key");
     }

@@ -46,7 +46,7 @@ impl From<Exit> for ExitCode {
 
 /// An error that ends the process with a specific code rather than 1.
 ///
-/// Make it the root of the error (`Err(Failure::new(..))?`, then add context
+/// Make it the root of the error (`Err(Failure::error(..))?`, then add context
 /// freely); [`exit_for`] finds it anywhere in the chain.
 #[derive(Debug)]
 pub struct Failure {
@@ -56,8 +56,11 @@ pub struct Failure {
 
 impl Failure {
     /// An error with this exit code and message.
-    pub fn new(exit: Exit, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Failure { exit, message: message.into() })
+    pub fn error(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            exit,
+            message: message.into(),
+        })
     }
 }
 
@@ -112,12 +115,15 @@ mod tests {
     fn failure_is_found_anywhere_in_the_chain() {
         let plain = anyhow::anyhow!("bad row");
         assert_eq!(exit_for(&plain), Exit::BadInput);
-        let held = Failure::new(Exit::TryLater, "another run holds the ledger");
+        let held = Failure::error(Exit::TryLater, "another run holds the ledger");
         assert_eq!(exit_for(&held), Exit::TryLater);
-        let nested = Err::<(), _>(Failure::new(Exit::TryLater, "connection refused"))
+        let nested = Err::<(), _>(Failure::error(Exit::TryLater, "connection refused"))
             .context("cannot reach the server")
             .unwrap_err();
         assert_eq!(exit_for(&nested), Exit::TryLater);
-        assert_eq!(format!("{nested:#}"), "cannot reach the server: connection refused");
+        assert_eq!(
+            format!("{nested:#}"),
+            "cannot reach the server: connection refused"
+        );
     }
 }

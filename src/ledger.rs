@@ -1,4 +1,4 @@
-//! The send ledger: one SQLite row per letter, on disk, private.
+//! The send ledger: one `SQLite` row per letter, on disk, private.
 //!
 //! Owns the states SPEC.md defines and their transitions, the run lock, and
 //! durability: a letter's `sending` is committed with a full fsync before its
@@ -95,7 +95,11 @@ pub enum Outcome {
     /// 2xx after the final dot.
     Sent(String),
     /// Transient: retry later (at unix second `next_attempt_at`).
-    Deferred { reply: String, next_attempt_at: i64, handed_over: bool },
+    Deferred {
+        reply: String,
+        next_attempt_at: i64,
+        handed_over: bool,
+    },
     /// Permanent rejection.
     Failed { reply: String, handed_over: bool },
     /// The body was handed over and no reply came.
@@ -167,11 +171,16 @@ impl Ledger {
         }
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
-            bail!("ledger `{shown}` is damaged ({check})\n\nhint: restore it from a backup; do not delete it, or letters may be sent twice");
+            bail!(
+                "ledger `{shown}` is damaged ({check})\n\nhint: restore it from a backup; do not delete it, or letters may be sent twice"
+            );
         }
-        conn.execute_batch(SCHEMA).with_context(|| format!("cannot set up ledger `{shown}`"))?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("cannot set up ledger `{shown}`"))?;
         let stored: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match stored {
             Some(id) if id != campaign_id => bail!(
@@ -180,15 +189,25 @@ impl Ledger {
             ),
             Some(_) => {}
             None => {
-                conn.execute("INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)", [campaign_id])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
+                    [campaign_id],
+                )?;
             }
         }
-        Ok(Ledger { conn, path: path.to_path_buf() })
+        Ok(Ledger {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an existing ledger for reading, or `None` if no run wrote one yet.
     pub fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
-        if path.exists() { Ledger::open(path, campaign_id).map(Some) } else { Ok(None) }
+        if path.exists() {
+            Ledger::open(path, campaign_id).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The file.
@@ -213,7 +232,9 @@ impl Ledger {
             "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
              FROM letters WHERE supporter = ?1 AND target = ?2",
         )?;
-        stmt.query_row([supporter, target], row_to_record).optional().map_err(Into::into)
+        stmt.query_row([supporter, target], row_to_record)
+            .optional()
+            .map_err(Into::into)
     }
 
     /// Every row, ordered by supporter then target.
@@ -228,7 +249,12 @@ impl Ledger {
 
     /// Records `sending` durably (fsync) before the body is handed over.
     pub fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
-        let Key { supporter, target, line, message_id } = *letter;
+        let Key {
+            supporter,
+            target,
+            line,
+            message_id,
+        } = *letter;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
@@ -254,10 +280,20 @@ impl Ledger {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (state, reply, next, sent_at, handed_over) = match outcome {
             Outcome::Sent(r) => (State::Sent, r.as_str(), None, Some(now), true),
-            Outcome::Deferred { reply, next_attempt_at, handed_over } => {
-                (State::Deferred, reply.as_str(), Some(*next_attempt_at), None, *handed_over)
+            Outcome::Deferred {
+                reply,
+                next_attempt_at,
+                handed_over,
+            } => (
+                State::Deferred,
+                reply.as_str(),
+                Some(*next_attempt_at),
+                None,
+                *handed_over,
+            ),
+            Outcome::Failed { reply, handed_over } => {
+                (State::Failed, reply.as_str(), None, None, *handed_over)
             }
-            Outcome::Failed { reply, handed_over } => (State::Failed, reply.as_str(), None, None, *handed_over),
             Outcome::Unknown(r) => (State::Unknown, r.as_str(), None, None, true),
         };
         let tx = self.conn.unchecked_transaction()?;
@@ -328,7 +364,9 @@ impl Ledger {
 
     /// Rows per state.
     pub fn counts(&self) -> Result<Vec<(State, u64)>> {
-        let mut stmt = self.conn.prepare("SELECT state, count(*) FROM letters GROUP BY state")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, count(*) FROM letters GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -440,7 +478,7 @@ impl RunLock {
             .with_context(|| format!("cannot open lock `{}`", lock_path.display()))?;
         match file.try_lock() {
             Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
+            Err(std::fs::TryLockError::WouldBlock) => Err(Failure::error(
                 Exit::TryLater,
                 format!(
                     "another run holds the ledger `{}`: try again when it has finished",
@@ -467,26 +505,66 @@ mod tests {
     #[test]
     fn transitions_and_recovery() {
         let (_d, l) = ledger();
-        let a = Key { supporter: "a@x.org", target: "ceo@corp.example", line: 2, message_id: "<id@o>" };
+        let a = Key {
+            supporter: "a@x.org",
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+        };
         l.claim(&a, 100).unwrap();
-        assert_eq!(l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Sending);
+        assert_eq!(
+            l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sending
+        );
         l.record(&a, &Outcome::Sent("250 ok".into()), true, 101).unwrap();
         let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
-        assert_eq!((r.state, r.attempts, r.sent_at, r.reply.as_deref()), (State::Sent, 1, Some(101), Some("250 ok")));
+        assert_eq!(
+            (r.state, r.attempts, r.sent_at, r.reply.as_deref()),
+            (State::Sent, 1, Some(101), Some("250 ok"))
+        );
         // A sent letter can never be claimed again.
         assert!(l.claim(&a, 102).is_err());
-        l.record(&a, &Outcome::Failed { reply: "550".into(), handed_over: false }, false, 102).unwrap();
+        l.record(
+            &a,
+            &Outcome::Failed {
+                reply: "550".into(),
+                handed_over: false,
+            },
+            false,
+            102,
+        )
+        .unwrap();
         // Nor skipped.
         l.skip("a@x.org", "ceo@corp.example", 2, "bad", 103).unwrap();
-        assert_eq!(l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Sent);
+        assert_eq!(
+            l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sent
+        );
 
-        let b = Key { supporter: "b@x.org", target: "ceo@corp.example", line: 3, message_id: "<id2@o>" };
-        l.record(&b, &Outcome::Deferred { reply: "451".into(), next_attempt_at: 160, handed_over: false }, false, 100)
-            .unwrap();
+        let b = Key {
+            supporter: "b@x.org",
+            target: "ceo@corp.example",
+            line: 3,
+            message_id: "<id2@o>",
+        };
+        l.record(
+            &b,
+            &Outcome::Deferred {
+                reply: "451".into(),
+                next_attempt_at: 160,
+                handed_over: false,
+            },
+            false,
+            100,
+        )
+        .unwrap();
         l.claim(&b, 100).unwrap();
         assert_eq!(l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().attempts, 2);
         assert_eq!(l.recover(200).unwrap(), 1);
-        assert_eq!(l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state, State::Unknown);
+        assert_eq!(
+            l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Unknown
+        );
         assert_eq!(l.handed_over_since(0).unwrap(), 1);
     }
 
@@ -498,7 +576,9 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join(".mailer")), 0o700);
         assert_eq!(mode(&dir.path().join(".mailer/c.sqlite3")), 0o600);
-        let err = Ledger::open(&dir.path().join(".mailer/c.sqlite3"), "other").err().unwrap();
+        let err = Ledger::open(&dir.path().join(".mailer/c.sqlite3"), "other")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("belongs to campaign `c`"), "{err}");
     }
 

@@ -5,6 +5,7 @@
 //! only ever enter as context data, never as template source.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +104,11 @@ impl Letter {
             );
         }
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let name = path.file_name().and_then(|n| n.to_str()).context("letter name is not UTF-8")?.to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("letter name is not UTF-8")?
+            .to_string();
         let files = template_files(&dir)?;
 
         let mut sources = BTreeMap::new();
@@ -112,7 +117,11 @@ impl Letter {
             sources.insert(key, src.location.clone());
             headers.push((key, text));
         };
-        add(SUBJECT, config.campaign.subject.text.clone(), &config.campaign.subject);
+        add(
+            SUBJECT,
+            config.campaign.subject.text.clone(),
+            &config.campaign.subject,
+        );
         let (from_name, from_addr) = split_mailbox(&config.sender.from.text);
         let from_has_name = from_name.is_some();
         add(FROM_ADDR, from_addr, &config.sender.from);
@@ -183,21 +192,34 @@ impl Letter {
                 let at = if self.sources.contains_key(r.filename()) {
                     place(r.filename())
                 } else {
-                    format!("{}:{}:{}", place(r.filename()), span.start_line, span.start_col + 1)
+                    format!(
+                        "{}:{}:{}",
+                        place(r.filename()),
+                        span.start_line,
+                        span.start_col + 1
+                    )
                 };
                 anyhow!("{at}: {}", r.message())
             }
             ErrorKind::CircularInclude { include_chain, .. } => {
-                anyhow!("{}: templates include each other in a loop: {}", place(&self.name), include_chain.join(" → "))
+                anyhow!(
+                    "{}: templates include each other in a loop: {}",
+                    place(&self.name),
+                    include_chain.join(" → ")
+                )
             }
             ErrorKind::TemplateNotFound(name) => {
-                anyhow!("{}: includes `{name}`, which is not in `{}`", place(&self.name), self.dir.display())
+                anyhow!(
+                    "{}: includes `{name}`, which is not in `{}`",
+                    place(&self.name),
+                    self.dir.display()
+                )
             }
             _ => {
                 let mut msg = err.to_string();
                 let mut source = std::error::Error::source(err);
                 while let Some(s) = source {
-                    msg.push_str(&format!(": {s}"));
+                    let _ = write!(msg, ": {s}");
                     source = s.source();
                 }
                 anyhow!("{}: {msg}", place(&self.name))
@@ -211,13 +233,19 @@ impl Letter {
         let r = |name: &str| self.plain.render(name, &ctx).map_err(|e| self.explain(&e));
         let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
             Ok(RenderedMailbox {
-                name: if name { Some(r(name_key)?.trim().to_string()) } else { None },
+                name: if name {
+                    Some(r(name_key)?.trim().to_string())
+                } else {
+                    None
+                },
                 address: r(addr_key)?.trim().to_string(),
             })
         };
         let text = r(&self.name)?;
         let html = match &self.markdown {
-            Some(md) => Some(markdown_to_html(&md.render(&self.name, &ctx).map_err(|e| self.explain(&e))?)),
+            Some(md) => Some(markdown_to_html(
+                &md.render(&self.name, &ctx).map_err(|e| self.explain(&e))?,
+            )),
             None => None,
         };
         Ok(Rendered {
@@ -241,7 +269,8 @@ fn template_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     for entry in entries {
         let path = entry?.path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if path.is_file() && matches!(ext, "md" | "txt" | "html" | "tera")
+        if path.is_file()
+            && matches!(ext, "md" | "txt" | "html" | "tera")
             && let Some(name) = path.file_name().and_then(|n| n.to_str())
         {
             out.push((path.clone(), name.to_string()));
@@ -266,8 +295,12 @@ fn split_mailbox(text: &str) -> (Option<String>, String) {
 
 /// The context SPEC.md defines: supporter.*, target.*, campaign.*, today.
 fn context(supporter: &Supporter, target: &Target, globals: &Globals) -> Context {
-    let mut s: BTreeMap<&str, &str> =
-        supporter.headers.iter().map(String::as_str).zip(supporter.values.iter().map(String::as_str)).collect();
+    let mut s: BTreeMap<&str, &str> = supporter
+        .headers
+        .iter()
+        .map(String::as_str)
+        .zip(supporter.values.iter().map(String::as_str))
+        .collect();
     let email = supporter.email.to_string();
     s.insert("email", &email);
     s.insert("name", &supporter.name);
@@ -359,7 +392,11 @@ file = "s.csv"
 
     fn globals() -> Globals {
         Globals {
-            campaign: BTreeMap::from([("id", "t".into()), ("name", "Drop ICE".into()), ("org", "Org".into())]),
+            campaign: BTreeMap::from([
+                ("id", "t".into()),
+                ("name", "Drop ICE".into()),
+                ("org", "Org".into()),
+            ]),
             today: "2026-11-28".into(),
         }
     }
@@ -397,7 +434,9 @@ file = "s.csv"
     fn undefined_variable_names_file_line_and_column() {
         let f = fixture("l.txt", "Hello\n\nfrom {{ supporter.cty }}", &[], "s");
         let letter = Letter::load(&f.config).unwrap();
-        let err = letter.render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals()).unwrap_err();
+        let err = letter
+            .render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals())
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("letters/l.txt:3:"), "{msg}");
         assert!(msg.contains("cty"), "{msg}");
@@ -413,23 +452,42 @@ file = "s.csv"
     #[test]
     fn no_function_reads_the_environment() {
         let f = fixture("l.txt", "{{ get_env(name=\"HOME\") }}", &[], "s");
-        let msg = Letter::load(&f.config).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = Letter::load(&f.config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("get_env"), "get_env must be unknown: {msg}");
     }
 
     #[test]
     fn include_cycle_is_an_error_not_a_crash() {
-        let f = fixture("a.txt", "A {% include \"b.txt\" %}", &[("b.txt", "B {% include \"a.txt\" %}")], "s");
+        let f = fixture(
+            "a.txt",
+            "A {% include \"b.txt\" %}",
+            &[("b.txt", "B {% include \"a.txt\" %}")],
+            "s",
+        );
         let msg = match Letter::load(&f.config) {
             Err(e) => e.to_string(),
-            Ok(l) => l.render(&supporter(&[]), &f.config.targets[0], &globals()).unwrap_err().to_string(),
+            Ok(l) => l
+                .render(&supporter(&[]), &f.config.targets[0], &globals())
+                .unwrap_err()
+                .to_string(),
         };
-        assert!(msg.contains("loop") || msg.to_lowercase().contains("circular"), "{msg}");
+        assert!(
+            msg.contains("loop") || msg.to_lowercase().contains("circular"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn markdown_html_escapes_values_and_raw_html() {
-        let f = fixture("l.md", "# Dear {{ target.name }}\n\n<b>bold</b> {{ supporter.note }}", &[], "s");
+        let f = fixture(
+            "l.md",
+            "# Dear {{ target.name }}\n\n<b>bold</b> {{ supporter.note }}",
+            &[],
+            "s",
+        );
         let letter = Letter::load(&f.config).unwrap();
         let s = supporter(&[("note", "[click](http://evil.example) <script>x</script> *wow*")]);
         let r = letter.render(&s, &f.config.targets[0], &globals()).unwrap();
@@ -437,14 +495,29 @@ file = "s.csv"
         assert!(html.contains("<h1>Dear Satya</h1>"), "{html}");
         assert!(!html.contains("<a "), "{html}");
         assert!(!html.contains("<script>") && !html.contains("<b>"), "{html}");
-        assert!(html.contains("&lt;script&gt;") && html.contains("*wow*"), "{html}");
-        assert!(r.text.contains("[click](http://evil.example) <script>x</script> *wow*"));
+        assert!(
+            html.contains("&lt;script&gt;") && html.contains("*wow*"),
+            "{html}"
+        );
+        assert!(
+            r.text
+                .contains("[click](http://evil.example) <script>x</script> *wow*")
+        );
     }
 
     #[test]
     fn split_mailbox_forms() {
-        assert_eq!(split_mailbox("A via B <x@y.org>"), (Some("A via B".into()), "x@y.org".into()));
-        assert_eq!(split_mailbox("\"Q\" <x@y.org>"), (Some("Q".into()), "x@y.org".into()));
-        assert_eq!(split_mailbox("{{ supporter.email }}"), (None, "{{ supporter.email }}".into()));
+        assert_eq!(
+            split_mailbox("A via B <x@y.org>"),
+            (Some("A via B".into()), "x@y.org".into())
+        );
+        assert_eq!(
+            split_mailbox("\"Q\" <x@y.org>"),
+            (Some("Q".into()), "x@y.org".into())
+        );
+        assert_eq!(
+            split_mailbox("{{ supporter.email }}"),
+            (None, "{{ supporter.email }}".into())
+        );
     }
 }

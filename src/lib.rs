@@ -5,7 +5,7 @@
 //! - `cmd/*` orchestrate one subcommand each: load → plan → act → report.
 //! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
 //!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
-//! - `send` alone adds `ledger` (SQLite, crash-safe states and the run lock),
+//! - `send` alone adds `ledger` (`SQLite`, crash-safe states and the run lock),
 //!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
 //!   failures) and `throttle` (rate).
 //! - `census` joins CSV and ledger for `status` and `export`.
@@ -51,9 +51,21 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
         Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
-        Command::Preview { supporter, target, limit, out } => {
-            cmd::preview::run(&load()?, &cmd::preview::Options { supporter, target, limit, out }, ui)
-        }
+        Command::Preview {
+            supporter,
+            target,
+            limit,
+            out,
+        } => cmd::preview::run(
+            &load()?,
+            &cmd::preview::Options {
+                supporter,
+                target,
+                limit,
+                out,
+            },
+            ui,
+        ),
         Command::Send(a) => {
             let opts = cmd::send::Options {
                 dry_run: a.dry_run,

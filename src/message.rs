@@ -4,6 +4,7 @@
 //! deterministic Message-ID, the envelope (target first), body line endings
 //! and DKIM signing. Sending is `transport.rs`'s business.
 
+use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use lettre::address::Envelope;
@@ -61,8 +62,62 @@ pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, doma
         h.update([0]);
     }
     let digest = h.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = digest[..16].iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
     format!("<{hex}@{domain}>")
+}
+
+/// Validates header-bound values before lettre sees them (lettre panics on
+/// CR/LF in display names and writes overlong lines).
+struct Headers<'a>(&'a Supporter);
+
+impl Headers<'_> {
+    /// The columns holding control characters, to name in the reason.
+    fn culprit(&self) -> String {
+        let s = self.0;
+        let cols: Vec<&str> = s
+            .headers
+            .iter()
+            .zip(&s.values)
+            .filter(|(_, v)| v.chars().any(char::is_control))
+            .map(|(h, _)| h.as_str())
+            .collect();
+        if cols.is_empty() {
+            String::new()
+        } else {
+            format!(" (column `{}`)", cols.join("`, `"))
+        }
+    }
+
+    fn value(&self, what: &str, value: &str, max: usize) -> Result<(), String> {
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            let kind = match c {
+                '\r' | '\n' => "a line break",
+                '\0' => "a NUL character",
+                _ => "a control character",
+            };
+            return Err(format!("the {what} would contain {kind}{}", self.culprit()));
+        }
+        let n = value.chars().count();
+        if n > max {
+            return Err(format!("the {what} would be {n} characters long (at most {max})"));
+        }
+        Ok(())
+    }
+
+    fn mailbox(&self, what: &str, m: &RenderedMailbox) -> Result<Mailbox, String> {
+        if let Some(name) = &m.name {
+            self.value(&format!("{what} name"), name, MAX_NAME_CHARS)?;
+        }
+        self.value(&format!("{what} address"), &m.address, MAX_NAME_CHARS)?;
+        let address: Address = m
+            .address
+            .parse()
+            .map_err(|e| format!("the {what} address `{}` is invalid: {e}", m.address))?;
+        Ok(Mailbox::new(m.name.clone().filter(|n| !n.is_empty()), address))
+    }
 }
 
 /// Builds one message. An `Err` is a reason the supporter's row cannot be sent.
@@ -73,50 +128,25 @@ pub fn build(
     settings: &Envelopes<'_>,
     date: SystemTime,
 ) -> Result<Built, String> {
-    let culprit = || {
-        let cols: Vec<&str> = supporter
-            .headers
-            .iter()
-            .zip(&supporter.values)
-            .filter(|(_, v)| v.chars().any(char::is_control))
-            .map(|(h, _)| h.as_str())
-            .collect();
-        if cols.is_empty() { String::new() } else { format!(" (column `{}`)", cols.join("`, `")) }
-    };
-    let header = |what: &str, value: &str, max: usize| -> Result<(), String> {
-        if let Some(c) = value.chars().find(|c| c.is_control()) {
-            let kind = match c {
-                '\r' | '\n' => "a line break",
-                '\0' => "a NUL character",
-                _ => "a control character",
-            };
-            return Err(format!("the {what} would contain {kind}{}", culprit()));
-        }
-        let n = value.chars().count();
-        if n > max {
-            return Err(format!("the {what} would be {n} characters long (at most {max})"));
-        }
-        Ok(())
-    };
-    let mailbox = |what: &str, m: &RenderedMailbox| -> Result<Mailbox, String> {
-        if let Some(name) = &m.name {
-            header(&format!("{what} name"), name, MAX_NAME_CHARS)?;
-        }
-        header(&format!("{what} address"), &m.address, MAX_NAME_CHARS)?;
-        let address: Address =
-            m.address.parse().map_err(|e| format!("the {what} address `{}` is invalid: {e}", m.address))?;
-        Ok(Mailbox::new(m.name.clone().filter(|n| !n.is_empty()), address))
-    };
-
-    header("Subject", &rendered.subject, MAX_SUBJECT_CHARS)?;
-    let from = mailbox("From", &rendered.from)?;
-    let reply_to = rendered.reply_to.as_ref().map(|r| mailbox("Reply-To", r)).transpose()?;
+    let check = Headers(supporter);
+    check.value("Subject", &rendered.subject, MAX_SUBJECT_CHARS)?;
+    let from = check.mailbox("From", &rendered.from)?;
+    let reply_to = rendered
+        .reply_to
+        .as_ref()
+        .map(|r| check.mailbox("Reply-To", r))
+        .transpose()?;
     if settings.cc_supporter {
-        header("Cc name", &supporter.name, MAX_NAME_CHARS)?;
+        check.value("Cc name", &supporter.name, MAX_NAME_CHARS)?;
     }
 
     let mut summary = vec![("From", from.to_string()), ("To", target.mailbox().to_string())];
-    let id = message_id(settings.campaign_id, &supporter.key, &target.key(), from.email.domain());
+    let id = message_id(
+        settings.campaign_id,
+        &supporter.key,
+        &target.key(),
+        from.email.domain(),
+    );
     let mut recipients = vec![target.email.clone()];
     let mut builder = Message::builder()
         .from(from.clone())
@@ -202,31 +232,54 @@ mod tests {
     fn rendered(name: &str, subject: &str) -> Rendered {
         Rendered {
             subject: subject.into(),
-            from: RenderedMailbox { name: Some(format!("{name} via Org")), address: "letters@org.example".into() },
-            reply_to: Some(RenderedMailbox { name: None, address: "ana@x.org".into() }),
+            from: RenderedMailbox {
+                name: Some(format!("{name} via Org")),
+                address: "letters@org.example".into(),
+            },
+            reply_to: Some(RenderedMailbox {
+                name: None,
+                address: "ana@x.org".into(),
+            }),
             text: "Dear Satya,\r\nline two\rline three\n.leading dot\n".into(),
             html: None,
         }
     }
 
     fn settings(bcc: &[Mailbox]) -> Envelopes<'_> {
-        Envelopes { campaign_id: "c", cc_supporter: true, bcc, dkim: None }
+        Envelopes {
+            campaign_id: "c",
+            cc_supporter: true,
+            bcc,
+            dkim: None,
+        }
     }
 
     fn build_one(name: &str, subject: &str) -> Result<Built, String> {
         let bcc = ["archive@org.example".parse().unwrap()];
-        build(&rendered(name, subject), &supporter(name), &target(), &settings(&bcc), SystemTime::UNIX_EPOCH)
+        build(
+            &rendered(name, subject),
+            &supporter(name),
+            &target(),
+            &settings(&bcc),
+            SystemTime::UNIX_EPOCH,
+        )
     }
 
     #[test]
     fn headers_envelope_and_message_id() {
         let b = build_one("José Hernández", "José from Oslo").unwrap();
         let text = String::from_utf8(b.bytes.clone()).unwrap();
-        assert!(text.contains("To: \"Satya Nadella\" <Satya@Corp.example>\r\n"), "{text}");
+        assert!(
+            text.contains("To: \"Satya Nadella\" <Satya@Corp.example>\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Reply-To: ana@x.org\r\n"), "{text}");
         assert!(text.contains("Cc: "), "{text}");
         assert!(!text.contains("Bcc"), "Bcc must not be a header: {text}");
-        assert!(text.contains(&format!("Message-ID: {}\r\n", b.message_id)), "{text}");
+        assert!(
+            text.contains(&format!("Message-ID: {}\r\n", b.message_id)),
+            "{text}"
+        );
         assert!(b.message_id.ends_with("@org.example>"));
         assert_eq!(b.recipients[0].to_string(), "Satya@Corp.example");
         assert_eq!(b.recipients.len(), 3);
@@ -253,7 +306,11 @@ mod tests {
 
     #[test]
     fn long_values_are_refused_and_accepted_ones_fit_in_998() {
-        assert!(build_one(&"x".repeat(MAX_NAME_CHARS + 1), "s").unwrap_err().contains("characters long"));
+        assert!(
+            build_one(&"x".repeat(MAX_NAME_CHARS + 1), "s")
+                .unwrap_err()
+                .contains("characters long")
+        );
         assert!(build_one("ok", &"y".repeat(MAX_SUBJECT_CHARS + 1)).is_err());
         for (name, subject) in [
             ("𝔁".repeat(MAX_NAME_CHARS - 8), "𝔂".repeat(MAX_SUBJECT_CHARS)),

@@ -95,7 +95,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -109,7 +109,11 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         return;
     }
     let secs = s.elapsed.as_secs_f64();
-    let rate = if secs > 0.0 { s.attempted() as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        s.attempted() as f64 / secs
+    } else {
+        0.0
+    };
     let p = &s.plan;
     if ui.stdout_is_terminal() {
         let mut t = String::new();
@@ -119,9 +123,13 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         let _ = writeln!(t, "  unknown    {:>8}", thousands(s.unknown));
         let _ = writeln!(t, "  skipped    {:>8}  (invalid rows)", thousands(p.skipped_rows));
         if s.not_reached > 0 {
-            let _ = writeln!(t, "  left       {:>8}  (for the next run)", thousands(s.not_reached));
+            let _ = writeln!(
+                t,
+                "  left       {:>8}  (for the next run)",
+                thousands(s.not_reached)
+            );
         }
-        let _ = writeln!(t, "  elapsed    {:>8.1}s  ({rate:.1} letters/s)", secs);
+        let _ = writeln!(t, "  elapsed    {secs:>8.1}s  ({rate:.1} letters/s)");
         print!("{t}");
     } else {
         println!(
@@ -130,7 +138,10 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         );
     }
     if p.due == 0 && s.attempted() == 0 {
-        ui.note(&format!("Nothing due: {} already sent.", thousands(p.already_sent)));
+        ui.note(&format!(
+            "Nothing due: {} already sent.",
+            thousands(p.already_sent)
+        ));
     } else if s.not_reached > 0 && budget.is_some() {
         ui.note(&format!(
             "{} letters wait for the next run (max_per_run, --limit or daily_limit).",
@@ -152,8 +163,18 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
 pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>, ui: &Ui) {
     let mut out = String::new();
     let _ = writeln!(out, "Dry run: nothing will be sent and nothing recorded.\n");
-    let _ = writeln!(out, "Campaign   {} ({})", campaign.config.campaign.name, campaign.config.campaign.id);
-    let _ = writeln!(out, "Supporters {} valid, {} skipped, {} duplicate rows", thousands(p.supporters), p.skipped_rows, p.duplicates);
+    let _ = writeln!(
+        out,
+        "Campaign   {} ({})",
+        campaign.config.campaign.name, campaign.config.campaign.id
+    );
+    let _ = writeln!(
+        out,
+        "Supporters {} valid, {} skipped, {} duplicate rows",
+        thousands(p.supporters),
+        p.skipped_rows,
+        p.duplicates
+    );
     let _ = writeln!(out, "Letters due now: {}", thousands(p.due));
     for (t, n) in campaign.config.targets.iter().zip(&p.per_target) {
         let _ = writeln!(out, "  {:>8}  to {}", thousands(*n), t.mailbox());
@@ -166,10 +187,18 @@ pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>, ui: &Ui) {
         );
     }
     if let Some(b) = budget {
-        let _ = writeln!(out, "This run would send at most {} (max_per_run / --limit / daily_limit).", thousands(b));
+        let _ = writeln!(
+            out,
+            "This run would send at most {} (max_per_run / --limit / daily_limit).",
+            thousands(b)
+        );
     }
     if let Some(rate) = campaign.config.delivery.rate {
-        let _ = writeln!(out, "Rate: one letter every {:.1}s.", rate.interval().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "Rate: one letter every {:.1}s.",
+            rate.interval().as_secs_f64()
+        );
     }
     match &p.first {
         Some(first) => {
@@ -234,7 +263,11 @@ mod tests {
 
     #[test]
     fn status_json_keys_are_the_spec_ones() {
-        let json = serde_json::to_string(&StatusCounts { campaign: "c".into(), ..StatusCounts::default() }).unwrap();
+        let json = serde_json::to_string(&StatusCounts {
+            campaign: "c".into(),
+            ..StatusCounts::default()
+        })
+        .unwrap();
         assert_eq!(
             json,
             r#"{"campaign":"c","total":0,"sent":0,"pending":0,"deferred":0,"failed":0,"unknown":0,"skipped":0}"#

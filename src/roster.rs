@@ -26,7 +26,7 @@ pub struct Supporter {
     pub email: Address,
     /// The address lower-cased: the supporter's identity in the ledger.
     pub key: String,
-    /// Display name: the `name` column, else first_name + last_name.
+    /// Display name: the `name` column, else `first_name` + `last_name`.
     pub name: String,
     /// Column names, normalized (lower-case, spaces as `_`).
     pub headers: Arc<[String]>,
@@ -38,7 +38,10 @@ impl Supporter {
     /// A column's value by normalized header name.
     #[must_use]
     pub fn get(&self, column: &str) -> Option<&str> {
-        self.headers.iter().position(|h| h == column).map(|i| self.values[i].as_str())
+        self.headers
+            .iter()
+            .position(|h| h == column)
+            .map(|i| self.values[i].as_str())
     }
 }
 
@@ -115,7 +118,10 @@ impl Roster {
         let mut headers = Vec::with_capacity(raw.len());
         for (i, cell) in raw.iter().enumerate() {
             let text = std::str::from_utf8(cell).map_err(|_| {
-                anyhow!("{shown}:1: header {} is not UTF-8\n\nhint: re-save the file as \"CSV UTF-8\"", i + 1)
+                anyhow!(
+                    "{shown}:1: header {} is not UTF-8\n\nhint: re-save the file as \"CSV UTF-8\"",
+                    i + 1
+                )
             })?;
             let name = normalize_header(text);
             if name.is_empty() {
@@ -183,7 +189,9 @@ impl Roster {
             Err(e) => {
                 let line = self.lines.line_at(offset)?;
                 match e.kind() {
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => Ok(Some(Row::Invalid {
+                    csv::ErrorKind::UnequalLengths {
+                        expected_len, len, ..
+                    } => Ok(Some(Row::Invalid {
                         line,
                         key: format!("line:{line}"),
                         reason: format!(
@@ -202,8 +210,14 @@ impl Roster {
 
     fn classify(&mut self, line: u64) -> Row {
         let invalid = |key: String, reason: String| Row::Invalid { line, key, reason };
-        let raw_email = String::from_utf8_lossy(&self.record[self.email_col]).trim().to_string();
-        let key = if raw_email.is_empty() { format!("line:{line}") } else { raw_email.to_lowercase() };
+        let raw_email = String::from_utf8_lossy(&self.record[self.email_col])
+            .trim()
+            .to_string();
+        let key = if raw_email.is_empty() {
+            format!("line:{line}")
+        } else {
+            raw_email.to_lowercase()
+        };
         let mut values = Vec::with_capacity(self.record.len());
         for (i, cell) in self.record.iter().enumerate() {
             let column = &self.headers[i];
@@ -231,7 +245,11 @@ impl Roster {
         };
         let fingerprint = fingerprint(&key);
         if let Some(&first_line) = self.seen.get(&fingerprint) {
-            return Row::Duplicate { line, email: raw_email, first_line };
+            return Row::Duplicate {
+                line,
+                email: raw_email,
+                first_line,
+            };
         }
         self.seen.insert(fingerprint, line);
         let name = match self.name_cols {
@@ -241,7 +259,14 @@ impl Roster {
                 format!("{} {}", part(first), part(last)).trim().to_string()
             }
         };
-        Row::Valid(Supporter { line, email, key, name, headers: Arc::clone(&self.headers), values })
+        Row::Valid(Supporter {
+            line,
+            email,
+            key,
+            name,
+            headers: Arc::clone(&self.headers),
+            values,
+        })
     }
 }
 
@@ -256,7 +281,10 @@ impl Iterator for Roster {
 /// `First Name` → `first_name`.
 #[must_use]
 pub fn normalize_header(h: &str) -> String {
-    h.trim_start_matches('\u{feff}').trim().to_lowercase().replace(' ', "_")
+    h.trim_start_matches('\u{feff}')
+        .trim()
+        .to_lowercase()
+        .replace(' ', "_")
 }
 
 /// A supporter's address: ASCII, parseable, with a dotted domain.
@@ -265,14 +293,19 @@ pub fn validate_email(raw: &str) -> std::result::Result<Address, String> {
         return Err("the email is empty".into());
     }
     if !raw.is_ascii() {
-        return Err(format!("invalid email `{}`: non-ASCII addresses are not supported", raw.escape_debug()));
+        return Err(format!(
+            "invalid email `{}`: non-ASCII addresses are not supported",
+            raw.escape_debug()
+        ));
     }
     let address: Address = raw
         .parse()
         .map_err(|e| format!("invalid email `{}`: {e}", raw.escape_debug()))?;
     let domain = address.domain();
     if !domain.contains('.') || domain.starts_with('[') || domain.ends_with('.') {
-        return Err(format!("invalid email `{raw}`: the domain `{domain}` is not a mail domain"));
+        return Err(format!(
+            "invalid email `{raw}`: the domain `{domain}` is not a mail domain"
+        ));
     }
     Ok(address)
 }
@@ -304,7 +337,11 @@ struct LineIndex {
 
 impl LineIndex {
     fn new(file: File) -> Self {
-        LineIndex { reader: BufReader::with_capacity(64 * 1024, file), offset: 0, line: 1 }
+        LineIndex {
+            reader: BufReader::with_capacity(64 * 1024, file),
+            offset: 0,
+            line: 1,
+        }
     }
 
     fn line_at(&mut self, target: u64) -> Result<u64> {
@@ -313,7 +350,9 @@ impl LineIndex {
             if buf.is_empty() {
                 return Ok(self.line);
             }
-            let n = usize::try_from(target - self.offset).unwrap_or(usize::MAX).min(buf.len());
+            let n = usize::try_from(target - self.offset)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             self.line += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
             self.reader.consume(n);
             self.offset += n as u64;
@@ -381,7 +420,17 @@ mod tests {
     #[test]
     fn duplicates_point_at_the_first_row() {
         let r = rows(b"email\na@x.org\nA@X.org\n");
-        assert!(matches!(&r[1], Row::Duplicate { line: 3, first_line: 2, .. }), "{r:?}");
+        assert!(
+            matches!(
+                &r[1],
+                Row::Duplicate {
+                    line: 3,
+                    first_line: 2,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -401,7 +450,14 @@ mod tests {
 
     #[test]
     fn emails_are_checked() {
-        for bad in ["", "jane@", "jane..doe@x.org", "jane@localhost", "jané@x.org", "a b@x.org"] {
+        for bad in [
+            "",
+            "jane@",
+            "jane..doe@x.org",
+            "jane@localhost",
+            "jané@x.org",
+            "a b@x.org",
+        ] {
             assert!(validate_email(bad).is_err(), "{bad}");
         }
         assert!(validate_email("jane.doe+tag@example.org").is_ok());

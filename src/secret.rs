@@ -86,10 +86,7 @@ fn run_password_command(cmd: &str) -> Result<Password> {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     if !status.success() {
-        bail!(
-            "password_command `{cmd}` failed ({status}): {}",
-            stderr.trim()
-        );
+        bail!("password_command `{cmd}` failed ({status}): {}", stderr.trim());
     }
     let text = String::from_utf8(stdout).context("password_command printed invalid UTF-8")?;
     let line = text.lines().next().unwrap_or("").to_string();
@@ -143,7 +140,9 @@ mod tests {
 
     #[test]
     fn command_gives_its_first_line() {
-        let pw = Secret::Command("printf 's3cret\\nother'".into()).resolve().unwrap();
+        let pw = Secret::Command("printf 's3cret\\nother'".into())
+            .resolve()
+            .unwrap();
         assert_eq!(pw.expose(), "s3cret");
     }
 
@@ -157,7 +156,9 @@ mod tests {
 
     #[test]
     fn missing_env_var_is_named() {
-        let err = Secret::Env("MAILER_TEST_SURELY_UNSET_VAR".into()).resolve().unwrap_err();
+        let err = Secret::Env("MAILER_TEST_SURELY_UNSET_VAR".into())
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("MAILER_TEST_SURELY_UNSET_VAR"));
     }
 }

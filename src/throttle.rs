@@ -19,7 +19,10 @@ impl Throttle {
     /// No rate: never waits.
     #[must_use]
     pub fn new(rate: Option<Rate>) -> Throttle {
-        Throttle { interval: rate.map(Rate::interval), next: None }
+        Throttle {
+            interval: rate.map(Rate::interval),
+            next: None,
+        }
     }
 
     /// How long to wait at `now` before the next letter may go.

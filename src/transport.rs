@@ -2,7 +2,7 @@
 //!
 //! NOTE: we drive SMTP ourselves instead of lettre's transport because lettre
 //! 0.11 cannot say *when* a connection failed (before DATA is safe to retry,
-//! after the final dot is not), stalls ~40 ms per message (no TCP_NODELAY),
+//! after the final dot is not), stalls ~40 ms per message (no `TCP_NODELAY`),
 //! has no PIPELINING, sends AUTH over plain connections, and kept bytes a
 //! man-in-the-middle injected before STARTTLS. lettre still builds and signs
 //! the messages (`message.rs`). The ledger callback runs between the server's
@@ -107,7 +107,9 @@ pub struct Connector {
 impl Connector {
     /// Prepares TLS roots (web PKI plus `ca_file`).
     pub fn new(smtp: &Smtp) -> Result<Connector> {
-        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         if let Some(ca) = &smtp.ca_file {
             use rustls::pki_types::CertificateDer;
             use rustls::pki_types::pem::PemObject as _;
@@ -119,7 +121,9 @@ impl Connector {
                 anyhow::bail!("ca_file `{}` holds no certificate", ca.display());
             }
             for cert in certs {
-                roots.add(cert).with_context(|| format!("ca_file `{}`: bad certificate", ca.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("ca_file `{}`: bad certificate", ca.display()))?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -133,7 +137,11 @@ impl Connector {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(char::is_whitespace))
             .unwrap_or_else(|| "localhost".into());
-        Ok(Connector { smtp: smtp.clone(), tls: Arc::new(tls), hello })
+        Ok(Connector {
+            smtp: smtp.clone(),
+            tls: Arc::new(tls),
+            hello,
+        })
     }
 
     /// `host:port (SECURITY)` for messages.
@@ -159,9 +167,13 @@ impl Connector {
         if s.security == Security::Tls {
             conn.upgrade(&self.tls)?;
         }
-        let greeting = conn.reply().map_err(|e| ConnectError::Unreachable(format!("{where_}: no greeting: {e}")))?;
+        let greeting = conn
+            .reply()
+            .map_err(|e| ConnectError::Unreachable(format!("{where_}: no greeting: {e}")))?;
         if greeting.code != 220 {
-            return Err(ConnectError::Unreachable(format!("{where_} is not accepting mail: {greeting}")));
+            return Err(ConnectError::Unreachable(format!(
+                "{where_} is not accepting mail: {greeting}"
+            )));
         }
         conn.ehlo(&self.hello)?;
         if s.security == Security::Starttls {
@@ -170,7 +182,9 @@ impl Connector {
                     "{where_} does not offer STARTTLS, and security = \"starttls\" requires it"
                 )));
             }
-            let r = conn.command("STARTTLS\r\n").map_err(|e| ConnectError::Refused(format!("STARTTLS: {e}")))?;
+            let r = conn
+                .command("STARTTLS\r\n")
+                .map_err(|e| ConnectError::Refused(format!("STARTTLS: {e}")))?;
             if r.code != 220 {
                 return Err(ConnectError::Refused(format!("{where_} refused STARTTLS: {r}")));
             }
@@ -191,7 +205,10 @@ impl Connector {
                      (security = \"none\"): use starttls or tls, or remove username"
                 )));
             }
-            let password = s.password.resolve().map_err(|e| ConnectError::Refused(format!("{e:#}")))?;
+            let password = s
+                .password
+                .resolve()
+                .map_err(|e| ConnectError::Refused(format!("{e:#}")))?;
             conn.auth(user, password.expose())?;
         }
         Ok(conn)
@@ -293,8 +310,9 @@ impl Connection {
     }
 
     fn upgrade(&mut self, tls: &Arc<ClientConfig>) -> Result<(), ConnectError> {
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| ConnectError::Refused(format!("`{}` is not a valid TLS server name: {e}", self.host)))?;
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| {
+            ConnectError::Refused(format!("`{}` is not a valid TLS server name: {e}", self.host))
+        })?;
         let Stream::Plain(mut tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
             return Err(ConnectError::Refused("TLS requested twice".into()));
         };
@@ -342,15 +360,25 @@ impl Connection {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let io_err = |e: io::Error| ConnectError::Unreachable(format!("connection lost during AUTH: {e}"));
         let r = if self.caps.auth_plain {
-            self.command(&format!("AUTH PLAIN {}\r\n", b64(&format!("\0{user}\0{password}")))).map_err(io_err)?
+            self.command(&format!(
+                "AUTH PLAIN {}\r\n",
+                b64(&format!("\0{user}\0{password}"))
+            ))
+            .map_err(io_err)?
         } else if self.caps.auth_login {
             let r = self.command("AUTH LOGIN\r\n").map_err(io_err)?;
             if r.code != 334 {
-                return Err(ConnectError::Refused(format!("{} refused AUTH LOGIN: {r}", self.host)));
+                return Err(ConnectError::Refused(format!(
+                    "{} refused AUTH LOGIN: {r}",
+                    self.host
+                )));
             }
             let r = self.command(&format!("{}\r\n", b64(user))).map_err(io_err)?;
             if r.code != 334 {
-                return Err(ConnectError::Refused(format!("{} refused the user name: {r}", self.host)));
+                return Err(ConnectError::Refused(format!(
+                    "{} refused the user name: {r}",
+                    self.host
+                )));
             }
             self.command(&format!("{}\r\n", b64(password))).map_err(io_err)?
         } else {
@@ -362,7 +390,10 @@ impl Connection {
         if r.is_positive() {
             Ok(())
         } else if r.is_transient() {
-            Err(ConnectError::Unreachable(format!("{} could not authenticate now: {r}", self.host)))
+            Err(ConnectError::Unreachable(format!(
+                "{} could not authenticate now: {r}",
+                self.host
+            )))
         } else {
             Err(ConnectError::Refused(format!(
                 "{} rejected the login for `{user}`: {r}\n\nhint: check [smtp] username and the password source",
@@ -379,7 +410,10 @@ impl Connection {
         let lost = |this: &mut Self, e: io::Error, handed_over: bool| {
             this.usable = false;
             this.stream = Stream::Closed;
-            Ok(Delivery::Lost { reason: describe_io(&e), handed_over })
+            Ok(Delivery::Lost {
+                reason: describe_io(&e),
+                handed_over,
+            })
         };
         let body_param = if self.caps.eightbit { " BODY=8BITMIME" } else { "" };
         let mut commands = vec![format!("MAIL FROM:<{}>{body_param}\r\n", built.from)];
@@ -387,7 +421,10 @@ impl Connection {
         commands.push("DATA\r\n".into());
 
         let replies = if self.caps.pipelining {
-            match self.send_all(&commands.concat()).and_then(|()| self.replies(commands.len())) {
+            match self
+                .send_all(&commands.concat())
+                .and_then(|()| self.replies(commands.len()))
+            {
                 Ok(r) => r,
                 Err(e) => return lost(self, e, false),
             }
@@ -413,7 +450,9 @@ impl Connection {
         let target = replies.get(1);
         let data = replies.get(commands.len() - 1);
         let refusal = if mail.is_positive() {
-            target.filter(|t| !t.is_positive()).or(data.filter(|d| d.code != 354))
+            target
+                .filter(|t| !t.is_positive())
+                .or(data.filter(|d| d.code != 354))
         } else {
             Some(mail)
         };
@@ -425,12 +464,18 @@ impl Connection {
             } else if self.usable {
                 self.rset();
             }
-            return Ok(Delivery::Rejected { reply, handed_over: false });
+            return Ok(Delivery::Rejected {
+                reply,
+                handed_over: false,
+            });
         }
         if data.is_none() {
             // Without pipelining we stopped early; reached only if MAIL/RCPT failed.
             self.rset();
-            return Ok(Delivery::Rejected { reply: mail.clone(), handed_over: false });
+            return Ok(Delivery::Rejected {
+                reply: mail.clone(),
+                handed_over: false,
+            });
         }
 
         if let Err(e) = before_body() {
@@ -450,7 +495,10 @@ impl Connection {
                 if r.code == 421 {
                     self.usable = false;
                 }
-                Ok(Delivery::Rejected { reply: r, handed_over: true })
+                Ok(Delivery::Rejected {
+                    reply: r,
+                    handed_over: true,
+                })
             }
             Err(e) => lost(self, e, true),
         }
@@ -499,7 +547,10 @@ impl Connection {
             let line = self.line()?;
             let bytes = line.as_bytes();
             if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("malformed reply `{line}`")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("malformed reply `{line}`"),
+                ));
             }
             let code: u16 = line[..3].parse().unwrap_or(0);
             let more = bytes.get(3) == Some(&b'-');
@@ -529,7 +580,10 @@ impl Connection {
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
             }
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
@@ -588,7 +642,10 @@ mod tests {
 
     #[test]
     fn reply_classes() {
-        let r = |code, text: &str| Reply { code, text: text.into() };
+        let r = |code, text: &str| Reply {
+            code,
+            text: text.into(),
+        };
         assert!(r(250, "ok").is_positive());
         assert!(r(451, "4.3.0 later").is_transient());
         assert!(r(554, "5.7.1 spam").is_permanent() && r(554, "5.7.1 spam").is_policy());

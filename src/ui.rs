@@ -37,7 +37,9 @@ impl Ui {
         let color = match color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => stderr_tty && !no_color && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+            ColorChoice::Auto => {
+                stderr_tty && !no_color && std::env::var("TERM").map_or(true, |t| t != "dumb")
+            }
         };
         Ui {
             quiet,
@@ -62,7 +64,11 @@ impl Ui {
     }
 
     fn paint(&self, style: Style, text: &str) -> String {
-        if self.color { format!("{style}{text}{style:#}") } else { text.to_string() }
+        if self.color {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_string()
+        }
     }
 
     /// `error: …` (always shown). A `\n\nhint: …` tail is coloured as a hint.
@@ -142,7 +148,11 @@ impl Ui {
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         let answer = answer.trim();
-        if answer.is_empty() { default.to_string() } else { answer.to_string() }
+        if answer.is_empty() {
+            default.to_string()
+        } else {
+            answer.to_string()
+        }
     }
 
     /// A progress bar on a terminal; hidden otherwise.

@@ -13,8 +13,20 @@ use crate::ui::Ui;
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
 const FREE_MAIL: [&str; 14] = [
-    "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "hotmail.com", "outlook.com", "live.com",
-    "msn.com", "aol.com", "icloud.com", "me.com", "proton.me", "protonmail.com", "gmx.com",
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "ymail.com",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "aol.com",
+    "icloud.com",
+    "me.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
 ];
 
 /// Runs `mailer check`.
@@ -36,14 +48,22 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                 problems += 1;
                 println!("{file}:{line}: {reason}");
             }
-            Ok(Prepared::Duplicate { line, email, first_line }) => {
+            Ok(Prepared::Duplicate {
+                line,
+                email,
+                first_line,
+            }) => {
                 problems += 1;
                 println!("{file}:{line}: `{email}` repeats line {first_line}; only the first row counts");
             }
             Err(e) => match e.downcast::<TemplateError>() {
                 Ok(TemplateError(msg)) => {
                     // Print each distinct template error once (with its first row).
-                    let key = msg.split(" (rendering the letter for").next().unwrap_or(&msg).to_string();
+                    let key = msg
+                        .split(" (rendering the letter for")
+                        .next()
+                        .unwrap_or(&msg)
+                        .to_string();
                     let seen = template_errors.entry(key).or_insert(0);
                     if *seen == 0 {
                         println!("{msg}");
@@ -57,7 +77,11 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     }
     for (msg, n) in &template_errors {
         if *n > 1 {
-            ui.note(&format!("(the error above, `{}`, repeats for {} more rows)", short(msg), n - 1));
+            ui.note(&format!(
+                "(the error above, `{}`, repeats for {} more rows)",
+                short(msg),
+                n - 1
+            ));
         }
     }
     if let Some(from) = &from {
@@ -82,7 +106,12 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
 }
 
 fn short(msg: &str) -> &str {
-    msg.split(": ").last().unwrap_or(msg).lines().next().unwrap_or(msg)
+    msg.split(": ")
+        .last()
+        .unwrap_or(msg)
+        .lines()
+        .next()
+        .unwrap_or(msg)
 }
 
 /// DMARC alignment and DKIM advice (warnings, never errors).
@@ -114,8 +143,9 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
             "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
              `{from_domain}`; otherwise add [dkim] (see config.example.toml)"
         )),
-        Some(d) if d.domain.to_ascii_lowercase() != from_domain
-            && !from_domain.ends_with(&format!(".{}", d.domain.to_ascii_lowercase())) =>
+        Some(d)
+            if d.domain.to_ascii_lowercase() != from_domain
+                && !from_domain.ends_with(&format!(".{}", d.domain.to_ascii_lowercase())) =>
         {
             ui.warn(&format!(
                 "DKIM signs as `{}` but From is `{from_domain}`: the signature will not align for DMARC",
@@ -133,15 +163,26 @@ fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
     match connector.connect() {
         Ok(conn) => {
             let tls = if conn.is_tls() { "TLS verified" } else { "no TLS" };
-            let auth = smtp.username.as_deref().map_or("no AUTH".to_string(), |u| format!("authenticated as {u}"));
+            let auth = smtp
+                .username
+                .as_deref()
+                .map_or("no AUTH".to_string(), |u| format!("authenticated as {u}"));
             let pipe = if conn.pipelining() { ", PIPELINING" } else { "" };
             conn.quit();
             if !ui.quiet {
-                println!("SMTP {}: {} — connected, {tls}, {auth}{pipe}", connector.describe(), ui.ok("ok"));
+                println!(
+                    "SMTP {}: {} — connected, {tls}, {auth}{pipe}",
+                    connector.describe(),
+                    ui.ok("ok")
+                );
             }
             Ok(())
         }
-        Err(ConnectError::Unreachable(m)) => Err(Failure::new(Exit::TryLater, format!("SMTP check failed: {m}"))),
-        Err(ConnectError::Refused(m)) => Err(Failure::new(Exit::BadInput, format!("SMTP check failed: {m}"))),
+        Err(ConnectError::Unreachable(m)) => {
+            Err(Failure::error(Exit::TryLater, format!("SMTP check failed: {m}")))
+        }
+        Err(ConnectError::Refused(m)) => {
+            Err(Failure::error(Exit::BadInput, format!("SMTP check failed: {m}")))
+        }
     }
 }

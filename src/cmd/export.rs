@@ -15,11 +15,21 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let sink: Box<dyn Write> = match out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot write `{}`", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("cannot write `{}`", p.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut w = csv::Writer::from_writer(sink);
-    w.write_record(["supporter", "target", "state", "attempts", "last_reply", "sent_at", "message_id"])?;
+    w.write_record([
+        "supporter",
+        "target",
+        "state",
+        "attempts",
+        "last_reply",
+        "sent_at",
+        "message_id",
+    ])?;
     let mut failed = None;
     census::walk(campaign, ledger.as_ref(), |l| {
         if failed.is_some() {
@@ -55,7 +65,11 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
 /// Neutralizes spreadsheet formulas: a cell starting with `=`, `+`, `-` or `@`
 /// (or a tab / CR) gets a leading `'`.
 fn cell(value: &str) -> String {
-    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}") } else { value.to_string() }
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -33,9 +33,16 @@ impl Default for Answers {
 /// Runs `mailer init`.
 pub fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-    let files = [dir.join("mailer.toml"), dir.join("letters/letter.md"), dir.join("supporters.csv")];
+    let files = [
+        dir.join("mailer.toml"),
+        dir.join("letters/letter.md"),
+        dir.join("supporters.csv"),
+    ];
     if let Some(existing) = files.iter().find(|f| f.exists()) {
-        bail!("`{}` already exists; init never overwrites a campaign", existing.display());
+        bail!(
+            "`{}` already exists; init never overwrites a campaign",
+            existing.display()
+        );
     }
     let mut a = Answers::default();
     if ui.interactive() {
@@ -50,7 +57,8 @@ pub fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
             ui.warn("that is not an email address");
         }
     }
-    std::fs::create_dir_all(dir.join("letters")).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    std::fs::create_dir_all(dir.join("letters"))
+        .with_context(|| format!("cannot create `{}`", dir.display()))?;
     write(&files[0], &config(&a))?;
     write(&files[1], LETTER)?;
     write(&files[2], SUPPORTERS)?;
@@ -84,8 +92,17 @@ fn config(a: &Answers) -> String {
         .collect::<Vec<_>>()
         .join("-");
     let id = if id.is_empty() { "campaign".to_string() } else { id };
-    let org_domain: String = a.org.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
-    let org_domain = if org_domain.is_empty() { "org".to_string() } else { org_domain };
+    let org_domain: String = a
+        .org
+        .to_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let org_domain = if org_domain.is_empty() {
+        "org".to_string()
+    } else {
+        org_domain
+    };
     format!(
         r#"# mailer campaign — see config.example.toml in the mailer repository for every key.
 
@@ -121,7 +138,10 @@ max_per_run = 200
         id = quote(&id),
         name = quote(&a.name),
         org = quote(&a.org),
-        from = quote(&format!("{{{{ supporter.name }}}} via {} <letters@{org_domain}.example>", a.org)),
+        from = quote(&format!(
+            "{{{{ supporter.name }}}} via {} <letters@{org_domain}.example>",
+            a.org
+        )),
         target_name = quote(&a.target_name),
         target_email = quote(&a.target_email),
     )

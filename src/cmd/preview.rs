@@ -61,18 +61,18 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                 break 'rows;
             }
             shown += 1;
-            match &opts.out {
-                Some(dir) => {
-                    let name = format!("{shown:05}-{}-to-{}.eml", safe(&supporter.key), safe(&target.key()));
-                    let path = dir.join(name);
-                    write_private(&path, &built.bytes)?;
+            if let Some(dir) = &opts.out {
+                let name = format!(
+                    "{shown:05}-{}-to-{}.eml",
+                    safe(&supporter.key),
+                    safe(&target.key())
+                );
+                write_private(&dir.join(name), &built.bytes)?;
+            } else {
+                if shown > 1 {
+                    println!("{}", "-".repeat(72));
                 }
-                None => {
-                    if shown > 1 {
-                        println!("{}", "-".repeat(72));
-                    }
-                    print!("{}", preview_text(&built));
-                }
+                print!("{}", preview_text(&built));
             }
         }
     }
@@ -83,13 +83,25 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
         );
     }
     if let Some(dir) = &opts.out {
-        ui.note(&format!("wrote {shown} .eml file{} to `{}`", if shown == 1 { "" } else { "s" }, dir.display()));
+        ui.note(&format!(
+            "wrote {shown} .eml file{} to `{}`",
+            if shown == 1 { "" } else { "s" },
+            dir.display()
+        ));
     }
     Ok(Exit::Done)
 }
 
 fn safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "@._-".contains(c) { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Previews hold supporters' data: keep them private like the ledger.
@@ -101,6 +113,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut f = options.open(path).with_context(|| format!("cannot write `{}`", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write `{}`", path.display()))
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write `{}`", path.display()))
 }

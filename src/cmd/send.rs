@@ -27,7 +27,7 @@ use crate::ui::Ui;
 pub struct Options {
     /// Do everything but talk to the server; write nothing.
     pub dry_run: bool,
-    /// At most this many letters (overrides max_per_run).
+    /// At most this many letters (overrides `max_per_run`).
     pub limit: Option<u64>,
     /// Skip the confirmation.
     pub yes: bool,
@@ -73,17 +73,15 @@ pub fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
 
 /// Runs `mailer send`.
 pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
-    let config = &campaign.config;
-    let started = Instant::now();
     if opts.dry_run {
         return dry_run(campaign, opts, ui, clock.as_ref());
     }
-    let smtp = config.smtp()?;
-    let connector = Connector::new(smtp)?;
+    let config = &campaign.config;
+    let started = Instant::now();
+    let connector = Connector::new(config.smtp()?)?;
     let _lock = RunLock::acquire(&config.ledger_path)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
-    let now = clock.unix();
-    let recovered = ledger.recover(now)?;
+    let recovered = ledger.recover(clock.unix())?;
     if recovered > 0 {
         ui.warn(&format!(
             "{recovered} letter(s) were in flight when an earlier run stopped; they may have been \
@@ -93,30 +91,21 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     }
 
     // Pass 1: render everything, count what is due.
+    let now = clock.unix();
     let plan = scan(campaign, Some(&ledger), opts, now, ui)?;
     let budget = budget(campaign, &ledger, opts, now)?;
     let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
+    let mut summary = Summary {
+        plan,
+        ..Summary::default()
+    };
     if to_send == 0 {
-        let summary = Summary { plan, ..Summary::default() };
         report::print_summary(&summary, budget, ui);
         return Ok(Exit::Done);
     }
-    if ui.interactive() && !opts.yes {
-        let who = smtp.username.as_deref().map_or(String::new(), |u| format!(" as {u}"));
-        let question = format!(
-            "About to send {} letter{} ({} supporter{} × {} target{}) via {}{who} — continue?",
-            report::thousands(to_send),
-            plural(to_send),
-            report::thousands(plan.supporters),
-            plural(plan.supporters),
-            campaign.target_count(),
-            plural(campaign.target_count() as u64),
-            connector.describe(),
-        );
-        if !ui.confirm(&question) {
-            ui.note("Nothing sent.");
-            return Ok(Exit::Done);
-        }
+    if ui.interactive() && !opts.yes && !confirm(campaign, &summary.plan, to_send, &connector, ui) {
+        ui.note("Nothing sent.");
+        return Ok(Exit::Done);
     }
 
     // Pass 2: deliver.
@@ -127,41 +116,97 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         connector,
         clock: Arc::clone(clock),
         retries: config.delivery.retries,
-        stop: Arc::clone(&stop),
+        stop,
         halt: AtomicBool::new(false),
         reason: Mutex::new(None),
         handed_over: AtomicBool::new(false),
         streak: Mutex::new(Vec::new()),
     });
+    let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, ui);
+    let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
+    let ledger = shared.ledger.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let _ = ledger.checkpoint();
+    summary.elapsed = started.elapsed();
+    summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
+    report::print_summary(&summary, budget, ui);
+
+    dispatched.context("the run stopped")?;
+    if shared.stop.load(Ordering::SeqCst) {
+        ui.error("interrupted: the letters in flight were recorded");
+        return Ok(Exit::Interrupted);
+    }
+    if let Some(halt) = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        let exit = match (&halt, shared.handed_over.load(Ordering::SeqCst)) {
+            (Halt::Unreachable(_), false) => Exit::TryLater,
+            (_, false) if summary.sent == 0 => Exit::BadInput,
+            _ => Exit::Partial,
+        };
+        return Err(Failure::error(exit, halt.to_string()));
+    }
+    Ok(if summary.deferred + summary.failed + summary.unknown > 0 {
+        Exit::Partial
+    } else {
+        Exit::Done
+    })
+}
+
+/// The terminal prompt; true to go on.
+fn confirm(campaign: &Campaign, plan: &Plan, to_send: u64, connector: &Connector, ui: &Ui) -> bool {
+    let smtp = campaign.config.smtp.as_ref();
+    let who = smtp
+        .and_then(|s| s.username.as_deref())
+        .map_or(String::new(), |u| format!(" as {u}"));
+    let targets = campaign.target_count() as u64;
+    ui.confirm(&format!(
+        "About to send {} letter{} ({} supporter{} × {targets} target{}) via {}{who} — continue?",
+        report::thousands(to_send),
+        plural(to_send),
+        report::thousands(plan.supporters),
+        plural(plan.supporters),
+        plural(targets),
+        connector.describe(),
+    ))
+}
+
+/// Pass 2: streams the rows again, records skipped ones, and feeds due
+/// letters (paced by the throttle) to the workers until `to_send` went out
+/// or the run halts. Counts every worker event into `summary`.
+fn dispatch(
+    campaign: &Campaign,
+    opts: &Options,
+    shared: &Arc<Shared>,
+    to_send: u64,
+    summary: &mut Summary,
+    ui: &Ui,
+) -> Result<()> {
+    let config = &campaign.config;
+    let clock = Arc::clone(&shared.clock);
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
     let workers: Vec<_> = (0..config.delivery.concurrency)
         .map(|_| {
-            let shared = Arc::clone(&shared);
-            let rx = Arc::clone(&job_rx);
-            let tx = event_tx.clone();
+            let (shared, rx, tx) = (Arc::clone(shared), Arc::clone(&job_rx), event_tx.clone());
             std::thread::spawn(move || worker(&shared, &rx, &tx))
         })
         .collect();
     drop(event_tx);
-
     let bar = ui.progress(to_send);
-    let mut summary = Summary { plan, ..Summary::default() };
     let mut throttle = Throttle::new(config.delivery.rate);
     let mut dispatched = 0u64;
+    let file = config.supporters_file.display().to_string();
     let mut feed = || -> Result<()> {
-        let file = config.supporters_file.display().to_string();
         for row in campaign.roster()? {
-            let prepared = campaign.prepare(row?, &file)?;
-            let Prepared::Letters { supporter, letters } = prepared else {
-                if let Prepared::Skipped { line, key, reason } = prepared {
+            let (supporter, letters) = match campaign.prepare(row?, &file)? {
+                Prepared::Letters { supporter, letters } => (supporter, letters),
+                Prepared::Skipped { line, key, reason } => {
                     let ledger = shared.ledger();
                     for t in &config.targets {
                         ledger.skip(&key, &t.key(), line, &reason, clock.unix())?;
                     }
+                    continue;
                 }
-                continue;
+                Prepared::Duplicate { .. } => continue,
             };
             for (target, built) in config.targets.iter().zip(letters) {
                 let target_key = target.key();
@@ -173,7 +218,12 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
                     return Ok(());
                 }
                 throttle.wait(clock.as_ref());
-                let job = Job { supporter: supporter.key.clone(), target: target_key, line: supporter.line, built };
+                let job = Job {
+                    supporter: supporter.key.clone(),
+                    target: target_key,
+                    line: supporter.line,
+                    built,
+                };
                 if job_tx.send(job).is_err() {
                     return Ok(());
                 }
@@ -185,7 +235,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         }
         Ok(())
     };
-    let fed = feed();
+    let result = feed();
     drop(job_tx);
     for event in &event_rx {
         summary.count(&event, ui, &bar);
@@ -194,31 +244,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         let _ = w.join();
     }
     bar.finish_and_clear();
-    let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
-    let ledger = shared.ledger.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let _ = ledger.checkpoint();
-    summary.elapsed = started.elapsed();
-    summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
-    report::print_summary(&summary, budget, ui);
-
-    if let Err(e) = fed {
-        return Err(e.context("the run stopped"));
-    }
-    if shared.stop.load(Ordering::SeqCst) {
-        ui.error("interrupted: the letters in flight were recorded");
-        return Ok(Exit::Interrupted);
-    }
-    let reason = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if let Some(stop) = reason {
-        let handed = shared.handed_over.load(Ordering::SeqCst);
-        let exit = match (&stop, handed) {
-            (Halt::Unreachable(_), false) => Exit::TryLater,
-            (_, false) if summary.sent == 0 => Exit::BadInput,
-            _ => Exit::Partial,
-        };
-        return Err(Failure::new(exit, stop.to_string()));
-    }
-    Ok(if summary.deferred + summary.failed + summary.unknown > 0 { Exit::Partial } else { Exit::Done })
+    result
 }
 
 fn plural(n: u64) -> &'static str {
@@ -242,16 +268,25 @@ fn budget(campaign: &Campaign, ledger: &Ledger, opts: &Options, now: i64) -> Res
 /// Pass 1: renders every letter, reports row problems, counts what is due.
 fn scan(campaign: &Campaign, ledger: Option<&Ledger>, opts: &Options, now: i64, ui: &Ui) -> Result<Plan> {
     let file = campaign.config.supporters_file.display().to_string();
-    let mut plan = Plan { per_target: vec![0; campaign.target_count()], ..Plan::default() };
+    let mut plan = Plan {
+        per_target: vec![0; campaign.target_count()],
+        ..Plan::default()
+    };
     for prepared in campaign.prepared()? {
         match prepared? {
             Prepared::Skipped { line, reason, .. } => {
                 plan.skipped_rows += 1;
                 ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
             }
-            Prepared::Duplicate { line, email, first_line } => {
+            Prepared::Duplicate {
+                line,
+                email,
+                first_line,
+            } => {
                 plan.duplicates += 1;
-                ui.problem(&format!("{file}:{line}: `{email}` repeats line {first_line} (ignored)"));
+                ui.problem(&format!(
+                    "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
+                ));
             }
             Prepared::Letters { supporter, letters } => {
                 plan.supporters += 1;
@@ -287,7 +322,10 @@ fn dry_run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &dyn Clock) -> R
     let plan = scan(campaign, ledger.as_ref(), opts, now, ui)?;
     let budget = match &ledger {
         Some(l) => budget(campaign, l, opts, now)?,
-        None => opts.limit.or(config.delivery.max_per_run).map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
+        None => opts
+            .limit
+            .or(config.delivery.max_per_run)
+            .map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
     };
     report::print_plan(campaign, &plan, budget, ui);
     Ok(Exit::Done)
@@ -314,7 +352,12 @@ struct Job {
 
 impl Job {
     fn key(&self) -> Key<'_> {
-        Key { supporter: &self.supporter, target: &self.target, line: self.line, message_id: &self.built.message_id }
+        Key {
+            supporter: &self.supporter,
+            target: &self.target,
+            line: self.line,
+            message_id: &self.built.message_id,
+        }
     }
 }
 
@@ -347,7 +390,10 @@ enum Halt {
 impl std::fmt::Display for Halt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Halt::Unreachable(m) => write!(f, "{m}\n\nhint: the server may be down; run `mailer send` again later"),
+            Halt::Unreachable(m) => write!(
+                f,
+                "{m}\n\nhint: the server may be down; run `mailer send` again later"
+            ),
             Halt::Refused(m) => write!(f, "{m}"),
             Halt::Policy(r) => write!(
                 f,
@@ -395,8 +441,16 @@ fn worker(shared: &Shared, jobs: &Mutex<Receiver<Job>>, events: &Sender<Event>) 
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { break };
-        let result = if shared.halted() { Fate::NotSent } else { deliver(shared, &mut conn, &job) };
-        let event = Event { supporter: job.supporter, target: job.target, result };
+        let result = if shared.halted() {
+            Fate::NotSent
+        } else {
+            deliver(shared, &mut conn, &job)
+        };
+        let event = Event {
+            supporter: job.supporter,
+            target: job.target,
+            result,
+        };
         if events.send(event).is_err() {
             break;
         }
@@ -463,18 +517,45 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             Ok(Delivery::Rejected { reply, handed_over }) if reply.is_transient() => {
                 let text = reply.to_string();
                 let next = now + deferral(attempt);
-                (Outcome::Deferred { reply: text.clone(), next_attempt_at: next, handed_over }, Fate::Deferred(text), true)
+                (
+                    Outcome::Deferred {
+                        reply: text.clone(),
+                        next_attempt_at: next,
+                        handed_over,
+                    },
+                    Fate::Deferred(text),
+                    true,
+                )
             }
             Ok(Delivery::Rejected { reply, handed_over }) => {
                 let text = reply.to_string();
-                (Outcome::Failed { reply: text.clone(), handed_over }, Fate::Failed(text), false)
+                (
+                    Outcome::Failed {
+                        reply: text.clone(),
+                        handed_over,
+                    },
+                    Fate::Failed(text),
+                    false,
+                )
             }
-            Ok(Delivery::Lost { reason, handed_over: true }) => {
-                (Outcome::Unknown(reason.clone()), Fate::Unknown(reason), false)
-            }
-            Ok(Delivery::Lost { reason, handed_over: false }) => {
+            Ok(Delivery::Lost {
+                reason,
+                handed_over: true,
+            }) => (Outcome::Unknown(reason.clone()), Fate::Unknown(reason), false),
+            Ok(Delivery::Lost {
+                reason,
+                handed_over: false,
+            }) => {
                 let next = now + deferral(attempt);
-                (Outcome::Deferred { reply: reason.clone(), next_attempt_at: next, handed_over: false }, Fate::Deferred(reason), true)
+                (
+                    Outcome::Deferred {
+                        reply: reason.clone(),
+                        next_attempt_at: next,
+                        handed_over: false,
+                    },
+                    Fate::Deferred(reason),
+                    true,
+                )
             }
         };
         if let Err(e) = shared.ledger().record(&key, &outcome, claimed, now) {
@@ -536,16 +617,38 @@ mod tests {
     #[test]
     fn resume_rules() {
         let plain = Options::default();
-        let all = Options { retry_failed: true, resend_unknown: true, ..Options::default() };
+        let all = Options {
+            retry_failed: true,
+            resend_unknown: true,
+            ..Options::default()
+        };
         assert_eq!(decide(None, &plain, 0), Decision::Due);
         assert_eq!(decide(Some(&record(State::Sent, None)), &all, 0), Decision::Sent);
-        assert_eq!(decide(Some(&record(State::Deferred, Some(100))), &plain, 99), Decision::Waiting);
-        assert_eq!(decide(Some(&record(State::Deferred, Some(100))), &plain, 100), Decision::Due);
-        assert_eq!(decide(Some(&record(State::Failed, None)), &plain, 0), Decision::HeldFailed);
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 99),
+            Decision::Waiting
+        );
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 100),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Failed, None)), &plain, 0),
+            Decision::HeldFailed
+        );
         assert_eq!(decide(Some(&record(State::Failed, None)), &all, 0), Decision::Due);
-        assert_eq!(decide(Some(&record(State::Unknown, None)), &plain, 0), Decision::HeldUnknown);
-        assert_eq!(decide(Some(&record(State::Unknown, None)), &all, 0), Decision::Due);
-        assert_eq!(decide(Some(&record(State::Skipped, None)), &plain, 0), Decision::Due);
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &plain, 0),
+            Decision::HeldUnknown
+        );
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &all, 0),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Skipped, None)), &plain, 0),
+            Decision::Due
+        );
     }
 
     #[test]

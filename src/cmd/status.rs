@@ -15,7 +15,10 @@ use crate::report::{StatusCounts, thousands};
 pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
-    let mut counts = StatusCounts { campaign: config.campaign.id.clone(), ..StatusCounts::default() };
+    let mut counts = StatusCounts {
+        campaign: config.campaign.id.clone(),
+        ..StatusCounts::default()
+    };
     let mut by_target: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut problems = Vec::new();
     census::walk(campaign, ledger.as_ref(), |letter| {
@@ -28,9 +31,17 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
             State::Unknown | State::Sending => counts.unknown += 1,
             State::Skipped => counts.skipped += 1,
         }
-        *by_target.entry(letter.target.clone()).or_default().entry(letter.state.as_str()).or_default() += 1;
+        *by_target
+            .entry(letter.target.clone())
+            .or_default()
+            .entry(letter.state.as_str())
+            .or_default() += 1;
         if matches!(letter.state, State::Failed | State::Unknown | State::Deferred) {
-            let reply = letter.record.as_ref().and_then(|r| r.reply.clone()).unwrap_or_default();
+            let reply = letter
+                .record
+                .as_ref()
+                .and_then(|r| r.reply.clone())
+                .unwrap_or_default();
             problems.push((letter.state, letter.supporter, letter.target, reply));
         }
     })?;
@@ -39,7 +50,12 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
         return Ok(Exit::Done);
     }
     let mut out = String::new();
-    let _ = writeln!(out, "Campaign {} — {} letters", counts.campaign, thousands(counts.total));
+    let _ = writeln!(
+        out,
+        "Campaign {} — {} letters",
+        counts.campaign,
+        thousands(counts.total)
+    );
     for (name, n) in [
         ("sent", counts.sent),
         ("pending", counts.pending),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::campaign::Campaign;
-use crate::support::smtp::{Server, ServerOptions, Security};
+use crate::support::smtp::{Security, Server, ServerOptions};
 
 #[test]
 fn sends_each_letter_once_and_a_rerun_sends_nothing() {
@@ -16,7 +16,10 @@ fn sends_each_letter_once_and_a_rerun_sends_nothing() {
     let ids: std::collections::HashSet<_> = got.iter().map(|m| m.message_id().unwrap()).collect();
     assert_eq!(ids.len(), 3);
     assert_eq!(got[0].rcpt_to, vec!["ceo@corp.example".to_string()]);
-    assert!(got.iter().any(|m| m.text().contains("I am Sam Okafor from Minneapolis.")));
+    assert!(
+        got.iter()
+            .any(|m| m.text().contains("I am Sam Okafor from Minneapolis."))
+    );
     assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
     c.run(&["send", "--yes"]).code(0).stdout_has("sent 0");
     assert_eq!(server.received().len(), 3);

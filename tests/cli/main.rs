@@ -1,5 +1,6 @@
 //! Integration tests: the real `mailer` binary, real files, real SMTP sockets.
 #![allow(unreachable_pub)] // test-support modules are `pub` for each other, not for export
+#![allow(clippy::disallowed_methods)] // tests may sleep and read the real clock
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -36,7 +36,8 @@ impl Campaign {
             head: head("letters/letter.txt"),
             env: Vec::new(),
         };
-        c.file("letters/letter.txt", LETTER).file("supporters.csv", SUPPORTERS)
+        c.file("letters/letter.txt", LETTER)
+            .file("supporters.csv", SUPPORTERS)
     }
 
     /// The folder.
@@ -126,7 +127,11 @@ impl Campaign {
 
     /// Starts `mailer ARGS` without waiting (stdout/stderr piped).
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mailer")
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mailer")
     }
 
     /// The ledger file (default path).
@@ -137,8 +142,13 @@ impl Campaign {
     /// `SELECT state, count(*)` from the ledger, as `state=n` sorted.
     pub fn states(&self) -> Vec<(String, i64)> {
         let conn = rusqlite::Connection::open(self.ledger()).unwrap();
-        let mut stmt = conn.prepare("SELECT state, count(*) FROM letters GROUP BY state ORDER BY state").unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        let mut stmt = conn
+            .prepare("SELECT state, count(*) FROM letters GROUP BY state ORDER BY state")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     /// Runs SQL against the ledger (e.g. to let time pass for deferred letters).
@@ -197,21 +207,35 @@ impl Run {
     /// Asserts the exit code, showing the output when it differs.
     #[track_caller]
     pub fn code(&self, expected: i32) -> &Run {
-        assert_eq!(self.code, expected, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, expected,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// Asserts stderr contains `needle`.
     #[track_caller]
     pub fn stderr_has(&self, needle: &str) -> &Run {
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}\n--- stderr\n{}\n--- stdout\n{}", self.stderr, self.stdout);
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n--- stderr\n{}\n--- stdout\n{}",
+            self.stderr,
+            self.stdout
+        );
         self
     }
 
     /// Asserts stdout contains `needle`.
     #[track_caller]
     pub fn stdout_has(&self, needle: &str) -> &Run {
-        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }

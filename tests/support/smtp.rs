@@ -17,8 +17,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -61,8 +61,7 @@ impl TestPki {
         let leaf_key = KeyPair::generate().expect("generate leaf key");
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let mut leaf = CertificateParams::new(names).expect("leaf params");
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
+        leaf.distinguished_name.push(DnType::CommonName, "localhost");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.use_authority_key_identifier_extension = true;
         let leaf_cert = leaf.signed_by(&leaf_key, &ca).expect("sign leaf");
@@ -676,8 +675,7 @@ impl Session {
             Some("ENHANCEDSTATUSCODES".to_owned()),
             Some(format!("SIZE {}", o.size)),
             (o.security == Security::StartTls && !self.tls).then(|| "STARTTLS".to_owned()),
-            (o.auth.is_some() && (self.tls || !o.auth_after_tls))
-                .then(|| "AUTH PLAIN LOGIN".to_owned()),
+            (o.auth.is_some() && (self.tls || !o.auth_after_tls)).then(|| "AUTH PLAIN LOGIN".to_owned()),
         ];
         let caps: Vec<String> = caps.into_iter().flatten().collect();
         let text: Vec<String> = caps
@@ -709,8 +707,7 @@ impl Session {
             };
             lock(&self.sh.log).transcript.push(line);
         }
-        let Conn::Plain(mut tcp) =
-            std::mem::replace(&mut self.io, BufReader::new(Conn::Closed)).into_inner()
+        let Conn::Plain(mut tcp) = std::mem::replace(&mut self.io, BufReader::new(Conn::Closed)).into_inner()
         else {
             return Err(closed());
         };
@@ -735,9 +732,7 @@ impl Session {
                 .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?
         };
         match text.trim() {
-            "*" => self
-                .send("501 5.0.0 Authentication cancelled")
-                .map(|()| None),
+            "*" => self.send("501 5.0.0 Authentication cancelled").map(|()| None),
             "=" => Ok(Some(Vec::new())),
             t => match b64decode(t) {
                 Some(bytes) => Ok(Some(bytes)),
@@ -757,8 +752,7 @@ impl Session {
             return self.send("503 5.5.1 Already authenticated");
         }
         if self.sh.opts.auth_after_tls && !self.tls {
-            return self
-                .send("538 5.7.11 Encryption required for requested authentication mechanism");
+            return self.send("538 5.7.11 Encryption required for requested authentication mechanism");
         }
         if let Some(reply) = self.scripted(&Step::Auth { conn: self.conn })? {
             return self.send(&reply);
@@ -885,10 +879,9 @@ impl Session {
             nth,
         };
         let (reply, keep) = match (self.sh.opts.script)(&step) {
-            Action::Default if msg.data.len() > self.sh.opts.size => (
-                "552 5.3.4 Message size exceeds fixed limit".to_owned(),
-                false,
-            ),
+            Action::Default if msg.data.len() > self.sh.opts.size => {
+                ("552 5.3.4 Message size exceeds fixed limit".to_owned(), false)
+            }
             Action::Default => (format!("250 2.0.0 Ok: queued as {nth}"), true),
             Action::Reply(reply) => {
                 let ok = reply.starts_with('2');

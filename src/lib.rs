@@ -79,11 +79,15 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
         Command::Status { json } => cmd::status::run(&load()?, json),
         Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);
+            report::out(&String::from_utf8_lossy(&script))?;
             Ok(Exit::Done)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            report::out(&String::from_utf8_lossy(&page))?;
             Ok(Exit::Done)
         }
     }

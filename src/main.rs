@@ -11,9 +11,17 @@ fn main() -> ExitCode {
     let ui = Ui::new(cli.global.quiet, cli.global.verbose, cli.global.color);
     match mailer::run(cli, &ui) {
         Ok(exit) => exit.into(),
+        // A reader that stopped reading (`mailer preview | head`) is not an error.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             ui.error(&format!("{err:#}"));
             exit_for(&err).into()
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

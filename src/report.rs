@@ -55,6 +55,8 @@ pub struct Summary {
     pub not_reached: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// The run ended early (a signal or a run-wide error), not by its limits.
+    pub stopped: bool,
 }
 
 impl Summary {
@@ -85,8 +87,17 @@ impl Summary {
         }
         bar.inc(1);
         let failures = self.deferred + self.failed + self.unknown;
-        bar.set_message(format!("{failures} failed"));
+        bar.set_message(format!("{failures} not delivered"));
     }
+}
+
+/// Writes data to stdout. A reader that went away (`mailer preview | head`)
+/// comes back as a `BrokenPipe` error, which `main` ends quietly.
+pub fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 /// `1234567` → `1,234,567`.
@@ -130,19 +141,20 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
             );
         }
         let _ = writeln!(t, "  elapsed    {secs:>8.1}s  ({rate:.1} letters/s)");
-        print!("{t}");
+        // The run is over; its exit code matters more than a closed stdout.
+        let _ = out(&t);
     } else {
-        println!(
-            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s)",
+        let _ = out(&format!(
+            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s)\n",
             s.sent, s.deferred, s.failed, s.unknown, p.skipped_rows, s.not_reached
-        );
+        ));
     }
     if p.due == 0 && s.attempted() == 0 {
         ui.note(&format!(
             "Nothing due: {} already sent.",
             thousands(p.already_sent)
         ));
-    } else if s.not_reached > 0 && budget.is_some() {
+    } else if s.not_reached > 0 && budget.is_some() && !s.stopped {
         ui.note(&format!(
             "{} letters wait for the next run (max_per_run, --limit or daily_limit).",
             thousands(s.not_reached)
@@ -160,57 +172,56 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
 }
 
 /// `send --dry-run`: letters per target, the limits, the first letter.
-pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>, ui: &Ui) {
-    let mut out = String::new();
-    let _ = writeln!(out, "Dry run: nothing will be sent and nothing recorded.\n");
+pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io::Result<()> {
+    let mut text = String::new();
+    let _ = writeln!(text, "Dry run: nothing will be sent and nothing recorded.\n");
     let _ = writeln!(
-        out,
+        text,
         "Campaign   {} ({})",
         campaign.config.campaign.name, campaign.config.campaign.id
     );
     let _ = writeln!(
-        out,
+        text,
         "Supporters {} valid, {} skipped, {} duplicate rows",
         thousands(p.supporters),
         p.skipped_rows,
         p.duplicates
     );
-    let _ = writeln!(out, "Letters due now: {}", thousands(p.due));
+    let _ = writeln!(text, "Letters due now: {}", thousands(p.due));
     for (t, n) in campaign.config.targets.iter().zip(&p.per_target) {
-        let _ = writeln!(out, "  {:>8}  to {}", thousands(*n), t.mailbox());
+        let _ = writeln!(text, "  {:>8}  to {}", thousands(*n), t.mailbox());
     }
     if p.already_sent + p.waiting + p.held_failed + p.held_unknown > 0 {
         let _ = writeln!(
-            out,
+            text,
             "Not due: {} sent, {} deferred (waiting), {} failed, {} unknown",
             p.already_sent, p.waiting, p.held_failed, p.held_unknown
         );
     }
     if let Some(b) = budget {
         let _ = writeln!(
-            out,
+            text,
             "This run would send at most {} (max_per_run / --limit / daily_limit).",
             thousands(b)
         );
     }
     if let Some(rate) = campaign.config.delivery.rate {
         let _ = writeln!(
-            out,
+            text,
             "Rate: one letter every {:.1}s.",
             rate.interval().as_secs_f64()
         );
     }
     match &p.first {
         Some(first) => {
-            let _ = writeln!(out, "\nThe first letter:\n");
-            out.push_str(&preview_text(first));
+            let _ = writeln!(text, "\nThe first letter:\n");
+            text.push_str(&preview_text(first));
         }
         None => {
-            let _ = writeln!(out, "\nNo letter is due.");
+            let _ = writeln!(text, "\nNo letter is due.");
         }
     }
-    print!("{out}");
-    let _ = ui;
+    out(&text)
 }
 
 /// A message as a person reads it: main headers unencoded, then the text.

@@ -135,8 +135,12 @@ impl Ui {
         eprint!("{question} [y/N] ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
-        if std::io::stdin().lock().read_line(&mut answer).is_err() {
-            return false;
+        match std::io::stdin().lock().read_line(&mut answer) {
+            Ok(0) | Err(_) => {
+                eprintln!(); // end of input (Ctrl-D): end the prompt's line
+                return false;
+            }
+            Ok(_) => {}
         }
         matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
     }
@@ -163,14 +167,20 @@ impl Ui {
         }
         let bar = indicatif::ProgressBar::new(total);
         let template = if self.color {
-            "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} letters · {per_sec} · ETA {eta} · {msg}"
+            "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} letters · {rate} · ETA {eta} · {msg}"
         } else {
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} letters · {per_sec} · ETA {eta} · {msg}"
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} letters · {rate} · ETA {eta} · {msg}"
         };
         if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
+            let style = style.progress_chars("=> ").with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}/s", state.per_sec());
+                },
+            );
+            bar.set_style(style);
         }
-        bar.set_message("0 failed");
+        bar.set_message("0 not delivered");
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     }

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
-use crate::report::thousands;
+use crate::report::{out, thousands};
 use crate::transport::{ConnectError, Connector};
 use crate::ui::Ui;
 
@@ -46,7 +46,7 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
             }
             Ok(Prepared::Skipped { line, reason, .. }) => {
                 problems += 1;
-                println!("{file}:{line}: {reason}");
+                out(&format!("{file}:{line}: {reason}\n"))?;
             }
             Ok(Prepared::Duplicate {
                 line,
@@ -54,7 +54,9 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                 first_line,
             }) => {
                 problems += 1;
-                println!("{file}:{line}: `{email}` repeats line {first_line}; only the first row counts");
+                out(&format!(
+                    "{file}:{line}: `{email}` repeats line {first_line}; only the first row counts\n"
+                ))?;
             }
             Err(e) => match e.downcast::<TemplateError>() {
                 Ok(TemplateError(msg)) => {
@@ -66,7 +68,7 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                         .to_string();
                     let seen = template_errors.entry(key).or_insert(0);
                     if *seen == 0 {
-                        println!("{msg}");
+                        out(&format!("{msg}\n"))?;
                     }
                     *seen += 1;
                     problems += 1;
@@ -97,7 +99,7 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
         if problems == 1 { "" } else { "s" },
     );
     if !ui.quiet {
-        println!("{summary}");
+        out(&format!("{summary}\n"))?;
     }
     if smtp {
         check_smtp(campaign, ui)?;
@@ -170,11 +172,11 @@ fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
             let pipe = if conn.pipelining() { ", PIPELINING" } else { "" };
             conn.quit();
             if !ui.quiet {
-                println!(
-                    "SMTP {}: {} — connected, {tls}, {auth}{pipe}",
+                out(&format!(
+                    "SMTP {}: {} — connected, {tls}, {auth}{pipe}\n",
                     connector.describe(),
                     ui.ok("ok")
-                );
+                ))?;
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::campaign::{Campaign, Prepared};
 use crate::exit::Exit;
-use crate::report::preview_text;
+use crate::report::{out, preview_text};
 use crate::ui::Ui;
 
 /// `preview` flags, free of clap.
@@ -70,9 +70,9 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                 write_private(&dir.join(name), &built.bytes)?;
             } else {
                 if shown > 1 {
-                    println!("{}", "-".repeat(72));
+                    out(&format!("{}\n", "-".repeat(72)))?;
                 }
-                print!("{}", preview_text(&built));
+                out(&preview_text(&built))?;
             }
         }
     }

@@ -128,6 +128,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let _ = ledger.checkpoint();
     summary.elapsed = started.elapsed();
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
+    summary.stopped = shared.halt.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
     report::print_summary(&summary, budget, ui);
 
     dispatched.context("the run stopped")?;
@@ -327,7 +328,7 @@ fn dry_run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &dyn Clock) -> R
             .or(config.delivery.max_per_run)
             .map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
     };
-    report::print_plan(campaign, &plan, budget, ui);
+    report::print_plan(campaign, &plan, budget)?;
     Ok(Exit::Done)
 }
 

@@ -9,7 +9,7 @@ use crate::campaign::Campaign;
 use crate::census;
 use crate::exit::Exit;
 use crate::ledger::{Ledger, State};
-use crate::report::{StatusCounts, thousands};
+use crate::report::{StatusCounts, out, thousands};
 
 /// Runs `mailer status [--json]`.
 pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
@@ -46,12 +46,12 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
         }
     })?;
     if json {
-        println!("{}", serde_json::to_string(&counts)?);
+        out(&format!("{}\n", serde_json::to_string(&counts)?))?;
         return Ok(Exit::Done);
     }
-    let mut out = String::new();
+    let mut text = String::new();
     let _ = writeln!(
-        out,
+        text,
         "Campaign {} — {} letters",
         counts.campaign,
         thousands(counts.total)
@@ -64,21 +64,21 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
         ("unknown", counts.unknown),
         ("skipped", counts.skipped),
     ] {
-        let _ = writeln!(out, "  {name:<9} {:>8}", thousands(n));
+        let _ = writeln!(text, "  {name:<9} {:>8}", thousands(n));
     }
     if by_target.len() > 1 {
-        let _ = writeln!(out, "\nBy target:");
+        let _ = writeln!(text, "\nBy target:");
         for (target, states) in &by_target {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
-            let _ = writeln!(out, "  {target}: {}", parts.join(", "));
+            let _ = writeln!(text, "  {target}: {}", parts.join(", "));
         }
     }
     if !problems.is_empty() {
-        let _ = writeln!(out, "\nNot delivered:");
+        let _ = writeln!(text, "\nNot delivered:");
         for (state, s, t, reply) in &problems {
-            let _ = writeln!(out, "  {:<8} {s} → {t}: {reply}", state.as_str());
+            let _ = writeln!(text, "  {:<8} {s} → {t}: {reply}", state.as_str());
         }
     }
-    print!("{out}");
+    out(&text)?;
     Ok(Exit::Done)
 }

@@ -5,3 +5,6 @@
 mod support;
 
 mod delivery;
+mod inputs;
+mod security;
+mod terminal;

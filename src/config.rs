@@ -531,7 +531,10 @@ fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> 
         bail!("{host_at}: [smtp] takes one of password_env, password_command or password");
     }
     let password = if let Some(cmd) = s.password_command {
-        Secret::Command(cmd)
+        Secret::Command {
+            command: cmd,
+            dir: dir.to_path_buf(),
+        }
     } else if let Some(literal) = s.password {
         Secret::Literal(Password::new(literal))
     } else {

@@ -220,7 +220,7 @@ impl Ledger {
     pub fn recover(&self, now: i64) -> Result<usize> {
         Ok(self.conn.execute(
             "UPDATE letters SET state = 'unknown', updated_at = ?1,
-                reply = coalesce(reply, 'the run ended before the server replied')
+                reply = 'the run ended after handing the letter over, before the server replied'
              WHERE state = 'sending'",
             [now],
         )?)
@@ -426,7 +426,13 @@ fn private_dir(dir: &Path) -> Result<()> {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create ledger folder `{}`", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // The ledger names every supporter: keep our own `.mailer` folder private
+    // even if someone created it by hand (a folder the user chose is theirs).
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 && dir.file_name().is_some_and(|n| n == ".mailer") {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make ledger folder `{}` private", dir.display()))?;
     }
     Ok(())
 }

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use lettre::address::Envelope;
 use lettre::message::dkim::DkimConfig;
-use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
@@ -74,14 +73,14 @@ pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, doma
 struct Headers<'a>(&'a Supporter);
 
 impl Headers<'_> {
-    /// The columns holding control characters, to name in the reason.
-    fn culprit(&self) -> String {
+    /// The columns whose value matches `bad`, to name in a reason.
+    fn columns(&self, bad: impl Fn(&str) -> bool) -> String {
         let s = self.0;
         let cols: Vec<&str> = s
             .headers
             .iter()
             .zip(&s.values)
-            .filter(|(_, v)| v.chars().any(char::is_control))
+            .filter(|(_, v)| bad(v))
             .map(|(h, _)| h.as_str())
             .collect();
         if cols.is_empty() {
@@ -98,7 +97,20 @@ impl Headers<'_> {
                 '\0' => "a NUL character",
                 _ => "a control character",
             };
-            return Err(format!("the {what} would contain {kind}{}", self.culprit()));
+            return Err(format!(
+                "the {what} would contain {kind}{}",
+                self.columns(|v| v.chars().any(char::is_control))
+            ));
+        }
+        // `=?utf-8?b?…?=` in a value would be decoded by mail readers: a
+        // supporter could make the From name or Subject say anything.
+        if let Some(start) = value.find("=?")
+            && value[start + 2..].contains("?=")
+        {
+            return Err(format!(
+                "the {what} would contain `=?…?=`, which mail readers decode as an encoded word{}",
+                self.columns(|v| v.contains("=?"))
+            ));
         }
         let n = value.chars().count();
         if n > max {
@@ -184,7 +196,7 @@ pub fn build(
                 .singlepart(SinglePart::plain(text.clone()))
                 .singlepart(SinglePart::html(html.clone())),
         ),
-        None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
+        None => builder.singlepart(SinglePart::plain(text.clone())),
     };
     let mut message = message.map_err(|e| format!("cannot build the message: {e}"))?;
     if let Some(dkim) = settings.dkim {
@@ -294,6 +306,33 @@ mod tests {
         assert_ne!(a, message_id("c", "ana@x.org", "cfo@corp.example", "org.example"));
         assert_ne!(a, message_id("d", "ana@x.org", "ceo@corp.example", "org.example"));
         assert_eq!(a.len(), 1 + 32 + 1 + "org.example".len() + 1);
+    }
+
+    #[test]
+    fn encoded_words_in_data_are_refused() {
+        let err = build_one("=?utf-8?b?U2F0eWE=?=", "s").unwrap_err();
+        assert!(
+            err.contains("encoded word") && err.contains("first_name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn text_letters_declare_mime() {
+        let bcc = [];
+        let mut r = rendered("Ana", "s");
+        r.html = None;
+        let b = build(
+            &r,
+            &supporter("Ana"),
+            &target(),
+            &settings(&bcc),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let text = String::from_utf8(b.bytes).unwrap();
+        assert!(text.contains("MIME-Version: 1.0\r\n"), "{text}");
+        assert!(text.contains("Content-Type: text/plain; charset=utf-8"), "{text}");
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub struct Roster {
     name_cols: NameCols,
     seen: HashMap<u128, u64>,
     record: csv::ByteRecord,
+    file_len: u64,
 }
 
 enum NameCols {
@@ -153,6 +154,7 @@ impl Roster {
             name_cols,
             seen: HashMap::new(),
             record: csv::ByteRecord::new(),
+            file_len: std::fs::metadata(path).map_or(u64::MAX, |m| m.len()),
         })
     }
 
@@ -184,6 +186,15 @@ impl Roster {
             Ok(false) => Ok(None),
             Ok(true) => {
                 let line = self.lines.line_at(offset)?;
+                if self.reader.position().byte() >= self.file_len && self.unclosed_quote(offset)? {
+                    return Ok(Some(Row::Invalid {
+                        line,
+                        key: format!("line:{line}"),
+                        reason: "a quote opened in this row is never closed, so the rest of the file \
+                                 was read as one value: close the quote"
+                            .into(),
+                    }));
+                }
                 Ok(Some(self.classify(line)))
             }
             Err(e) => {
@@ -278,6 +289,20 @@ impl Iterator for Roster {
     }
 }
 
+impl Roster {
+    /// Whether the last record (from `offset` to the end) has an odd number
+    /// of `"`: an unclosed quote swallows every later row into one value,
+    /// which the csv crate accepts silently at end of file.
+    fn unclosed_quote(&self, offset: u64) -> Result<bool> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let mut f = File::open(&self.path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        Ok(tail.iter().filter(|b| **b == b'"').count() % 2 == 1)
+    }
+}
+
 /// `First Name` → `first_name`.
 #[must_use]
 pub fn normalize_header(h: &str) -> String {
@@ -323,7 +348,8 @@ fn fingerprint(key: &str) -> u128 {
 }
 
 /// Turns record start offsets (ascending) into 1-based line numbers by
-/// counting `\n` in a second, sequential read of the same file.
+/// counting line ends (`\n`, `\r\n`, or a lone `\r` from old Mac exports)
+/// in a second, sequential read of the same file.
 ///
 /// NOTE: csv reports a record as starting right after the previous record's
 /// terminator, which on CRLF input is the `\n` of the `\r\n`, and before any
@@ -333,6 +359,7 @@ struct LineIndex {
     reader: BufReader<File>,
     offset: u64,
     line: u64,
+    after_cr: bool,
 }
 
 impl LineIndex {
@@ -341,6 +368,7 @@ impl LineIndex {
             reader: BufReader::with_capacity(64 * 1024, file),
             offset: 0,
             line: 1,
+            after_cr: false,
         }
     }
 
@@ -353,21 +381,32 @@ impl LineIndex {
             let n = usize::try_from(target - self.offset)
                 .unwrap_or(usize::MAX)
                 .min(buf.len());
-            self.line += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            count_line_ends(&buf[..n], &mut self.line, &mut self.after_cr);
             self.reader.consume(n);
             self.offset += n as u64;
         }
         loop {
             let buf = self.reader.fill_buf()?;
             let n = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
-            self.line += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
             let whole = n == buf.len() && n > 0;
+            count_line_ends(&buf[..n], &mut self.line, &mut self.after_cr);
             self.reader.consume(n);
             self.offset += n as u64;
             if !whole {
                 return Ok(self.line);
             }
         }
+    }
+}
+
+/// Counts the line ends in `bytes` into `line`; `after_cr` carries a CRLF
+/// split across two calls.
+fn count_line_ends(bytes: &[u8], line: &mut u64, after_cr: &mut bool) {
+    for &b in bytes {
+        if b == b'\r' || (b == b'\n' && !*after_cr) {
+            *line += 1;
+        }
+        *after_cr = b == b'\r';
     }
 }
 
@@ -409,6 +448,24 @@ mod tests {
         let r = rows(csv.as_bytes());
         assert_eq!(lines(&r), vec![2, 4, 5]);
         assert!(matches!(&r[1], Row::Invalid { reason, .. } if reason.contains("invalid email")));
+    }
+
+    #[test]
+    fn cr_only_line_numbers() {
+        let r = rows(b"email\ra@x.org\rb@x.org\r");
+        assert_eq!(lines(&r), vec![2, 3]);
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_reported_not_merged() {
+        let r = rows(b"email,note\na@x.org,\"oops\nb@x.org,fine\nc@x.org,fine\n");
+        assert_eq!(r.len(), 1);
+        assert!(
+            matches!(&r[0], Row::Invalid { line: 2, reason, .. } if reason.contains("never closed")),
+            "{r:?}"
+        );
+        let ok = rows(b"email,note\na@x.org,\"say \"\"hi\"\"\"\n");
+        assert!(matches!(&ok[0], Row::Valid(_)), "{ok:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,8 +19,14 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Secret {
     /// An environment variable's name (default `MAILER_SMTP_PASSWORD`).
     Env(String),
-    /// A shell command whose first line of stdout is the password.
-    Command(String),
+    /// A shell command whose first line of stdout is the password, run in
+    /// the config file's folder.
+    Command {
+        /// The command line (`sh -c`).
+        command: String,
+        /// Where it runs.
+        dir: PathBuf,
+    },
     /// A literal in the config file (accepted only when the file is private).
     Literal(Password),
 }
@@ -28,7 +35,7 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Secret::Env(name) => write!(f, "Env({name:?})"),
-            Secret::Command(cmd) => write!(f, "Command({cmd:?})"),
+            Secret::Command { command, .. } => write!(f, "Command({command:?})"),
             Secret::Literal(_) => f.write_str("Literal((redacted))"),
         }
     }
@@ -46,17 +53,18 @@ impl Secret {
                      hint: export {name}=... or set `password_command` in [smtp]"
                 ),
             },
-            Secret::Command(cmd) => run_password_command(cmd),
+            Secret::Command { command, dir } => run_password_command(command, dir),
             Secret::Literal(password) => Ok(password.clone()),
         }
     }
 }
 
 /// Runs `sh -c CMD` with a timeout; its first stdout line is the password.
-fn run_password_command(cmd: &str) -> Result<Password> {
+fn run_password_command(cmd: &str, dir: &Path) -> Result<Password> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -130,6 +138,13 @@ impl fmt::Display for Password {
 mod tests {
     use super::*;
 
+    fn command(cmd: &str) -> Secret {
+        Secret::Command {
+            command: cmd.into(),
+            dir: PathBuf::from("."),
+        }
+    }
+
     #[test]
     fn debug_never_shows_the_value() {
         let secret = Secret::Literal(Password::new("hunter2".into()));
@@ -140,17 +155,13 @@ mod tests {
 
     #[test]
     fn command_gives_its_first_line() {
-        let pw = Secret::Command("printf 's3cret\\nother'".into())
-            .resolve()
-            .unwrap();
+        let pw = command("printf 's3cret\\nother'").resolve().unwrap();
         assert_eq!(pw.expose(), "s3cret");
     }
 
     #[test]
     fn failing_command_shows_its_stderr() {
-        let err = Secret::Command("echo 'vault locked' >&2; exit 3".into())
-            .resolve()
-            .unwrap_err();
+        let err = command("echo 'vault locked' >&2; exit 3").resolve().unwrap_err();
         assert!(format!("{err:#}").contains("vault locked"), "{err:#}");
     }
 

@@ -42,13 +42,35 @@ impl Throttle {
         }
     }
 
+    /// Takes the next free slot at or after `now`: when the next letter may start.
+    pub fn reserve(&mut self, now: SystemTime) -> SystemTime {
+        let slot = self.next.map_or(now, |n| n.max(now));
+        if let Some(i) = self.interval {
+            self.next = Some(slot + i);
+        }
+        slot
+    }
+
     /// Waits for the next slot and takes it.
     pub fn wait(&mut self, clock: &dyn Clock) {
-        let d = self.delay(clock.now());
-        if !d.is_zero() {
-            clock.sleep(d);
+        let slot = self.reserve(clock.now());
+        sleep_until(clock, slot, &|| false);
+    }
+}
+
+/// Sleeps until `when` in short steps, giving up early once `cancel()` is true.
+/// Returns false if cancelled.
+pub fn sleep_until(clock: &dyn Clock, when: SystemTime, cancel: &dyn Fn() -> bool) -> bool {
+    const STEP: Duration = Duration::from_millis(50);
+    loop {
+        if cancel() {
+            return false;
         }
-        self.mark(clock.now());
+        let left = when.duration_since(clock.now()).unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return true;
+        }
+        clock.sleep(left.min(STEP));
     }
 }
 
@@ -78,6 +100,30 @@ mod tests {
         clock.advance(Duration::from_secs(10)); // a slow letter
         t.wait(&clock);
         assert_eq!(t.delay(clock.now()), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn reserved_slots_are_spaced_for_concurrent_workers() {
+        let mut t = Throttle::new(Some("4/second".parse().unwrap()));
+        let t0 = SystemTime::UNIX_EPOCH;
+        let slots: Vec<_> = (0..3).map(|_| t.reserve(t0)).collect();
+        assert_eq!(
+            slots[1].duration_since(slots[0]).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            slots[2].duration_since(slots[1]).unwrap(),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn sleep_until_can_be_cancelled() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+        assert!(!sleep_until(&clock, later, &|| true));
+        assert!(sleep_until(&clock, later, &|| false));
+        assert!(clock.now() >= later);
     }
 
     #[test]

@@ -358,34 +358,13 @@ impl Connection {
 
     fn auth(&mut self, user: &str, password: &str) -> Result<(), ConnectError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let io_err = |e: io::Error| ConnectError::Unreachable(format!("connection lost during AUTH: {e}"));
-        let r = if self.caps.auth_plain {
-            self.command(&format!(
-                "AUTH PLAIN {}\r\n",
-                b64(&format!("\0{user}\0{password}"))
-            ))
-            .map_err(io_err)?
-        } else if self.caps.auth_login {
-            let r = self.command("AUTH LOGIN\r\n").map_err(io_err)?;
-            if r.code != 334 {
-                return Err(ConnectError::Refused(format!(
-                    "{} refused AUTH LOGIN: {r}",
-                    self.host
-                )));
-            }
-            let r = self.command(&format!("{}\r\n", b64(user))).map_err(io_err)?;
-            if r.code != 334 {
-                return Err(ConnectError::Refused(format!(
-                    "{} refused the user name: {r}",
-                    self.host
-                )));
-            }
-            self.command(&format!("{}\r\n", b64(password))).map_err(io_err)?
-        } else {
-            return Err(ConnectError::Refused(format!(
-                "{} offers no AUTH PLAIN or LOGIN, but a username is configured",
-                self.host
-            )));
+        let plain = b64(&format!("\0{user}\0{password}"));
+        let secrets = [plain.as_str(), &b64(password), password];
+        // A server may echo what we sent; never let that reach the screen.
+        let r = self.auth_exchange(user, password, &plain)?;
+        let r = Reply {
+            code: r.code,
+            text: redact(&r.text, &secrets),
         };
         if r.is_positive() {
             Ok(())
@@ -400,6 +379,28 @@ impl Connection {
                 self.host
             )))
         }
+    }
+
+    /// AUTH PLAIN (preferred) or LOGIN; returns the final reply.
+    fn auth_exchange(&mut self, user: &str, password: &str, plain: &str) -> Result<Reply, ConnectError> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let io_err = |e: io::Error| ConnectError::Unreachable(format!("connection lost during AUTH: {e}"));
+        if self.caps.auth_plain {
+            return self.command(&format!("AUTH PLAIN {plain}\r\n")).map_err(io_err);
+        }
+        if !self.caps.auth_login {
+            return Err(ConnectError::Refused(format!(
+                "{} offers no AUTH PLAIN or LOGIN, but a username is configured",
+                self.host
+            )));
+        }
+        for line in ["AUTH LOGIN".to_string(), b64(user)] {
+            let r = self.command(&format!("{line}\r\n")).map_err(io_err)?;
+            if r.code != 334 {
+                return Ok(r);
+            }
+        }
+        self.command(&format!("{}\r\n", b64(password))).map_err(io_err)
     }
 
     /// Sends one letter. `before_body` runs after the server's `354` and before
@@ -609,6 +610,14 @@ fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Replaces every occurrence of each secret with `(redacted)`.
+fn redact(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 3)
+        .fold(text.to_string(), |t, s| t.replace(s, "(redacted)"))
+}
+
 fn describe_io(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "the server did not reply in time".into(),
@@ -633,6 +642,15 @@ fn tls_error(host: &str, e: &io::Error) -> ConnectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact("535 bad AGFsAHB3 pw", &["AGFsAHB3", "pw"]),
+            "535 bad (redacted) pw"
+        );
+        assert_eq!(redact("535 bad hunter2!", &["hunter2"]), "535 bad (redacted)!");
+    }
 
     #[test]
     fn dot_stuffing() {

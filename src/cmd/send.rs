@@ -18,7 +18,7 @@ use crate::exit::{Exit, Failure};
 use crate::ledger::{Key, Ledger, Outcome, Record, RunLock, State};
 use crate::message::Built;
 use crate::report::{self, Plan, Summary};
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, sleep_until};
 use crate::transport::{ConnectError, Connection, Connector, Delivery, Reply};
 use crate::ui::Ui;
 
@@ -121,14 +121,21 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         reason: Mutex::new(None),
         handed_over: AtomicBool::new(false),
         streak: Mutex::new(Vec::new()),
+        throttle: Mutex::new(Throttle::new(config.delivery.rate)),
     });
     let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, ui);
     let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
     let ledger = shared.ledger.into_inner().unwrap_or_else(PoisonError::into_inner);
     let _ = ledger.checkpoint();
+    let halt = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if let Some(Halt::Policy { requeued, .. }) = &halt {
+        // Those letters were reported failed, then kept for a later run.
+        summary.failed = summary.failed.saturating_sub(*requeued);
+        summary.deferred += requeued;
+    }
     summary.elapsed = started.elapsed();
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
-    summary.stopped = shared.halt.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
+    summary.stopped = halt.is_some() || shared.stop.load(Ordering::SeqCst);
     report::print_summary(&summary, budget, ui);
 
     dispatched.context("the run stopped")?;
@@ -136,7 +143,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         ui.error("interrupted: the letters in flight were recorded");
         return Ok(Exit::Interrupted);
     }
-    if let Some(halt) = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner) {
+    if let Some(halt) = halt {
         let exit = match (&halt, shared.handed_over.load(Ordering::SeqCst)) {
             (Halt::Unreachable(_), false) => Exit::TryLater,
             (_, false) if summary.sent == 0 => Exit::BadInput,
@@ -185,15 +192,16 @@ fn dispatch(
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
+    let mut first = first_connection(shared);
     let workers: Vec<_> = (0..config.delivery.concurrency)
         .map(|_| {
             let (shared, rx, tx) = (Arc::clone(shared), Arc::clone(&job_rx), event_tx.clone());
-            std::thread::spawn(move || worker(&shared, &rx, &tx))
+            let conn = first.take();
+            std::thread::spawn(move || worker(&shared, &rx, &tx, conn))
         })
         .collect();
     drop(event_tx);
     let bar = ui.progress(to_send);
-    let mut throttle = Throttle::new(config.delivery.rate);
     let mut dispatched = 0u64;
     let file = config.supporters_file.display().to_string();
     let mut feed = || -> Result<()> {
@@ -218,7 +226,6 @@ fn dispatch(
                 if dispatched >= to_send || shared.halted() {
                     return Ok(());
                 }
-                throttle.wait(clock.as_ref());
                 let job = Job {
                     supporter: supporter.key.clone(),
                     target: target_key,
@@ -384,7 +391,11 @@ pub(crate) enum Fate {
 enum Halt {
     Unreachable(String),
     Refused(String),
-    Policy(Reply),
+    /// `requeued` letters went back from `failed` to `deferred`.
+    Policy {
+        reply: Reply,
+        requeued: u64,
+    },
     Ledger(anyhow::Error),
 }
 
@@ -396,7 +407,7 @@ impl std::fmt::Display for Halt {
                 "{m}\n\nhint: the server may be down; run `mailer send` again later"
             ),
             Halt::Refused(m) => write!(f, "{m}"),
-            Halt::Policy(r) => write!(
+            Halt::Policy { reply: r, .. } => write!(
                 f,
                 "the server rejected {POLICY_STREAK} letters in a row for policy reasons ({r}); stopped \
                  the run and kept those letters for a later run\n\nhint: check the sender address, SPF/DKIM \
@@ -417,6 +428,8 @@ struct Shared {
     reason: Mutex<Option<Halt>>,
     handed_over: AtomicBool,
     streak: Mutex<Vec<(String, String, String)>>,
+    /// Shared by the workers: spaces the starts of letters (and retries).
+    throttle: Mutex<Throttle>,
 }
 
 impl Shared {
@@ -437,8 +450,12 @@ impl Shared {
     }
 }
 
-fn worker(shared: &Shared, jobs: &Mutex<Receiver<Job>>, events: &Sender<Event>) {
-    let mut conn: Option<Connection> = None;
+fn worker(
+    shared: &Shared,
+    jobs: &Mutex<Receiver<Job>>,
+    events: &Sender<Event>,
+    mut conn: Option<Connection>,
+) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { break };
@@ -461,6 +478,12 @@ fn worker(shared: &Shared, jobs: &Mutex<Receiver<Job>>, events: &Sender<Event>) 
     }
 }
 
+/// Sleeps between retries unless the run is stopping.
+fn pause(shared: &Shared, d: Duration) {
+    let clock = shared.clock.as_ref();
+    sleep_until(clock, clock.now() + d, &|| shared.halted());
+}
+
 /// Pause between in-run retries: 0.2 s, 0.4 s, 0.8 s … at most 5 s.
 fn retry_pause(attempt: u32) -> Duration {
     Duration::from_millis(200u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(5))
@@ -471,6 +494,52 @@ fn deferral(attempts: u32) -> i64 {
     (60i64 << attempts.saturating_sub(1).min(6)).min(3600)
 }
 
+enum Connected {
+    Ready,
+    Retry,
+    Halted,
+}
+
+/// Keeps `conn` usable: reconnects when needed. A refusal (TLS, login)
+/// halts the run; an unreachable server halts it once retries are spent.
+fn ensure_connected(shared: &Shared, conn: &mut Option<Connection>, may_retry: bool) -> Connected {
+    if conn.as_ref().is_some_and(Connection::is_usable) {
+        return Connected::Ready;
+    }
+    if let Some(old) = conn.take() {
+        old.quit();
+    }
+    match shared.connector.connect() {
+        Ok(c) => {
+            *conn = Some(c);
+            Connected::Ready
+        }
+        Err(ConnectError::Unreachable(_)) if may_retry => Connected::Retry,
+        Err(ConnectError::Unreachable(m)) => {
+            shared.halt(Halt::Unreachable(m));
+            Connected::Halted
+        }
+        Err(ConnectError::Refused(m)) => {
+            shared.halt(Halt::Refused(m));
+            Connected::Halted
+        }
+    }
+}
+
+/// The first connection, opened before any worker starts, so a wrong
+/// password or certificate is tried once, not once per worker.
+fn first_connection(shared: &Shared) -> Option<Connection> {
+    let mut conn = None;
+    for attempt in 1.. {
+        match ensure_connected(shared, &mut conn, attempt <= shared.retries && !shared.halted()) {
+            Connected::Ready => return conn,
+            Connected::Retry => pause(shared, retry_pause(attempt)),
+            Connected::Halted => return None,
+        }
+    }
+    None
+}
+
 /// Delivers one letter with in-run retries; records every attempt.
 fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
     let clock = shared.clock.as_ref();
@@ -479,26 +548,23 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
     loop {
         attempt += 1;
         let may_retry = attempt <= shared.retries && !shared.halted();
-        if !conn.as_ref().is_some_and(Connection::is_usable) {
-            if let Some(old) = conn.take() {
-                old.quit();
+        match ensure_connected(shared, conn, may_retry) {
+            Connected::Ready => {}
+            Connected::Retry => {
+                pause(shared, retry_pause(attempt));
+                continue;
             }
-            match shared.connector.connect() {
-                Ok(c) => *conn = Some(c),
-                Err(ConnectError::Unreachable(m)) if may_retry => {
-                    let _ = m;
-                    clock.sleep(retry_pause(attempt));
-                    continue;
-                }
-                Err(ConnectError::Unreachable(m)) => {
-                    shared.halt(Halt::Unreachable(m));
-                    return Fate::NotSent;
-                }
-                Err(ConnectError::Refused(m)) => {
-                    shared.halt(Halt::Refused(m));
-                    return Fate::NotSent;
-                }
-            }
+            Connected::Halted => return Fate::NotSent,
+        }
+        // Pace the starts of letters across all workers; a signal or a
+        // run-wide stop cuts the wait short.
+        let slot = shared
+            .throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(clock.now());
+        if !sleep_until(clock, slot, &|| shared.halted()) {
+            return Fate::NotSent;
         }
         let c = conn.as_mut().expect("connected above");
         let mut claimed = false;
@@ -565,7 +631,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
         }
         track_policy(shared, job, &outcome);
         if retry && may_retry {
-            clock.sleep(retry_pause(attempt));
+            pause(shared, retry_pause(attempt));
             continue;
         }
         return result;
@@ -589,7 +655,10 @@ fn track_policy(shared: &Shared, job: &Job, outcome: &Outcome) {
                 let text = reply.get(4..).unwrap_or("").to_string();
                 drop(ledger);
                 streak.clear();
-                shared.halt(Halt::Policy(Reply { code, text }));
+                shared.halt(Halt::Policy {
+                    reply: Reply { code, text },
+                    requeued: POLICY_STREAK as u64,
+                });
             }
         }
         Outcome::Failed { .. } | Outcome::Deferred { .. } => {}

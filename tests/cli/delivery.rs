@@ -484,42 +484,59 @@ struct Trial {
     lost: usize,
     /// `unknown` letters after the rerun (at most the one in flight).
     unknown: usize,
+    /// Of those, how many the server had accepted (so `--resend-unknown`
+    /// made an allowed duplicate with the same Message-ID).
+    unknown_delivered: usize,
     /// Whether the kill landed mid-batch (some but not all letters sent).
     mid_batch: bool,
+    /// Where the server was slow.
+    phase: &'static str,
     /// Ledger vs. server mismatches (sent + unknown ≠ what the server got).
     mismatches: Vec<String>,
 }
 
 const TRIAL_SUPPORTERS: usize = 200;
 
-/// Spawns a 200-letter run against a server that takes ~20 ms per dot,
-/// SIGKILLs it after a random delay, reruns it, checks ledger against server,
-/// then `--resend-unknown`s.
+/// Where the server spends its ~20 ms per letter, so that is where kills land.
+const PHASES: [&str; 3] = ["mail", "data", "dot"];
+
+/// Spawns a 200-letter run against a server that takes ~20 ms per letter
+/// (at MAIL, at DATA before the 354, or after the final dot: chosen at
+/// random), SIGKILLs it at a random moment mid-batch, reruns it, checks the
+/// ledger against the server, then `--resend-unknown`s.
 fn kill9_trial(max_delay_ms: u64) -> Trial {
+    let phase = PHASES[(random_u64() % 3) as usize];
     let slow = Arc::new(AtomicBool::new(true));
     let slow2 = Arc::clone(&slow);
     let server = Server::start(ServerOptions::new(Security::Plain).with_script(move |step| {
-        if matches!(step, Step::Dot { .. }) && slow2.load(SeqCst) {
+        let here = matches!(
+            (phase, step),
+            ("mail", Step::Mail { .. }) | ("data", Step::Data { .. }) | ("dot", Step::Dot { .. })
+        );
+        if here && slow2.load(SeqCst) {
             pause(Duration::from_millis(20));
         }
         Action::Default
     }));
     let c = campaign(&server, "retries = 1\n").file("supporters.csv", supporters(TRIAL_SUPPORTERS));
     let mut child = c.spawn(&["send", "--yes"]);
-    // Wait for the first dot, so the kill lands in the delivery phase, then a random moment.
+    // Wait for the first letter, so the kill lands in the delivery phase, then a random moment.
     assert!(wait_until(Duration::from_secs(10), || server.dots_seen() > 0));
     pause(Duration::from_millis(random_u64() % max_delay_ms.max(1)));
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), None, "killed by the signal");
     idle(&server);
-    let before = server.dots_seen();
+    let before = server.received().len();
 
     // The rerun finishes the batch, quickly.
     slow.store(false, SeqCst);
     let rerun = c.run(&["send", "--yes"]);
     idle(&server);
-    let mut t = Trial::default();
+    let mut t = Trial {
+        phase,
+        ..Trial::default()
+    };
     let got = copies(&server);
     t.duplicates = got.values().filter(|&&n| n > 1).count();
     let sent = ledger_ids(&c, "sent");
@@ -528,6 +545,7 @@ fn kill9_trial(max_delay_ms: u64) -> Trial {
     t.mid_batch = before > 0 && before < TRIAL_SUPPORTERS;
     let received: BTreeSet<String> = ids(&server.received()).into_iter().collect();
     t.lost += sent.difference(&received).count();
+    t.unknown_delivered = unknown.intersection(&received).count();
     // The rerun delivered all it attempted (exit 0); the letter it found
     // in flight is reported as `unknown` on stderr, not retried.
     if rerun.code != 0 || (t.unknown > 0 && !rerun.stderr.contains("in flight")) {
@@ -600,14 +618,17 @@ fn kill_9_trials_report() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let (mut dup, mut lost, mut unknown, mut mid, mut bad) = (0, 0, 0, 0, 0);
+    let (mut dup, mut lost, mut unknown, mut had, mut mid, mut bad) = (0, 0, 0, 0, 0, 0);
     for i in 1..=n {
         let t = kill9_trial(4000);
         println!(
-            "trial {i:>2}: duplicates {} lost {} unknown {} mid-batch {}{}",
+            "trial {i:>2}: server slow at {:<4} duplicates {} lost {} unknown {} (the server had it: {}) \
+             mid-batch {}{}",
+            t.phase,
             t.duplicates,
             t.lost,
             t.unknown,
+            t.unknown_delivered,
             t.mid_batch,
             if t.mismatches.is_empty() {
                 String::new()
@@ -618,12 +639,14 @@ fn kill_9_trials_report() {
         dup += t.duplicates;
         lost += t.lost;
         unknown += t.unknown;
+        had += t.unknown_delivered;
         mid += usize::from(t.mid_batch);
         bad += usize::from(!t.mismatches.is_empty());
     }
     println!(
         "kill -9 trials: {n}, killed mid-batch: {mid}, duplicates: {dup}, lost: {lost}, \
-         unknown (in flight, resent with the same Message-ID): {unknown}, trials with mismatches: {bad}"
+         unknown (in flight at the kill): {unknown}, of which the server had accepted: {had} \
+         (resent by --resend-unknown with the same Message-ID), trials with mismatches: {bad}"
     );
     assert_eq!((dup, lost, bad), (0, 0, 0));
 }
@@ -1259,4 +1282,29 @@ fn a_letter_left_in_flight_by_a_crash_shows_why_it_is_unknown() {
     assert!(line.starts_with("  unknown"), "{line}");
     assert!(!line.contains("451"), "a stale reply: {line}");
     assert!(line.contains("before the server replied"), "{line}");
+}
+
+#[test]
+fn probe_mail_phase() {
+    for _ in 0..6 {
+        let server = Server::start(ServerOptions::new(Security::Plain).with_script(move |step| {
+            if matches!(step, Step::Mail { .. }) {
+                pause(Duration::from_millis(20));
+            }
+            Action::Default
+        }));
+        let c = campaign(&server, "retries = 1\n").file("supporters.csv", supporters(200));
+        let mut child = c.spawn(&["send", "--yes"]);
+        assert!(wait_until(Duration::from_secs(10), || server.dots_seen() > 0));
+        pause(Duration::from_millis(random_u64() % 3000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        idle(&server);
+        let rows = query(&c, "SELECT state, count(*) FROM letters GROUP BY state");
+        let sending = query(&c, "SELECT message_id FROM letters WHERE state = 'sending'");
+        let rec = ids(&server.received());
+        let pos = sending.first().map(|s| rec.iter().position(|r| *r == s[0]));
+        println!("{rows:?} received {} sending at {pos:?}", rec.len());
+    }
+    panic!();
 }

@@ -388,6 +388,14 @@ impl Config {
         } else {
             dir
         };
+        // A config in the current folder: keep paths short (`letters/x`, not `./letters/x`).
+        let resolve = |p: PathBuf| {
+            if dir == Path::new(".") || p.is_absolute() {
+                p
+            } else {
+                dir.join(p)
+            }
+        };
         let at = |span: std::ops::Range<usize>| format!("{file}:{}", line_of(text, span.start));
         let source = |s: Spanned<String>| Source {
             location: at(s.span()),
@@ -407,7 +415,7 @@ impl Config {
             id: id.clone(),
             name: raw.campaign.name,
             org: raw.campaign.org,
-            letter: dir.join(raw.campaign.letter),
+            letter: resolve(raw.campaign.letter),
             subject: source(raw.campaign.subject),
         };
         let sender = Sender {
@@ -435,7 +443,7 @@ impl Config {
             concurrency: d.concurrency.into_inner(),
             retries: d.retries,
         };
-        let ledger_path = dir.join(
+        let ledger_path = resolve(
             raw.ledger
                 .path
                 .unwrap_or_else(|| PathBuf::from(format!(".mailer/{id}.sqlite3"))),
@@ -443,14 +451,14 @@ impl Config {
         let dkim = raw.dkim.map(|k| Dkim {
             domain: k.domain,
             selector: k.selector,
-            private_key_file: dir.join(k.private_key_file),
+            private_key_file: resolve(k.private_key_file),
         });
         Ok(Config {
             path: path.to_path_buf(),
             campaign,
             sender,
             targets,
-            supporters_file: dir.join(raw.supporters.file),
+            supporters_file: resolve(raw.supporters.file),
             smtp,
             delivery,
             ledger_path,

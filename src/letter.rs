@@ -48,6 +48,8 @@ pub struct Letter {
     reply_has_name: bool,
     /// Where each config template came from, for error messages.
     sources: BTreeMap<&'static str, String>,
+    /// The letter folder's template texts by name, for error locations.
+    texts: BTreeMap<String, String>,
 }
 
 /// The per-letter values a template sees besides supporter and target.
@@ -109,7 +111,12 @@ impl Letter {
             .and_then(|n| n.to_str())
             .context("letter name is not UTF-8")?
             .to_string();
-        let files = template_files(&dir)?;
+        let mut files = Vec::new();
+        for (path, name) in template_files(&dir)? {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read template `{}`", path.display()))?;
+            files.push((name, text));
+        }
 
         let mut sources = BTreeMap::new();
         let mut headers: Vec<(&'static str, String)> = Vec::new();
@@ -148,7 +155,9 @@ impl Letter {
             from_has_name,
             reply_has_name,
             sources,
+            texts: BTreeMap::new(),
         };
+        letter.texts = files.iter().cloned().collect();
         letter.plain = letter.compile(&files, &headers, false)?;
         if format == Format::Markdown {
             letter.markdown = Some(letter.compile(&files, &[], true)?);
@@ -156,7 +165,7 @@ impl Letter {
         Ok(letter)
     }
 
-    fn compile(&self, files: &[(PathBuf, String)], headers: &[(&str, String)], md: bool) -> Result<Tera> {
+    fn compile(&self, files: &[(String, String)], headers: &[(&str, String)], md: bool) -> Result<Tera> {
         let mut tera = Tera::new();
         if md {
             tera.autoescape_on(vec![".md"]);
@@ -167,13 +176,8 @@ impl Letter {
         for (key, text) in headers {
             tera.add_raw_template(key, text).map_err(|e| self.explain(&e))?;
         }
-        let mut raw = Vec::with_capacity(files.len());
-        for (path, name) in files {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read template `{}`", path.display()))?;
-            raw.push((name.clone(), text));
-        }
-        tera.add_raw_templates(raw).map_err(|e| self.explain(&e))?;
+        tera.add_raw_templates(files.iter().cloned())
+            .map_err(|e| self.explain(&e))?;
         Ok(tera)
     }
 
@@ -189,6 +193,15 @@ impl Letter {
         match err.kind() {
             ErrorKind::SyntaxError(r) | ErrorKind::RenderingError(r) => {
                 let span = r.span();
+                if r.message().contains("end of input")
+                    && let Some((line, col, tag)) =
+                        self.texts.get(r.filename()).and_then(|t| unclosed_block(t))
+                {
+                    return anyhow!(
+                        "{}:{line}:{col}: `{{% {tag} %}}` is never closed: add `{{% end{tag} %}}`",
+                        place(r.filename())
+                    );
+                }
                 let at = if self.sources.contains_key(r.filename()) {
                     place(r.filename())
                 } else {
@@ -214,6 +227,17 @@ impl Letter {
                     place(&self.name),
                     self.dir.display()
                 )
+            }
+            // Load-time checks (unknown filters, functions, includes) come as
+            // a rendered report: lead with its `NAME:LINE:COL`.
+            ErrorKind::Msg(report) if report.contains(" --> ") => {
+                let first = report.lines().next().unwrap_or("").trim_start_matches("error: ");
+                let at = report
+                    .lines()
+                    .find_map(|l| l.trim_start().strip_prefix("--> "))
+                    .and_then(|loc| loc.split_once(':'))
+                    .map_or_else(|| place(&self.name), |(name, lc)| format!("{}:{lc}", place(name)));
+                anyhow!("{at}: {first}")
             }
             _ => {
                 let mut msg = err.to_string();
@@ -278,6 +302,35 @@ fn template_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The innermost block tag opened in `source` and never closed:
+/// `(line, column, tag)`, for "unexpected end of input" errors.
+fn unclosed_block(source: &str) -> Option<(usize, usize, String)> {
+    const BLOCKS: [&str; 6] = ["if", "for", "macro", "block", "filter", "raw"];
+    let mut open: Vec<(usize, String)> = Vec::new();
+    let mut at = 0;
+    while let Some(i) = source[at..].find("{%") {
+        let start = at + i;
+        let tag: String = source[start + 2..]
+            .trim_start_matches('-')
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        if BLOCKS.contains(&tag.as_str()) {
+            open.push((start, tag));
+        } else if let Some(closed) = tag.strip_prefix("end")
+            && open.last().is_some_and(|(_, t)| t == closed)
+        {
+            open.pop();
+        }
+        at = start + 2;
+    }
+    let (offset, tag) = open.pop()?;
+    let line = source[..offset].matches('\n').count() + 1;
+    let col = offset - source[..offset].rfind('\n').map_or(0, |n| n + 1) + 1;
+    Some((line, col, tag))
 }
 
 /// Splits `Name <addr>` into its display-name and address templates.
@@ -502,6 +555,29 @@ file = "s.csv"
         assert!(
             r.text
                 .contains("[click](http://evil.example) <script>x</script> *wow*")
+        );
+    }
+
+    #[test]
+    fn unclosed_blocks_are_found_where_they_open() {
+        assert_eq!(unclosed_block("a\n  {% if x %}\nb"), Some((2, 3, "if".into())));
+        assert_eq!(
+            unclosed_block("{% if x %}{% for y in z %}{% endfor %}"),
+            Some((1, 1, "if".into()))
+        );
+        assert_eq!(unclosed_block("{% if x %}{% endif %}"), None);
+    }
+
+    #[test]
+    fn load_errors_lead_with_line_and_column() {
+        let f = fixture("l.txt", "Hi\n{{ supporter.name | shout }}", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(msg.contains("letters/l.txt:2:"), "{msg}");
+        let f = fixture("l.txt", "Hi\n\n{% if supporter.name %}open\n", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(
+            msg.contains("letters/l.txt:3:1: `{% if %}` is never closed"),
+            "{msg}"
         );
     }
 

@@ -80,9 +80,9 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     for (msg, n) in &template_errors {
         if *n > 1 {
             ui.note(&format!(
-                "(the error above, `{}`, repeats for {} more rows)",
-                short(msg),
-                n - 1
+                "(the same letter error repeats for {} more rows: {})",
+                n - 1,
+                short(msg)
             ));
         }
     }
@@ -107,13 +107,12 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
 }
 
+/// The gist of a template error: without its location and the list of
+/// available fields.
 fn short(msg: &str) -> &str {
-    msg.split(": ")
-        .last()
-        .unwrap_or(msg)
-        .lines()
-        .next()
-        .unwrap_or(msg)
+    let body = msg.split_once(": ").map_or(msg, |(_, rest)| rest);
+    let body = body.split(". Available").next().unwrap_or(body);
+    body.lines().next().unwrap_or(body)
 }
 
 /// DMARC alignment and DKIM advice (warnings, never errors).

@@ -5,6 +5,7 @@
 //! the server got, what the ledger says, and what the commands print.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -26,7 +27,7 @@ fn pause(d: Duration) {
 fn supporters(n: usize) -> String {
     let mut csv = String::from("email,first_name,last_name,city,note\n");
     for i in 1..=n {
-        csv.push_str(&format!("s{i:04}@mail.example,First{i},Last{i},City{i},\n"));
+        let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},");
     }
     csv
 }
@@ -876,6 +877,11 @@ fn two_targets_one_message_each_status_json_and_export() {
     );
     assert!(got.iter().any(|m| m.rcpt_to[0] == "ceo@corp.example"));
 
+    status_json_has_the_spec_keys_and_totals(&c);
+    export_has_one_row_per_letter(&c, &got);
+}
+
+fn status_json_has_the_spec_keys_and_totals(c: &Campaign) {
     // 3 valid supporters × 2 + 1 invalid row × 2: 4 sent, 1 failed, 1 pending, 2 skipped.
     let json = c.run(&["status", "--json"]);
     json.code(0);
@@ -902,7 +908,9 @@ fn two_targets_one_message_each_status_json_and_export() {
         "exactly the SPEC keys, in its order"
     );
     assert_eq!(json.stdout.trim().lines().count(), 1);
+}
 
+fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
     // export: one row per letter, the SPEC columns, formulas neutralized.
     let out = c.run(&["export"]);
     out.code(0);
@@ -951,7 +959,7 @@ fn two_targets_one_message_each_status_json_and_export() {
         rows.iter().any(|r| r["supporter"] == "'=2+5@mail.example"),
         "{rows:?}"
     );
-    let server_ids: BTreeSet<String> = ids(&got).into_iter().collect();
+    let server_ids: BTreeSet<String> = ids(got).into_iter().collect();
     for r in rows.iter().filter(|r| r["state"] == "sent") {
         assert!(server_ids.contains(&r["message_id"]), "{r:?}");
         assert!(r["last_reply"].starts_with("250"), "{r:?}");
@@ -1098,7 +1106,7 @@ fn a_second_sigterm_exits_at_once_and_the_letter_in_flight_becomes_unknown() {
     let took = t.elapsed();
     run.code(130);
     assert!(
-        took < Duration::from_millis(1000),
+        took < Duration::from_millis(1400),
         "exited at once, took {took:?}"
     );
     slow.store(false, SeqCst);
@@ -1282,29 +1290,4 @@ fn a_letter_left_in_flight_by_a_crash_shows_why_it_is_unknown() {
     assert!(line.starts_with("  unknown"), "{line}");
     assert!(!line.contains("451"), "a stale reply: {line}");
     assert!(line.contains("before the server replied"), "{line}");
-}
-
-#[test]
-fn probe_mail_phase() {
-    for _ in 0..6 {
-        let server = Server::start(ServerOptions::new(Security::Plain).with_script(move |step| {
-            if matches!(step, Step::Mail { .. }) {
-                pause(Duration::from_millis(20));
-            }
-            Action::Default
-        }));
-        let c = campaign(&server, "retries = 1\n").file("supporters.csv", supporters(200));
-        let mut child = c.spawn(&["send", "--yes"]);
-        assert!(wait_until(Duration::from_secs(10), || server.dots_seen() > 0));
-        pause(Duration::from_millis(random_u64() % 3000));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        idle(&server);
-        let rows = query(&c, "SELECT state, count(*) FROM letters GROUP BY state");
-        let sending = query(&c, "SELECT message_id FROM letters WHERE state = 'sending'");
-        let rec = ids(&server.received());
-        let pos = sending.first().map(|s| rec.iter().position(|r| *r == s[0]));
-        println!("{rows:?} received {} sending at {pos:?}", rec.len());
-    }
-    panic!();
 }

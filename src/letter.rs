@@ -111,12 +111,7 @@ impl Letter {
             .and_then(|n| n.to_str())
             .context("letter name is not UTF-8")?
             .to_string();
-        let mut files = Vec::new();
-        for (path, name) in template_files(&dir)? {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read template `{}`", path.display()))?;
-            files.push((name, text));
-        }
+        let files = template_files(&dir, &name)?;
 
         let mut sources = BTreeMap::new();
         let mut headers: Vec<(&'static str, String)> = Vec::new();
@@ -286,22 +281,47 @@ impl Letter {
     }
 }
 
-/// Every template file in the letter's folder, named by its file name.
-fn template_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if path.is_file()
-            && matches!(ext, "md" | "txt" | "html" | "tera")
-            && let Some(name) = path.file_name().and_then(|n| n.to_str())
-        {
-            out.push((path.clone(), name.to_string()));
+/// The letter and every template it reaches through `include`, `extends`
+/// or `import`, read from its folder and named by their file names. Other
+/// files there (drafts, notes) are not compiled, so they cannot break a
+/// campaign. A name that is not a file is left for Tera to report, with its
+/// line.
+fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut todo = vec![letter.to_string()];
+    while let Some(name) = todo.pop() {
+        let path = dir.join(&name);
+        if out.iter().any(|(n, _)| *n == name) || name.contains("..") || !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read template `{}`", path.display()))?;
+        todo.extend(referenced_templates(&text));
+        out.push((name, text));
+    }
+    Ok(out)
+}
+
+/// Template names in `{% include "x" %}`, `{% extends "x" %}`, `{% import "x" … %}`.
+fn referenced_templates(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, _) in text.match_indices("{%") {
+        let rest = text[i + 2..].trim_start_matches('-').trim_start();
+        let Some(rest) = ["include", "extends", "import"]
+            .iter()
+            .find_map(|k| rest.strip_prefix(k))
+        else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+            continue;
+        };
+        if let Some(end) = rest[1..].find(quote) {
+            names.push(rest[1..=end].to_string());
         }
     }
-    out.sort();
-    Ok(out)
+    names
 }
 
 /// The innermost block tag opened in `source` and never closed:
@@ -579,6 +599,21 @@ file = "s.csv"
             msg.contains("letters/l.txt:3:1: `{% if %}` is never closed"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn only_reachable_templates_are_compiled() {
+        let f = fixture(
+            "l.txt",
+            "A {% include \"sig.txt\" %}",
+            &[("sig.txt", "signed"), ("draft.txt", "{% if broken")],
+            "s",
+        );
+        let letter = Letter::load(&f.config).unwrap();
+        let r = letter
+            .render(&supporter(&[]), &f.config.targets[0], &globals())
+            .unwrap();
+        assert_eq!(r.text, "A signed");
     }
 
     #[test]

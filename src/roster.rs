@@ -124,9 +124,18 @@ impl Roster {
                     i + 1
                 )
             })?;
-            let name = normalize_header(text);
+            let mut name = normalize_header(text);
             if name.is_empty() {
-                bail!("{shown}:1: header {} is empty: every column needs a name", i + 1);
+                // Spreadsheets often export trailing empty columns (`…,note,,`):
+                // those are harmless. An unnamed column in the middle is not.
+                let trailing = raw
+                    .iter()
+                    .skip(i)
+                    .all(|h| normalize_header(&String::from_utf8_lossy(h)).is_empty());
+                if !trailing {
+                    bail!("{shown}:1: header {} is empty: every column needs a name", i + 1);
+                }
+                name = format!("column_{}", i + 1);
             }
             if headers.contains(&name) {
                 bail!("{shown}:1: column `{name}` appears twice: rename or remove one");
@@ -206,8 +215,9 @@ impl Roster {
                         line,
                         key: format!("line:{line}"),
                         reason: format!(
-                            "the row has {len} fields but the header has {expected_len}: \
-                             quote values that contain commas"
+                            "the row has {len} field{} but the header has {expected_len}: \
+                             quote values that contain commas",
+                            if *len == 1 { "" } else { "s" }
                         ),
                     })),
                     csv::ErrorKind::Io(io) => {

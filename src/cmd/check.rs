@@ -90,13 +90,16 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
         sender_warnings(campaign, from.domain(), ui);
     }
     let targets = campaign.target_count();
+    let s = |n: u64| if n == 1 { "" } else { "s" };
     let summary = format!(
-        "{} supporters × {targets} target{} = {} letters ready; {} problem{}",
+        "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}",
         thousands(supporters),
-        if targets == 1 { "" } else { "s" },
+        s(supporters),
+        s(targets as u64),
         thousands(letters),
+        s(letters),
         thousands(problems),
-        if problems == 1 { "" } else { "s" },
+        s(problems),
     );
     if !ui.quiet {
         out(&format!("{summary}\n"))?;

@@ -1038,8 +1038,6 @@ fn exit_codes_follow_the_spec() {
 // ---------------------------------------------------------------- probes
 
 #[test]
-#[ignore = "BUG: the throttle takes a slot before the blocking hand-off to a worker, \
-            so the letter after a slow one goes at once (a burst)"]
 fn rate_holds_after_a_slow_letter_no_burst() {
     let mails: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let log = Arc::clone(&mails);
@@ -1063,8 +1061,6 @@ fn rate_holds_after_a_slow_letter_no_burst() {
 }
 
 #[test]
-#[ignore = "BUG: SIGTERM does not interrupt the throttle's sleep; with rate = 1/minute the run \
-            goes on for up to a minute"]
 fn sigterm_during_a_rate_wait_exits_130_promptly() {
     let server = Server::start(ServerOptions::new(Security::Plain));
     let c = campaign(&server, "rate = \"1/minute\"\n");
@@ -1236,8 +1232,6 @@ fn repeated_policy_rejections_stop_the_run_without_failing_letters() {
 }
 
 #[test]
-#[ignore = "BUG: after a policy stop the summary says `failed 3` and hints --retry-failed, \
-            but the ledger holds them as deferred"]
 fn policy_stop_summary_matches_the_ledger() {
     let server = policy_server();
     let c = campaign(&server, "retries = 0\n").file("supporters.csv", supporters(5));
@@ -1248,8 +1242,6 @@ fn policy_stop_summary_matches_the_ledger() {
 }
 
 #[test]
-#[ignore = "BUG: a letter found `sending` after a crash keeps the reply of an earlier attempt \
-            (e.g. `451 later`), so status/export show a stale reason for an `unknown` letter"]
 fn a_letter_left_in_flight_by_a_crash_shows_why_it_is_unknown() {
     let slow = Arc::new(AtomicBool::new(false));
     let slow2 = Arc::clone(&slow);

@@ -297,6 +297,24 @@ impl Connection {
         self.usable && self.letters < LETTERS_PER_CONNECTION
     }
 
+    /// Whether the server is still there: a session it closed while idle
+    /// (EOF, or an unsolicited `421`) is replaced before a letter is
+    /// risked on it. Never blocks.
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        let tcp = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+            Stream::Closed => return false,
+        };
+        if !self.rbuf.is_empty() || tcp.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let quiet = matches!(tcp.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        tcp.set_nonblocking(false).is_ok() && quiet
+    }
+
     /// Whether the server offered PIPELINING.
     #[must_use]
     pub fn pipelining(&self) -> bool {

@@ -100,6 +100,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         ..Summary::default()
     };
     if to_send == 0 {
+        summary.not_reached = summary.plan.due;
         report::print_summary(&summary, budget, ui);
         return Ok(Exit::Done);
     }
@@ -503,7 +504,7 @@ enum Connected {
 /// Keeps `conn` usable: reconnects when needed. A refusal (TLS, login)
 /// halts the run; an unreachable server halts it once retries are spent.
 fn ensure_connected(shared: &Shared, conn: &mut Option<Connection>, may_retry: bool) -> Connected {
-    if conn.as_ref().is_some_and(Connection::is_usable) {
+    if conn.as_ref().is_some_and(|c| c.is_usable() && c.is_alive()) {
         return Connected::Ready;
     }
     if let Some(old) = conn.take() {
@@ -548,14 +549,6 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
     loop {
         attempt += 1;
         let may_retry = attempt <= shared.retries && !shared.halted();
-        match ensure_connected(shared, conn, may_retry) {
-            Connected::Ready => {}
-            Connected::Retry => {
-                pause(shared, retry_pause(attempt));
-                continue;
-            }
-            Connected::Halted => return Fate::NotSent,
-        }
         // Pace the starts of letters across all workers; a signal or a
         // run-wide stop cuts the wait short.
         let slot = shared
@@ -565,6 +558,14 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             .reserve(clock.now());
         if !sleep_until(clock, slot, &|| shared.halted()) {
             return Fate::NotSent;
+        }
+        match ensure_connected(shared, conn, may_retry) {
+            Connected::Ready => {}
+            Connected::Retry => {
+                pause(shared, retry_pause(attempt));
+                continue;
+            }
+            Connected::Halted => return Fate::NotSent,
         }
         let c = conn.as_mut().expect("connected above");
         let mut claimed = false;

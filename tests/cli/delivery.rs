@@ -654,6 +654,15 @@ fn kill_9_trials_report() {
 
 #[test]
 fn sigterm_mid_batch_exits_130_and_the_ledger_matches_the_server() {
+    interrupt_mid_batch("-TERM");
+}
+
+#[test]
+fn sigint_mid_batch_is_handled_like_sigterm() {
+    interrupt_mid_batch("-INT");
+}
+
+fn interrupt_mid_batch(signal: &str) {
     let server = Server::start(ServerOptions::new(Security::Plain).with_script(|step| {
         if matches!(step, Step::Dot { .. }) {
             pause(Duration::from_millis(20));
@@ -664,7 +673,7 @@ fn sigterm_mid_batch_exits_130_and_the_ledger_matches_the_server() {
     let child = c.spawn(&["send", "--yes"]);
     assert!(wait_until(Duration::from_secs(10), || server.dots_seen() >= 5));
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -835,6 +844,86 @@ fn rate_spaces_letters_evenly() {
     let gaps: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
     assert!(gaps.iter().all(|&g| g >= 90), "gaps between dots (ms): {gaps:?}");
     assert!((times[4] - times[0]).as_millis() >= 380, "gaps: {gaps:?}");
+}
+
+/// Runs 6 letters with `rate = "10/second"` plus `delivery`, with `fault`
+/// answering each Dot; returns the gaps (ms) between the MAIL commands.
+fn mail_gaps(delivery: &str, fault: impl Fn(usize) -> Action + Send + Sync + 'static) -> Vec<u128> {
+    let mails: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let log = Arc::clone(&mails);
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(move |step| match step {
+            Step::Mail { .. } => {
+                log.lock().unwrap().push(Instant::now());
+                Action::Default
+            }
+            Step::Dot { nth, .. } => fault(*nth),
+            _ => Action::Default,
+        }),
+    );
+    let c =
+        campaign(&server, &format!("rate = \"10/second\"\n{delivery}")).file("supporters.csv", supporters(6));
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 6");
+    idle(&server);
+    assert_eq!(states(&c), st(&[("sent", 6)]));
+    let times = mails.lock().unwrap().clone();
+    times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
+}
+
+#[test]
+fn rate_spaces_letters_across_concurrent_connections() {
+    let gaps = mail_gaps("concurrency = 3\n", |_| Action::Default);
+    assert_eq!(gaps.len(), 5);
+    assert!(
+        gaps.iter().all(|&g| g >= 90),
+        "gaps between letters (ms): {gaps:?}"
+    );
+}
+
+#[test]
+fn rate_also_paces_in_run_retries() {
+    let gaps = mail_gaps("retries = 1\n", |nth| {
+        if nth == 1 {
+            Action::reply("451 4.3.0 later")
+        } else {
+            Action::Default
+        }
+    });
+    assert_eq!(gaps.len(), 6, "six letters and one retry");
+    assert!(
+        gaps.iter().all(|&g| g >= 90),
+        "gaps between attempts (ms): {gaps:?}"
+    );
+}
+
+#[test]
+fn sigterm_during_a_retry_pause_exits_130_promptly() {
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(|step| match step {
+            Step::Dot { .. } => Action::reply("451 4.3.0 later"),
+            _ => Action::Default,
+        }),
+    );
+    // Pauses of 0.2, 0.4, 0.8, 1.6, 3.2 s between the tries: signal in the 1.6 s one.
+    let c = campaign(&server, "retries = 5\n");
+    let child = c.spawn(&["send", "--yes"]);
+    assert!(wait_until(Duration::from_secs(10), || server.dots_seen() >= 4));
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let run = wait_for(child, Duration::from_secs(10));
+    let took = t.elapsed();
+    run.code(130);
+    assert!(took < Duration::from_millis(600), "took {took:?} to stop");
+    idle(&server);
+    assert!(server.received().is_empty());
+    assert_eq!(
+        states(&c),
+        st(&[("deferred", 1)]),
+        "the letter is deferred, not in flight"
+    );
 }
 
 // ---------------------------------------------------------------- targets, status, export
@@ -1015,6 +1104,18 @@ fn exit_codes_follow_the_spec() {
     );
     campaign(&server, "retries = 0\n").run(&["send", "--yes"]).code(3);
 
+    // 3, not 75: the server became unreachable after a letter went.
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(|step| match step {
+            Step::Dot { nth: 2, .. } => Action::Drop,
+            Step::Greeting { conn } if *conn >= 2 => Action::Drop,
+            _ => Action::Default,
+        }),
+    );
+    let c = campaign(&server, "retries = 1\n");
+    c.run(&["send", "--yes"]).code(3);
+    assert_eq!(states(&c), st(&[("sent", 1), ("unknown", 1)]));
+
     // 75: the server is unreachable before any letter went; nothing recorded as attempted.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -1035,7 +1136,7 @@ fn exit_codes_follow_the_spec() {
     assert_eq!(rows[0][0], "0", "nothing recorded as attempted");
 }
 
-// ---------------------------------------------------------------- probes
+// ---------------------------------------------------------------- found by this suite
 
 #[test]
 fn rate_holds_after_a_slow_letter_no_burst() {
@@ -1282,4 +1383,77 @@ fn a_letter_left_in_flight_by_a_crash_shows_why_it_is_unknown() {
     assert!(line.starts_with("  unknown"), "{line}");
     assert!(!line.contains("451"), "a stale reply: {line}");
     assert!(line.contains("before the server replied"), "{line}");
+}
+
+#[test]
+fn a_connection_the_server_closed_while_idle_is_replaced_not_blamed_on_the_letter() {
+    // The server drops connections idle for 300 ms; the rate leaves 500 ms between letters.
+    let mut opts = ServerOptions::new(Security::Plain);
+    opts.timeout = Duration::from_millis(300);
+    let server = Server::start(opts);
+    let c = campaign(&server, "rate = \"2/second\"\nretries = 0\n");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 3");
+    idle(&server);
+    assert_eq!(server.received().len(), 3);
+    assert_eq!(states(&c), st(&[("sent", 3)]));
+    let deferred = query(&c, "SELECT count(*) FROM attempts WHERE outcome <> 'sent'");
+    assert_eq!(deferred[0][0], "0", "no attempt was charged for the idle close");
+}
+
+#[test]
+fn a_letter_in_flight_at_a_crash_counts_against_the_daily_limit() {
+    let slow = Arc::new(AtomicBool::new(true));
+    let slow2 = Arc::clone(&slow);
+    let server = Server::start(ServerOptions::new(Security::Plain).with_script(move |step| {
+        if matches!(step, Step::Dot { .. }) && slow2.load(SeqCst) {
+            pause(Duration::from_millis(1500));
+        }
+        Action::Default
+    }));
+    let c = campaign(&server, "daily_limit = 2\n");
+    let mut child = c.spawn(&["send", "--yes"]);
+    assert!(wait_until(Duration::from_secs(10), || server.dots_seen() == 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    slow.store(false, SeqCst);
+    idle(&server);
+    assert_eq!(server.received().len(), 1, "the server took the letter in flight");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");
+    idle(&server);
+    assert_eq!(
+        server.received().len(),
+        2,
+        "daily_limit = 2: the unknown letter may have gone, so only one more today"
+    );
+}
+
+#[test]
+fn refused_attempts_do_not_use_up_the_daily_limit() {
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(|step| match step {
+            Step::Dot { nth, .. } if *nth <= 2 => Action::reply("451 4.3.0 later"),
+            _ => Action::Default,
+        }),
+    );
+    let c = campaign(&server, "daily_limit = 3\nmax_per_run = 1\nretries = 2\n");
+    for _ in 0..3 {
+        c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");
+    }
+    idle(&server);
+    assert_eq!(server.received().len(), 3);
+}
+
+#[test]
+fn a_run_held_by_the_daily_limit_says_so() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = campaign(&server, "daily_limit = 1\n");
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stdout_has("sent 1")
+        .stdout_has("left 2");
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stdout_has("sent 0")
+        .stdout_has("left 2")
+        .stderr_has("daily_limit");
 }

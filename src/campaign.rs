@@ -105,14 +105,16 @@ impl Campaign {
 
     /// Streams every row, prepared. An `Err` is fatal: the file is unreadable
     /// or the letter cannot render (a template bug, not a data problem).
-    pub fn prepared(&self) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
+    /// `encode`: also MIME-encode each message (`Built::bytes`); validation,
+    /// Message-IDs and previews of headers and text do not need it.
+    pub fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
         let roster = self.roster()?;
         let file = roster.path().display().to_string();
-        Ok(roster.map(move |row| self.prepare(row?, &file)))
+        Ok(roster.map(move |row| self.prepare(row?, &file, encode)))
     }
 
     /// Renders and builds one row's letters.
-    pub fn prepare(&self, row: Row, file: &str) -> Result<Prepared> {
+    pub fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
             Row::Invalid { line, key, reason } => return Ok(Prepared::Skipped { line, key, reason }),
@@ -133,12 +135,13 @@ impl Campaign {
             cc_supporter: self.config.sender.cc_supporter,
             bcc: &self.config.sender.bcc,
             dkim: self.dkim.as_ref(),
+            encode,
         };
         let mut letters = Vec::with_capacity(self.config.targets.len());
         for target in &self.config.targets {
             let rendered = self
                 .letter
-                .render(&supporter, target, &self.globals)
+                .render(&supporter, target, &self.globals, encode)
                 .map_err(|e| {
                     anyhow::Error::new(TemplateError(format!(
                         "{e:#} (rendering the letter for {file}:{})",

@@ -38,7 +38,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
             None => Ok(None),
         }
     };
-    for prepared in campaign.prepared()? {
+    for prepared in campaign.prepared(false)? {
         match prepared? {
             Prepared::Letters { supporter, letters } => {
                 for (target, built) in campaign.config.targets.iter().zip(letters) {

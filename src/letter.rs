@@ -247,7 +247,15 @@ impl Letter {
     }
 
     /// Renders one letter. Errors are template errors (the caller adds the row).
-    pub fn render(&self, supporter: &Supporter, target: &Target, globals: &Globals) -> Result<Rendered> {
+    /// `html`: also render the HTML part of a `.md` letter (same template and
+    /// values, so it cannot fail where the text part did not).
+    pub fn render(
+        &self,
+        supporter: &Supporter,
+        target: &Target,
+        globals: &Globals,
+        html: bool,
+    ) -> Result<Rendered> {
         let ctx = context(supporter, target, globals);
         let r = |name: &str| self.plain.render(name, &ctx).map_err(|e| self.explain(&e));
         let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
@@ -261,7 +269,7 @@ impl Letter {
             })
         };
         let text = r(&self.name)?;
-        let html = match &self.markdown {
+        let html = match self.markdown.as_ref().filter(|_| html) {
             Some(md) => Some(markdown_to_html(
                 &md.render(&self.name, &ctx).map_err(|e| self.explain(&e))?,
             )),
@@ -484,7 +492,12 @@ file = "s.csv"
         );
         let letter = Letter::load(&f.config).unwrap();
         let r = letter
-            .render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals())
+            .render(
+                &supporter(&[("city", "Oslo")]),
+                &f.config.targets[0],
+                &globals(),
+                true,
+            )
             .unwrap();
         assert_eq!(r.text, "Dear Satya, from Ana López of Oslo (Org, 2026-11-28)");
         assert_eq!(r.subject, "Oslo: cancel");
@@ -499,7 +512,7 @@ file = "s.csv"
         let f = fixture("l.txt", "Note: {{ supporter.note }}", &[], "s");
         let letter = Letter::load(&f.config).unwrap();
         let s = supporter(&[("note", "{{ 7*7 }} {% include \"l.txt\" %}")]);
-        let r = letter.render(&s, &f.config.targets[0], &globals()).unwrap();
+        let r = letter.render(&s, &f.config.targets[0], &globals(), true).unwrap();
         assert_eq!(r.text, "Note: {{ 7*7 }} {% include \"l.txt\" %}");
     }
 
@@ -508,7 +521,12 @@ file = "s.csv"
         let f = fixture("l.txt", "Hello\n\nfrom {{ supporter.cty }}", &[], "s");
         let letter = Letter::load(&f.config).unwrap();
         let err = letter
-            .render(&supporter(&[("city", "Oslo")]), &f.config.targets[0], &globals())
+            .render(
+                &supporter(&[("city", "Oslo")]),
+                &f.config.targets[0],
+                &globals(),
+                true,
+            )
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("letters/l.txt:3:"), "{msg}");
@@ -543,7 +561,7 @@ file = "s.csv"
         let msg = match Letter::load(&f.config) {
             Err(e) => e.to_string(),
             Ok(l) => l
-                .render(&supporter(&[]), &f.config.targets[0], &globals())
+                .render(&supporter(&[]), &f.config.targets[0], &globals(), true)
                 .unwrap_err()
                 .to_string(),
         };
@@ -563,7 +581,7 @@ file = "s.csv"
         );
         let letter = Letter::load(&f.config).unwrap();
         let s = supporter(&[("note", "[click](http://evil.example) <script>x</script> *wow*")]);
-        let r = letter.render(&s, &f.config.targets[0], &globals()).unwrap();
+        let r = letter.render(&s, &f.config.targets[0], &globals(), true).unwrap();
         let html = r.html.unwrap();
         assert!(html.contains("<h1>Dear Satya</h1>"), "{html}");
         assert!(!html.contains("<a "), "{html}");
@@ -611,7 +629,7 @@ file = "s.csv"
         );
         let letter = Letter::load(&f.config).unwrap();
         let r = letter
-            .render(&supporter(&[]), &f.config.targets[0], &globals())
+            .render(&supporter(&[]), &f.config.targets[0], &globals(), true)
             .unwrap();
         assert_eq!(r.text, "A signed");
     }

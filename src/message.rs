@@ -33,6 +33,10 @@ pub struct Envelopes<'a> {
     pub bcc: &'a [Mailbox],
     /// DKIM signing, if configured.
     pub dkim: Option<&'a DkimConfig>,
+    /// Encode the message (`bytes`). `check`, `status` and plans only need
+    /// the validation, the Message-ID and the summary: skipping MIME
+    /// encoding makes them several times faster.
+    pub encode: bool,
 }
 
 /// A finished message and its SMTP envelope.
@@ -190,6 +194,16 @@ pub fn build(
     summary.push(("Subject", rendered.subject.clone()));
     summary.push(("Message-ID", id.clone()));
     let text = normalize_newlines(&rendered.text);
+    if !settings.encode {
+        return Ok(Built {
+            message_id: id,
+            from: from.email,
+            recipients,
+            summary,
+            text,
+            bytes: Vec::new(),
+        });
+    }
     let message = match &rendered.html {
         Some(html) => builder.multipart(
             MultiPart::alternative()
@@ -263,6 +277,7 @@ mod tests {
             cc_supporter: true,
             bcc,
             dkim: None,
+            encode: true,
         }
     }
 

@@ -35,7 +35,7 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
-    for prepared in campaign.prepared()? {
+    for prepared in campaign.prepared(false)? {
         match prepared {
             Ok(Prepared::Letters { letters: built, .. }) => {
                 supporters += 1;

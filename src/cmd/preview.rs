@@ -38,7 +38,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     }
     let mut shown = 0u64;
     let mut found_supporter = want_s.is_none();
-    'rows: for prepared in campaign.prepared()? {
+    'rows: for prepared in campaign.prepared(opts.out.is_some())? {
         let (supporter, letters) = match prepared? {
             Prepared::Letters { supporter, letters } => (supporter, letters),
             Prepared::Skipped { line, key, reason } => {

@@ -207,7 +207,7 @@ fn dispatch(
     let file = config.supporters_file.display().to_string();
     let mut feed = || -> Result<()> {
         for row in campaign.roster()? {
-            let (supporter, letters) = match campaign.prepare(row?, &file)? {
+            let (supporter, letters) = match campaign.prepare(row?, &file, true)? {
                 Prepared::Letters { supporter, letters } => (supporter, letters),
                 Prepared::Skipped { line, key, reason } => {
                     let ledger = shared.ledger();
@@ -281,7 +281,7 @@ fn scan(campaign: &Campaign, ledger: Option<&Ledger>, opts: &Options, now: i64, 
         per_target: vec![0; campaign.target_count()],
         ..Plan::default()
     };
-    for prepared in campaign.prepared()? {
+    for prepared in campaign.prepared(false)? {
         match prepared? {
             Prepared::Skipped { line, reason, .. } => {
                 plan.skipped_rows += 1;

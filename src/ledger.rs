@@ -5,8 +5,10 @@
 //! body goes to the server, so no crash, kill or power loss can make a letter
 //! that may have gone out look unsent. What to send is decided by `cmd/send`.
 
+use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -258,27 +260,43 @@ impl Ledger {
 
     /// Records `sending` durably (fsync) before the body is handed over.
     pub fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
-        let Key {
-            supporter,
-            target,
-            line,
-            message_id,
-        } = *letter;
+        self.claim_many(&[*letter], now)?
+            .remove(0)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Claims several letters in one transaction with one fsync (group
+    /// commit: workers whose claims arrive together share the disk flush).
+    /// The outer `Err` is the commit failing (nothing claimed); an inner
+    /// `Err` is a letter already recorded as sent, which must not go again.
+    pub fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
         self.conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
-             VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
-             ON CONFLICT (supporter, target) DO UPDATE SET
-                state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
-             WHERE state <> 'sent'",
-        )?;
-        let changed = stmt
-            .execute(params![supporter, target, line as i64, message_id, now])
-            .map_err(|e| disk_error(e, &self.path))?;
-        if changed != 1 {
-            bail!("letter {supporter} → {target} is already recorded as sent; not sending it again");
+        let tx = self.conn.unchecked_transaction()?;
+        let mut results = Vec::with_capacity(letters.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
+                 VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
+                 ON CONFLICT (supporter, target) DO UPDATE SET
+                    state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
+                 WHERE state <> 'sent'",
+            )?;
+            for k in letters {
+                let changed = stmt
+                    .execute(params![k.supporter, k.target, k.line as i64, k.message_id, now])
+                    .map_err(|e| disk_error(e, &self.path))?;
+                results.push(if changed == 1 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "letter {} → {} is already recorded as sent; not sending it again",
+                        k.supporter, k.target
+                    ))
+                });
+            }
         }
-        Ok(())
+        tx.commit().map_err(|e| disk_error(e, &self.path))?;
+        Ok(results)
     }
 
     /// Records how an attempt ended. `claimed`: [`Ledger::claim`] already
@@ -472,6 +490,113 @@ fn private_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The ledger as the send workers share it. Claims go through a group
+/// commit: a worker that finds the ledger busy queues its claim, and the
+/// next committer writes every queued claim in one transaction, one fsync.
+pub struct SharedLedger {
+    ledger: Mutex<Ledger>,
+    queue: Mutex<ClaimQueue>,
+}
+
+#[derive(Default)]
+struct ClaimQueue {
+    next: u64,
+    pending: Vec<(u64, OwnedKey)>,
+    done: HashMap<u64, Result<(), String>>,
+}
+
+struct OwnedKey {
+    supporter: String,
+    target: String,
+    line: u64,
+    message_id: String,
+}
+
+impl SharedLedger {
+    /// Wraps an open ledger.
+    #[must_use]
+    pub fn new(ledger: Ledger) -> SharedLedger {
+        SharedLedger {
+            ledger: Mutex::new(ledger),
+            queue: Mutex::default(),
+        }
+    }
+
+    /// Exclusive use of the ledger (reads, outcomes).
+    pub fn lock(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, ClaimQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Ledger::claim`], batched with whatever other workers are claiming.
+    /// Returns only once this letter's `sending` is on disk.
+    pub fn claim(&self, key: &Key<'_>, now: i64) -> Result<()> {
+        let ticket = {
+            let mut q = self.queue();
+            let ticket = q.next;
+            q.next += 1;
+            let owned = OwnedKey {
+                supporter: key.supporter.to_string(),
+                target: key.target.to_string(),
+                line: key.line,
+                message_id: key.message_id.to_string(),
+            };
+            q.pending.push((ticket, owned));
+            ticket
+        };
+        let ledger = self.lock();
+        let batch = {
+            let mut q = self.queue();
+            if let Some(result) = q.done.remove(&ticket) {
+                return result.map_err(|e| anyhow::anyhow!(e));
+            }
+            std::mem::take(&mut q.pending)
+        };
+        let keys: Vec<Key<'_>> = batch
+            .iter()
+            .map(|(_, k)| Key {
+                supporter: &k.supporter,
+                target: &k.target,
+                line: k.line,
+                message_id: &k.message_id,
+            })
+            .collect();
+        let outcome = ledger.claim_many(&keys, now);
+        let mut q = self.queue();
+        let mut mine = Ok(());
+        match outcome {
+            Ok(results) => {
+                for ((t, _), r) in batch.iter().zip(results) {
+                    if *t == ticket {
+                        mine = r;
+                    } else {
+                        q.done.insert(*t, r);
+                    }
+                }
+                mine.map_err(|e| anyhow::anyhow!(e))
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for (t, _) in &batch {
+                    if *t != ticket {
+                        q.done.insert(*t, Err(msg.clone()));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The ledger back, once the workers are done.
+    #[must_use]
+    pub fn into_inner(self) -> Ledger {
+        self.ledger.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The run lock: one `send` per ledger at a time. Released on drop (and by
 /// the OS if the process dies).
 #[derive(Debug)]
@@ -598,6 +723,38 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("belongs to campaign `c`"), "{err}");
+    }
+
+    #[test]
+    fn group_commit_claims_every_letter_once() {
+        let (_d, l) = ledger();
+        let shared = std::sync::Arc::new(SharedLedger::new(l));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let shared = std::sync::Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let s = format!("s{i}@x.org");
+                    let key = Key {
+                        supporter: &s,
+                        target: "t@x.org",
+                        line: i,
+                        message_id: "<m@o>",
+                    };
+                    shared.claim(&key, 1).unwrap();
+                    shared
+                        .lock()
+                        .record(&key, &Outcome::Sent("250".into()), true, 2)
+                        .unwrap();
+                    // A second claim of a sent letter is refused.
+                    assert!(shared.claim(&key, 3).is_err());
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let l = std::sync::Arc::try_unwrap(shared).ok().unwrap().into_inner();
+        assert_eq!(l.counts().unwrap(), vec![(State::Sent, 8)]);
     }
 
     #[test]

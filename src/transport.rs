@@ -421,9 +421,11 @@ impl Connection {
         self.command(&format!("{}\r\n", b64(password))).map_err(io_err)
     }
 
-    /// Sends one letter. `before_body` runs after the server's `354` and before
-    /// the body is written: the ledger commits `sending` there. Its error stops
-    /// the letter (not sent) and is returned.
+    /// Sends one letter. `before_body` runs before the body is written (the
+    /// ledger commits `sending` there): with PIPELINING right after MAIL,
+    /// RCPT and DATA leave, so the disk flush overlaps the server's replies;
+    /// otherwise after the `354`. Its error stops the letter (never sent)
+    /// and is returned.
     pub fn deliver(&mut self, built: &Built, before_body: impl FnOnce() -> Result<()>) -> Result<Delivery> {
         self.letters += 1;
         let lost = |this: &mut Self, e: io::Error, handed_over: bool| {
@@ -439,11 +441,17 @@ impl Connection {
         commands.extend(built.recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
         commands.push("DATA\r\n".into());
 
+        let mut before_body = Some(before_body);
         let replies = if self.caps.pipelining {
-            match self
-                .send_all(&commands.concat())
-                .and_then(|()| self.replies(commands.len()))
-            {
+            if let Err(e) = self.send_all(&commands.concat()) {
+                return lost(self, e, false);
+            }
+            if let Some(Err(e)) = before_body.take().map(|f| f()) {
+                self.usable = false;
+                self.stream = Stream::Closed;
+                return Err(e);
+            }
+            match self.replies(commands.len()) {
                 Ok(r) => r,
                 Err(e) => return lost(self, e, false),
             }
@@ -497,7 +505,7 @@ impl Connection {
             });
         }
 
-        if let Err(e) = before_body() {
+        if let Some(Err(e)) = before_body.take().map(|f| f()) {
             self.usable = false;
             self.stream = Stream::Closed;
             return Err(e);

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use crate::campaign::{Campaign, Prepared};
 use crate::clock::Clock;
 use crate::exit::{Exit, Failure};
-use crate::ledger::{Key, Ledger, Outcome, Record, RunLock, State};
+use crate::ledger::{Key, Ledger, Outcome, Record, RunLock, SharedLedger, State};
 use crate::message::Built;
 use crate::report::{self, Plan, Summary};
 use crate::throttle::{Throttle, sleep_until};
@@ -113,7 +113,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let stop = Arc::new(AtomicBool::new(false));
     register_signals(&stop)?;
     let shared = Arc::new(Shared {
-        ledger: Mutex::new(ledger),
+        ledger: SharedLedger::new(ledger),
         connector,
         clock: Arc::clone(clock),
         retries: config.delivery.retries,
@@ -126,7 +126,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     });
     let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, ui);
     let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
-    let ledger = shared.ledger.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let ledger = shared.ledger.into_inner();
     let _ = ledger.checkpoint();
     let halt = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner);
     if let Some(Halt::Policy { requeued, .. }) = &halt {
@@ -420,7 +420,7 @@ impl std::fmt::Display for Halt {
 }
 
 struct Shared {
-    ledger: Mutex<Ledger>,
+    ledger: SharedLedger,
     connector: Connector,
     clock: Arc<dyn Clock>,
     retries: u32,
@@ -435,7 +435,7 @@ struct Shared {
 
 impl Shared {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ledger.lock()
     }
 
     fn halted(&self) -> bool {
@@ -570,7 +570,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
         let c = conn.as_mut().expect("connected above");
         let mut claimed = false;
         let delivery = c.deliver(&job.built, || {
-            shared.ledger().claim(&key, clock.unix())?;
+            shared.ledger.claim(&key, clock.unix())?;
             claimed = true;
             shared.handed_over.store(true, Ordering::SeqCst);
             Ok(())

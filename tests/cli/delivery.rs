@@ -844,7 +844,10 @@ fn rate_spaces_letters_evenly() {
     let times = dots.lock().unwrap().clone();
     assert_eq!(times.len(), 5);
     let gaps: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
-    assert!(gaps.iter().all(|&g| g >= 90), "gaps between letters (ms): {gaps:?}");
+    assert!(
+        gaps.iter().all(|&g| g >= 90),
+        "gaps between letters (ms): {gaps:?}"
+    );
     assert!((times[4] - times[0]).as_millis() >= 380, "gaps: {gaps:?}");
 }
 

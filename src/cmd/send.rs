@@ -190,6 +190,9 @@ fn dispatch(
 ) -> Result<()> {
     let config = &campaign.config;
     let clock = Arc::clone(&shared.clock);
+    // The dispatcher reads through its own connection (WAL readers never
+    // wait), so it does not queue behind the workers' commits.
+    let reader = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
@@ -220,7 +223,7 @@ fn dispatch(
             };
             for (target, built) in config.targets.iter().zip(letters) {
                 let target_key = target.key();
-                let record = shared.ledger().get(&supporter.key, &target_key)?;
+                let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
                     continue;
                 }

@@ -14,7 +14,7 @@ use lettre::message::dkim::DkimConfig;
 use crate::config::Config;
 use crate::letter::{Globals, Letter};
 use crate::message::{self, Built, Envelopes};
-use crate::roster::{Roster, Row, Supporter};
+use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
 
 /// A letter template failed to render for a row: a bug in the letter or
 /// config, not in the data. Typed so `check` can list each and go on.
@@ -50,24 +50,11 @@ pub enum Prepared {
         /// One finished message per target.
         letters: Vec<Built>,
     },
-    /// A row that cannot be sent (reported, recorded as skipped by `send`).
-    Skipped {
-        /// 1-based line.
-        line: u64,
-        /// Ledger key of the supporter.
-        key: String,
-        /// Why.
-        reason: String,
-    },
+    /// A row that cannot be sent: invalid in the file, or its letter
+    /// cannot be built (a header-bound value); recorded as skipped by `send`.
+    Skipped(Skip),
     /// A repeated email; only its first row counts.
-    Duplicate {
-        /// 1-based line.
-        line: u64,
-        /// The address.
-        email: String,
-        /// Where it first appears.
-        first_line: u64,
-    },
+    Duplicate(Repeat),
 }
 
 impl Campaign {
@@ -117,18 +104,8 @@ impl Campaign {
     pub fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
-            Row::Invalid { line, key, reason } => return Ok(Prepared::Skipped { line, key, reason }),
-            Row::Duplicate {
-                line,
-                email,
-                first_line,
-            } => {
-                return Ok(Prepared::Duplicate {
-                    line,
-                    email,
-                    first_line,
-                });
-            }
+            Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
+            Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
         let settings = Envelopes {
             campaign_id: &self.config.campaign.id,
@@ -151,11 +128,11 @@ impl Campaign {
             match message::build(&rendered, &supporter, target, &settings, self.date) {
                 Ok(built) => letters.push(built),
                 Err(reason) => {
-                    return Ok(Prepared::Skipped {
+                    return Ok(Prepared::Skipped(Skip {
                         line: supporter.line,
                         key: supporter.key,
                         reason,
-                    });
+                    }));
                 }
             }
         }

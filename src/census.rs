@@ -3,12 +3,12 @@
 //! and `export`, so both count exactly what `send` would see.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
 use crate::ledger::{Ledger, Record, State};
+use crate::roster::{Repeat, Skip, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
             Prepared::Letters { supporter, letters } => {
                 for (target, built) in campaign.config.targets.iter().zip(letters) {
                     let t = target.key();
-                    seen.insert(fingerprint(&supporter.key, &t));
+                    seen.insert(fingerprint(&[&supporter.key, &t]));
                     let record = lookup(&supporter.key, &t)?;
                     let state = match record.as_ref().map(|r| r.state) {
                         None | Some(State::Skipped | State::Pending) => State::Pending,
@@ -60,10 +60,10 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     });
                 }
             }
-            Prepared::Skipped { key, reason, .. } => {
+            Prepared::Skipped(Skip { key, reason, .. }) => {
                 for target in &campaign.config.targets {
                     let t = target.key();
-                    seen.insert(fingerprint(&key, &t));
+                    seen.insert(fingerprint(&[&key, &t]));
                     let record = lookup(&key, &t)?;
                     // A letter sent before the row went bad stays sent.
                     let state = match record.as_ref().map(|r| r.state) {
@@ -82,14 +82,14 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     });
                 }
             }
-            Prepared::Duplicate { .. } => {}
+            Prepared::Duplicate(Repeat { .. }) => {}
         }
     }
     if let Some(ledger) = ledger {
         for record in ledger.all()? {
             // Skipped rows that left the CSV were never letters.
             if record.state == State::Skipped
-                || seen.contains(&fingerprint(&record.supporter, &record.target))
+                || seen.contains(&fingerprint(&[&record.supporter, &record.target]))
             {
                 continue;
             }
@@ -105,13 +105,4 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
         }
     }
     Ok(())
-}
-
-fn fingerprint(s: &str, t: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut h = DefaultHasher::new();
-        (salt, s, t).hash(&mut h);
-        h.finish()
-    };
-    (u128::from(half(1)) << 64) | u128::from(half(2))
 }

@@ -45,29 +45,37 @@ impl Supporter {
     }
 }
 
+/// A row that cannot be sent: reported, and recorded as `skipped` by `send`.
+#[derive(Debug, Clone)]
+pub struct Skip {
+    /// 1-based line.
+    pub line: u64,
+    /// Ledger key: the lower-cased email as written, or `line:N` when empty.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A later row repeating an earlier email; only the first counts.
+#[derive(Debug, Clone)]
+pub struct Repeat {
+    /// 1-based line.
+    pub line: u64,
+    /// The repeated address.
+    pub email: String,
+    /// The line that holds it first.
+    pub first_line: u64,
+}
+
 /// What one CSV row turned out to be.
 #[derive(Debug, Clone)]
 pub enum Row {
     /// A supporter whose letters can be built.
     Valid(Supporter),
-    /// A row that cannot be sent: reported and recorded as `skipped`.
-    Invalid {
-        /// 1-based line.
-        line: u64,
-        /// Ledger key: the lower-cased email as written, or `line:N` when empty.
-        key: String,
-        /// Why.
-        reason: String,
-    },
-    /// A later row repeating an earlier email; only the first counts.
-    Duplicate {
-        /// 1-based line.
-        line: u64,
-        /// The repeated address.
-        email: String,
-        /// The line that holds it first.
-        first_line: u64,
-    },
+    /// A row that cannot be sent.
+    Invalid(Skip),
+    /// A repeated email.
+    Duplicate(Repeat),
 }
 
 impl Row {
@@ -76,7 +84,7 @@ impl Row {
     pub fn line(&self) -> u64 {
         match self {
             Row::Valid(s) => s.line,
-            Row::Invalid { line, .. } | Row::Duplicate { line, .. } => *line,
+            Row::Invalid(Skip { line, .. }) | Row::Duplicate(Repeat { line, .. }) => *line,
         }
     }
 }
@@ -196,13 +204,13 @@ impl Roster {
             Ok(true) => {
                 let line = self.lines.line_at(offset)?;
                 if self.reader.position().byte() >= self.file_len && self.unclosed_quote(offset)? {
-                    return Ok(Some(Row::Invalid {
+                    return Ok(Some(Row::Invalid(Skip {
                         line,
                         key: format!("line:{line}"),
                         reason: "a quote opened in this row is never closed, so the rest of the file \
                                  was read as one value: close the quote"
                             .into(),
-                    }));
+                    })));
                 }
                 Ok(Some(self.classify(line)))
             }
@@ -211,7 +219,7 @@ impl Roster {
                 match e.kind() {
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
-                    } => Ok(Some(Row::Invalid {
+                    } => Ok(Some(Row::Invalid(Skip {
                         line,
                         key: format!("line:{line}"),
                         reason: format!(
@@ -219,7 +227,7 @@ impl Roster {
                              quote values that contain commas",
                             if *len == 1 { "" } else { "s" }
                         ),
-                    })),
+                    }))),
                     csv::ErrorKind::Io(io) => {
                         bail!("{}: cannot read: {io}", self.at(line))
                     }
@@ -229,8 +237,20 @@ impl Roster {
         }
     }
 
+    /// Whether the last record (from `offset` to the end) has an odd number
+    /// of `"`: an unclosed quote swallows every later row into one value,
+    /// which the csv crate accepts silently at end of file.
+    fn unclosed_quote(&self, offset: u64) -> Result<bool> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let mut f = File::open(&self.path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        Ok(tail.iter().filter(|b| **b == b'"').count() % 2 == 1)
+    }
+
     fn classify(&mut self, line: u64) -> Row {
-        let invalid = |key: String, reason: String| Row::Invalid { line, key, reason };
+        let invalid = |key: String, reason: String| Row::Invalid(Skip { line, key, reason });
         let raw_email = String::from_utf8_lossy(&self.record[self.email_col])
             .trim()
             .to_string();
@@ -264,13 +284,13 @@ impl Roster {
             Ok(a) => a,
             Err(why) => return invalid(key, why),
         };
-        let fingerprint = fingerprint(&key);
+        let fingerprint = fingerprint(&[&key]);
         if let Some(&first_line) = self.seen.get(&fingerprint) {
-            return Row::Duplicate {
+            return Row::Duplicate(Repeat {
                 line,
                 email: raw_email,
                 first_line,
-            };
+            });
         }
         self.seen.insert(fingerprint, line);
         let name = match self.name_cols {
@@ -296,20 +316,6 @@ impl Iterator for Roster {
 
     fn next(&mut self) -> Option<Result<Row>> {
         self.next_row().transpose()
-    }
-}
-
-impl Roster {
-    /// Whether the last record (from `offset` to the end) has an odd number
-    /// of `"`: an unclosed quote swallows every later row into one value,
-    /// which the csv crate accepts silently at end of file.
-    fn unclosed_quote(&self, offset: u64) -> Result<bool> {
-        use std::io::{Read as _, Seek as _, SeekFrom};
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        Ok(tail.iter().filter(|b| **b == b'"').count() % 2 == 1)
     }
 }
 
@@ -347,11 +353,11 @@ pub fn validate_email(raw: &str) -> std::result::Result<Address, String> {
 
 /// 128 bits of the lower-cased address: enough to dedupe millions of rows
 /// without keeping every address in memory.
-fn fingerprint(key: &str) -> u128 {
+pub(crate) fn fingerprint(parts: &[&str]) -> u128 {
     let half = |salt: u8| {
         let mut h = DefaultHasher::new();
         salt.hash(&mut h);
-        key.hash(&mut h);
+        parts.hash(&mut h);
         h.finish()
     };
     (u128::from(half(1)) << 64) | u128::from(half(2))
@@ -457,7 +463,7 @@ mod tests {
         let csv = "\u{feff}email,note\r\na@x.org,\"two\r\nlines\"\r\nbad,\r\nc@x.org,ok\r\n";
         let r = rows(csv.as_bytes());
         assert_eq!(lines(&r), vec![2, 4, 5]);
-        assert!(matches!(&r[1], Row::Invalid { reason, .. } if reason.contains("invalid email")));
+        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("invalid email")));
     }
 
     #[test]
@@ -471,7 +477,7 @@ mod tests {
         let r = rows(b"email,note\na@x.org,\"oops\nb@x.org,fine\nc@x.org,fine\n");
         assert_eq!(r.len(), 1);
         assert!(
-            matches!(&r[0], Row::Invalid { line: 2, reason, .. } if reason.contains("never closed")),
+            matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("never closed")),
             "{r:?}"
         );
         let ok = rows(b"email,note\na@x.org,\"say \"\"hi\"\"\"\n");
@@ -490,11 +496,11 @@ mod tests {
         assert!(
             matches!(
                 &r[1],
-                Row::Duplicate {
+                Row::Duplicate(Repeat {
                     line: 3,
                     first_line: 2,
                     ..
-                }
+                })
             ),
             "{r:?}"
         );
@@ -503,8 +509,8 @@ mod tests {
     #[test]
     fn ragged_and_bad_utf8_rows_are_skipped_not_fatal() {
         let r = rows(b"email,city\na@x.org,Oslo,extra\nb@x.org,\xff\xfe\nc@x.org,Rome\n");
-        assert!(matches!(&r[0], Row::Invalid { line: 2, reason, .. } if reason.contains("3 fields")));
-        assert!(matches!(&r[1], Row::Invalid { line: 3, reason, .. } if reason.contains("UTF-8")));
+        assert!(matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("3 fields")));
+        assert!(matches!(&r[1], Row::Invalid(Skip { line: 3, reason, .. }) if reason.contains("UTF-8")));
         assert!(matches!(&r[2], Row::Valid(s) if s.line == 4));
     }
 
@@ -534,7 +540,7 @@ mod tests {
     fn huge_and_nul_fields_are_refused() {
         let big = "x".repeat(MAX_FIELD_CHARS + 1);
         let r = rows(format!("email,note\na@x.org,{big}\nb@x.org,a\0b\n").as_bytes());
-        assert!(matches!(&r[0], Row::Invalid { reason, .. } if reason.contains("characters long")));
-        assert!(matches!(&r[1], Row::Invalid { reason, .. } if reason.contains("NUL")));
+        assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
+        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::report::{out, thousands};
+use crate::roster::{Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
 use crate::ui::Ui;
 
@@ -44,15 +45,15 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     from = built.first().map(|b| b.from.clone());
                 }
             }
-            Ok(Prepared::Skipped { line, reason, .. }) => {
+            Ok(Prepared::Skipped(Skip { line, reason, .. })) => {
                 problems += 1;
                 out(&format!("{file}:{line}: {reason}\n"))?;
             }
-            Ok(Prepared::Duplicate {
+            Ok(Prepared::Duplicate(Repeat {
                 line,
                 email,
                 first_line,
-            }) => {
+            })) => {
                 problems += 1;
                 out(&format!(
                     "{file}:{line}: `{email}` repeats line {first_line}; only the first row counts\n"

@@ -18,6 +18,7 @@ use crate::exit::{Exit, Failure};
 use crate::ledger::{Key, Ledger, Outcome, Record, RunLock, SharedLedger, State};
 use crate::message::Built;
 use crate::report::{self, Plan, Summary};
+use crate::roster::{Repeat, Skip};
 use crate::throttle::{Throttle, sleep_until};
 use crate::transport::{ConnectError, Connection, Connector, Delivery, Reply};
 use crate::ui::Ui;
@@ -212,14 +213,14 @@ fn dispatch(
         for row in campaign.roster()? {
             let (supporter, letters) = match campaign.prepare(row?, &file, true)? {
                 Prepared::Letters { supporter, letters } => (supporter, letters),
-                Prepared::Skipped { line, key, reason } => {
+                Prepared::Skipped(Skip { line, key, reason }) => {
                     let ledger = shared.ledger();
                     for t in &config.targets {
                         ledger.skip(&key, &t.key(), line, &reason, clock.unix())?;
                     }
                     continue;
                 }
-                Prepared::Duplicate { .. } => continue,
+                Prepared::Duplicate(Repeat { .. }) => continue,
             };
             for (target, built) in config.targets.iter().zip(letters) {
                 let target_key = target.key();
@@ -286,15 +287,15 @@ fn scan(campaign: &Campaign, ledger: Option<&Ledger>, opts: &Options, now: i64, 
     };
     for prepared in campaign.prepared(false)? {
         match prepared? {
-            Prepared::Skipped { line, reason, .. } => {
+            Prepared::Skipped(Skip { line, reason, .. }) => {
                 plan.skipped_rows += 1;
                 ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
             }
-            Prepared::Duplicate {
+            Prepared::Duplicate(Repeat {
                 line,
                 email,
                 first_line,
-            } => {
+            }) => {
                 plan.duplicates += 1;
                 ui.problem(&format!(
                     "{file}:{line}: `{email}` repeats line {first_line} (ignored)"

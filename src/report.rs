@@ -70,7 +70,10 @@ impl Summary {
     pub(crate) fn count(&mut self, event: &Event, ui: &Ui, bar: &indicatif::ProgressBar) {
         let line = |what: &str| format!("{} → {}: {what}", event.supporter, event.target);
         match &event.result {
-            Fate::Sent => self.sent += 1,
+            Fate::Sent(r) => {
+                self.sent += 1;
+                bar.suspend(|| ui.detail(&line(&format!("sent: {r}"))));
+            }
             Fate::Deferred(r) => {
                 self.deferred += 1;
                 bar.suspend(|| ui.failure(&line(&format!("deferred: {r}"))));

@@ -82,6 +82,12 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let connector = Connector::new(config.smtp()?)?;
     let _lock = RunLock::acquire(&config.ledger_path)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    ui.detail(&format!(
+        "config `{}`, supporters `{}`, ledger `{}`",
+        config.path.display(),
+        config.supporters_file.display(),
+        config.ledger_path.display()
+    ));
     let recovered = ledger.recover(clock.unix())?;
     if recovered > 0 {
         ui.warn(&format!(
@@ -96,6 +102,10 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let plan = scan(campaign, Some(&ledger), opts, now, ui)?;
     let budget = budget(campaign, &ledger, opts, now)?;
     let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
+    ui.detail(&format!(
+        "due {}, this run {to_send} (budget {budget:?}); already sent {}, waiting {}, held failed {}, held unknown {}",
+        plan.due, plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown
+    ));
     let mut summary = Summary {
         plan,
         ..Summary::default()
@@ -383,7 +393,7 @@ pub(crate) struct Event {
 
 /// How a letter ended this run.
 pub(crate) enum Fate {
-    Sent,
+    Sent(String),
     Deferred(String),
     Failed(String),
     Unknown(String),
@@ -585,7 +595,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
                 shared.halt(Halt::Ledger(e));
                 return Fate::NotSent;
             }
-            Ok(Delivery::Accepted(r)) => (Outcome::Sent(r.to_string()), Fate::Sent, false),
+            Ok(Delivery::Accepted(r)) => (Outcome::Sent(r.to_string()), Fate::Sent(r.to_string()), false),
             Ok(Delivery::Rejected { reply, handed_over }) if reply.is_transient() => {
                 let text = reply.to_string();
                 let next = now + deferral(attempt);

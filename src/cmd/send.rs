@@ -157,9 +157,11 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     }
     if let Some(halt) = halt {
         let exit = match (&halt, shared.handed_over.load(Ordering::SeqCst)) {
+            // Nothing went: "try later" if the server was away, else the
+            // setup (TLS, login, policy) needs a person.
             (Halt::Unreachable(_), false) => Exit::TryLater,
-            (_, false) if summary.sent == 0 => Exit::BadInput,
-            _ => Exit::Partial,
+            (_, false) => Exit::BadInput,
+            (_, true) => Exit::Partial,
         };
         return Err(Failure::error(exit, halt.to_string()));
     }
@@ -189,8 +191,9 @@ fn confirm(campaign: &Campaign, plan: &Plan, to_send: u64, connector: &Connector
 }
 
 /// Pass 2: streams the rows again, records skipped ones, and feeds due
-/// letters (paced by the throttle) to the workers until `to_send` went out
-/// or the run halts. Counts every worker event into `summary`.
+/// letters to the workers (which pace themselves through the shared
+/// throttle) until `to_send` went out or the run halts. Counts every worker
+/// event into `summary`.
 fn dispatch(
     campaign: &Campaign,
     opts: &Options,

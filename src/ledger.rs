@@ -168,7 +168,7 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .with_context(|| format!("ledger `{shown}` is not a SQLite database"))?;
+            .map_err(|e| disk_error(e, path).context(format!("cannot open ledger `{shown}`")))?;
         if mode != "wal" {
             bail!("ledger `{shown}`: cannot switch to WAL mode (got `{mode}`)");
         }
@@ -437,10 +437,15 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 
 /// Names a full disk plainly.
 fn disk_error(e: rusqlite::Error, path: &Path) -> anyhow::Error {
-    let full = matches!(
-        &e,
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull
-    );
+    // SQLITE_FULL, or an I/O error while the filesystem has no room left
+    // (growing the WAL index fails as `SQLITE_IOERR_SHMSIZE`).
+    let full = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+                || (f.code == rusqlite::ErrorCode::SystemIoFailure && no_space_left(path))
+        }
+        _ => false,
+    };
     if full {
         anyhow::anyhow!(
             "the disk holding the ledger `{}` is full: stopped before sending another letter\n\n\
@@ -450,6 +455,19 @@ fn disk_error(e: rusqlite::Error, path: &Path) -> anyhow::Error {
     } else {
         anyhow::Error::from(e).context(format!("cannot write ledger `{}`", path.display()))
     }
+}
+
+/// Whether the filesystem holding `path` has no free space.
+fn no_space_left(path: &Path) -> bool {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A 4 KiB write is what any ledger commit needs at least.
+    let probe = dir.join(".mailer-space-probe");
+    let full = std::fs::write(&probe, [0u8; 4096]).is_err_and(|e| e.raw_os_error() == Some(28)); // ENOSPC
+    let _ = std::fs::remove_file(&probe);
+    full
 }
 
 #[cfg(unix)]

@@ -1462,3 +1462,61 @@ fn a_run_held_by_the_daily_limit_says_so() {
         .stdout_has("left 2")
         .stderr_has("daily_limit");
 }
+
+// ------------------------------------------------------------- full disk
+
+#[test]
+fn a_full_disk_stops_the_run_before_a_letter_goes_unrecorded() {
+    // The ledger folder is a 512 KiB tmpfs in a private mount namespace
+    // (root, or an unprivileged user namespace). After one letter went,
+    // the disk is filled to the last byte: the next run must stop with a
+    // clear message before sending anything, and once space is freed the
+    // remaining letters go, each exactly once.
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = campaign(&server, "retries = 0\n")
+        .file("all.csv", supporters(3))
+        .file("supporters.csv", supporters(1));
+    c.write_config();
+    let script = r#"
+        set -u
+        mkdir -p .mailer && mount -t tmpfs -o size=512k tmpfs .mailer || exit 99
+        "$MAILER" send --yes >out1 2>err1; echo $? >code1
+        dd if=/dev/zero of=.mailer/fill bs=1k 2>/dev/null
+        cp all.csv supporters.csv
+        "$MAILER" send --yes >out2 2>err2; echo $? >code2
+        rm .mailer/fill
+        "$MAILER" send --yes >out3 2>err3; echo $? >code3
+        "$MAILER" status --json >status
+    "#;
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.arg("-r");
+    }
+    let status = cmd
+        .args(["-m", "--propagation", "private", "bash", "-c", script])
+        .current_dir(c.path())
+        .env("MAILER", env!("CARGO_BIN_EXE_mailer"))
+        .env("NO_COLOR", "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "could not set up a private tmpfs (needs root or user namespaces)"
+    );
+    let read = |f: &str| std::fs::read_to_string(c.join(f)).unwrap_or_default();
+    assert_eq!(read("code1").trim(), "0", "{}", read("err1"));
+    assert_ne!(read("code2").trim(), "0");
+    let err2 = read("err2");
+    assert!(
+        err2.contains("disk holding the ledger") && err2.contains("is full"),
+        "{err2}"
+    );
+    assert_eq!(read("code3").trim(), "0", "{}", read("err3"));
+    assert!(read("out3").starts_with("sent 2 "), "{}", read("out3"));
+    idle(&server);
+    let got = ids(&server.received());
+    let unique: std::collections::HashSet<_> = got.iter().collect();
+    assert_eq!((got.len(), unique.len()), (3, 3), "each letter exactly once");
+    assert!(read("status").contains(r#""sent":3"#), "{}", read("status"));
+}

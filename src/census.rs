@@ -12,7 +12,7 @@ use crate::roster::{Repeat, Skip, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
-pub struct Letter {
+pub struct Entry {
     /// Normalized supporter email (or `line:N` for a row without one).
     pub supporter: String,
     /// Normalized target email.
@@ -25,12 +25,10 @@ pub struct Letter {
     pub message_id: Option<String>,
     /// Why a skipped letter is skipped.
     pub reason: Option<String>,
-    /// Whether its row is still in the CSV.
-    pub in_csv: bool,
 }
 
 /// Calls `visit` for every letter: CSV order first, then departed ones.
-pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Letter)) -> Result<()> {
+pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
     let mut seen = HashSet::new();
     let lookup = |s: &str, t: &str| -> Result<Option<Record>> {
         match ledger {
@@ -49,14 +47,13 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                         None | Some(State::Skipped | State::Pending) => State::Pending,
                         Some(s) => s,
                     };
-                    visit(Letter {
+                    visit(Entry {
                         supporter: supporter.key.clone(),
                         target: t,
                         state,
                         record,
                         message_id: Some(built.message_id),
                         reason: None,
-                        in_csv: true,
                     });
                 }
             }
@@ -71,14 +68,13 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                         _ => State::Skipped,
                     };
                     let message_id = record.as_ref().and_then(|r| r.message_id.clone());
-                    visit(Letter {
+                    visit(Entry {
                         supporter: key.clone(),
                         target: t,
                         state,
                         record,
                         message_id,
                         reason: Some(reason.clone()),
-                        in_csv: true,
                     });
                 }
             }
@@ -93,14 +89,13 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
             {
                 continue;
             }
-            visit(Letter {
+            visit(Entry {
                 supporter: record.supporter.clone(),
                 target: record.target.clone(),
                 state: record.state,
                 message_id: record.message_id.clone(),
                 reason: None,
                 record: Some(record),
-                in_csv: false,
             });
         }
     }

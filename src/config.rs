@@ -52,6 +52,8 @@ pub struct Campaign {
     pub org: String,
     /// The letter template, resolved.
     pub letter: PathBuf,
+    /// `FILE:LINE` of the `letter` key, for error messages.
+    pub letter_at: String,
     /// Subject template.
     pub subject: Source,
 }
@@ -255,7 +257,7 @@ struct RawCampaign {
     name: String,
     #[serde(default)]
     org: String,
-    letter: PathBuf,
+    letter: Spanned<PathBuf>,
     subject: Spanned<String>,
 }
 
@@ -415,7 +417,8 @@ impl Config {
             id: id.clone(),
             name: raw.campaign.name,
             org: raw.campaign.org,
-            letter: resolve(raw.campaign.letter),
+            letter_at: at(raw.campaign.letter.span()),
+            letter: resolve(raw.campaign.letter.into_inner()),
             subject: source(raw.campaign.subject),
         };
         let sender = Sender {

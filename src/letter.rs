@@ -100,9 +100,9 @@ impl Letter {
         };
         if !path.is_file() {
             bail!(
-                "cannot read letter `{}`: no such file\n\nhint: check [campaign] letter in `{}`",
-                path.display(),
-                config.path.display()
+                "{}: cannot read letter `{}`: no such file\n\nhint: check [campaign] letter",
+                config.campaign.letter_at,
+                path.display()
             );
         }
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();

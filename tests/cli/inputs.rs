@@ -580,8 +580,8 @@ fn missing_letter_file_names_the_letter_and_the_config() {
         .head(fixture_str!("missing-letter.toml"))
         .run(&["check"])
         .code(1)
-        .stderr_has("error: cannot read letter `letters/missing.txt`")
-        .stderr_has("[campaign] letter in `mailer.toml`");
+        .stderr_has("error: mailer.toml:5: cannot read letter `letters/missing.txt`")
+        .stderr_has("check [campaign] letter");
 }
 
 #[test]

@@ -479,6 +479,8 @@ impl Connection {
         let mail = &replies[0];
         let target = replies.get(1);
         let data = replies.get(commands.len() - 1);
+        // Without PIPELINING we stop at a refused MAIL or target RCPT, so a
+        // missing DATA reply always comes with a refusal here.
         let refusal = if mail.is_positive() {
             target
                 .filter(|t| !t.is_positive())
@@ -499,15 +501,6 @@ impl Connection {
                 handed_over: false,
             });
         }
-        if data.is_none() {
-            // Without pipelining we stopped early; reached only if MAIL/RCPT failed.
-            self.rset();
-            return Ok(Delivery::Rejected {
-                reply: mail.clone(),
-                handed_over: false,
-            });
-        }
-
         if let Err(e) = before_body() {
             self.usable = false;
             self.stream = Stream::Closed;

@@ -84,9 +84,10 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
 pub(crate) const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    done: everything this run attempted was delivered (or nothing was due)
-  1    error in config, letter or supporters file; nothing was sent
+  1    error in config, letter or supporters file, or the relay refused TLS/login; nothing was sent
   2    usage error
-  3    the run finished, but some letters failed, were deferred or are unknown
+  3    the run finished (or stopped after some letters went), but some letters failed,
+       were deferred or are unknown
   75   try later: another run holds the ledger, or the server was unreachable
   130  interrupted (SIGINT/SIGTERM): the in-flight letters were recorded first";
 

@@ -185,23 +185,11 @@ impl Ledger {
         }
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up ledger `{shown}`"))?;
-        let stored: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match stored {
-            Some(id) if id != campaign_id => bail!(
-                "ledger `{shown}` belongs to campaign `{id}`, not `{campaign_id}`\n\n\
-                 hint: set [ledger] path to this campaign's own file"
-            ),
-            Some(_) => {}
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
-                    [campaign_id],
-                )?;
-            }
+        if !owned_by(&conn, path, campaign_id)? {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
+                [campaign_id],
+            )?;
         }
         Ok(Ledger {
             conn,
@@ -209,13 +197,23 @@ impl Ledger {
         })
     }
 
-    /// Opens an existing ledger for reading, or `None` if no run wrote one yet.
+    /// Opens an existing ledger read-only — for `status`, `export`, dry
+    /// runs and the send dispatcher's lookups: no schema, no permission
+    /// changes, no writes, and it never waits for a running `send`.
+    /// `None` if no run wrote one yet.
     pub fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
-        if path.exists() {
-            Ledger::open(path, campaign_id).map(Some)
-        } else {
-            Ok(None)
+        if !path.exists() {
+            return Ok(None);
         }
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        owned_by(&conn, path, campaign_id)?;
+        Ok(Some(Ledger {
+            conn,
+            path: path.to_path_buf(),
+        }))
     }
 
     /// The file.
@@ -264,8 +262,9 @@ impl Ledger {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
     }
 
-    /// Records `sending` durably (fsync) before the body is handed over.
-    pub fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
+    /// One letter's [`Ledger::claim_many`] (runs claim through [`SharedLedger`]).
+    #[cfg(test)]
+    fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
         self.claim_many(&[*letter], now)?
             .remove(0)
             .map_err(|e| anyhow::anyhow!(e))
@@ -415,6 +414,26 @@ impl Ledger {
     pub fn checkpoint(&self) -> Result<()> {
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
+    }
+}
+
+/// Refuses a ledger that belongs to another campaign; `false` if it names
+/// none yet (a new file).
+fn owned_by(conn: &Connection, path: &Path, campaign_id: &str) -> Result<bool> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .with_context(|| format!("ledger `{}` is not a mailer ledger", path.display()))?;
+    match stored {
+        Some(id) if id != campaign_id => bail!(
+            "ledger `{}` belongs to campaign `{id}`, not `{campaign_id}`\n\n\
+             hint: set [ledger] path to this campaign's own file",
+            path.display()
+        ),
+        Some(_) => Ok(true),
+        None => Ok(false),
     }
 }
 

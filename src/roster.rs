@@ -175,12 +175,6 @@ impl Roster {
         })
     }
 
-    /// Normalized column names.
-    #[must_use]
-    pub fn headers(&self) -> &Arc<[String]> {
-        &self.headers
-    }
-
     /// The file, as given.
     #[must_use]
     pub fn path(&self) -> &Path {

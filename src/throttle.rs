@@ -1,7 +1,8 @@
 //! Sending rate: evenly spaced letters, never bursts.
 //!
-//! The schedule is pure ([`Throttle::delay`] / [`Throttle::mark`]); the
-//! caller sleeps through the injected clock.
+//! The schedule is pure ([`Throttle::reserve`] hands out start times); the
+//! caller sleeps through the injected clock with [`sleep_until`], which a
+//! signal can cut short.
 
 use std::time::{Duration, SystemTime};
 
@@ -25,23 +26,6 @@ impl Throttle {
         }
     }
 
-    /// How long to wait at `now` before the next letter may go.
-    #[must_use]
-    pub fn delay(&self, now: SystemTime) -> Duration {
-        match self.next {
-            Some(next) => next.duration_since(now).unwrap_or(Duration::ZERO),
-            None => Duration::ZERO,
-        }
-    }
-
-    /// A letter went at `now`: the next may go one interval later.
-    pub fn mark(&mut self, now: SystemTime) {
-        if let Some(i) = self.interval {
-            let base = self.next.map_or(now, |n| n.max(now));
-            self.next = Some(base + i);
-        }
-    }
-
     /// Takes the next free slot at or after `now`: when the next letter may start.
     pub fn reserve(&mut self, now: SystemTime) -> SystemTime {
         let slot = self.next.map_or(now, |n| n.max(now));
@@ -49,12 +33,6 @@ impl Throttle {
             self.next = Some(slot + i);
         }
         slot
-    }
-
-    /// Waits for the next slot and takes it.
-    pub fn wait(&mut self, clock: &dyn Clock) {
-        let slot = self.reserve(clock.now());
-        sleep_until(clock, slot, &|| false);
     }
 }
 
@@ -79,13 +57,27 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
+    /// Takes the next slot and sleeps until it, as a worker does.
+    fn wait(t: &mut Throttle, clock: &ManualClock) {
+        let slot = t.reserve(clock.now());
+        sleep_until(clock, slot, &|| false);
+    }
+
+    /// How long the next letter would wait at `now`.
+    fn delay(t: &Throttle, now: SystemTime) -> Duration {
+        t.clone()
+            .reserve(now)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+    }
+
     #[test]
     fn spaces_letters_evenly() {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
         let mut t = Throttle::new(Some("10/second".parse().unwrap()));
         let mut times = Vec::new();
         for _ in 0..5 {
-            t.wait(&clock);
+            wait(&mut t, &clock);
             times.push(clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap());
         }
         let ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
@@ -96,10 +88,10 @@ mod tests {
     fn slow_sends_do_not_bank_a_burst() {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
         let mut t = Throttle::new(Some("1/second".parse().unwrap()));
-        t.wait(&clock);
+        wait(&mut t, &clock);
         clock.advance(Duration::from_secs(10)); // a slow letter
-        t.wait(&clock);
-        assert_eq!(t.delay(clock.now()), Duration::from_secs(1));
+        wait(&mut t, &clock);
+        assert_eq!(delay(&t, clock.now()), Duration::from_secs(1));
     }
 
     #[test]
@@ -130,7 +122,7 @@ mod tests {
     fn no_rate_never_waits() {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
         let mut t = Throttle::new(None);
-        t.wait(&clock);
-        assert_eq!(t.delay(clock.now()), Duration::ZERO);
+        wait(&mut t, &clock);
+        assert_eq!(delay(&t, clock.now()), Duration::ZERO);
     }
 }

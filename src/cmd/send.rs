@@ -206,7 +206,8 @@ fn dispatch(
     let clock = Arc::clone(&shared.clock);
     // The dispatcher reads through its own connection (WAL readers never
     // wait), so it does not queue behind the workers' commits.
-    let reader = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    let reader = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?
+        .context("the ledger disappeared during the run")?;
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
@@ -445,7 +446,8 @@ struct Shared {
     halt: AtomicBool,
     reason: Mutex<Option<Halt>>,
     handed_over: AtomicBool,
-    streak: Mutex<Vec<(String, String, String)>>,
+    /// Consecutive 5.7.x refusals: (supporter, target).
+    streak: Mutex<Vec<(String, String)>>,
     /// Shared by the workers: spaces the starts of letters (and retries).
     throttle: Mutex<Throttle>,
 }
@@ -593,6 +595,10 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             Ok(())
         });
         let now = clock.unix();
+        let policy = match &delivery {
+            Ok(Delivery::Rejected { reply, .. }) if reply.is_policy() => Some(reply.clone()),
+            _ => None,
+        };
         let (outcome, result, retry) = match delivery {
             Err(e) => {
                 shared.halt(Halt::Ledger(e));
@@ -647,7 +653,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             shared.halt(Halt::Ledger(e));
             return result;
         }
-        track_policy(shared, job, &outcome);
+        track_policy(shared, job, policy, &outcome);
         if retry && may_retry {
             pause(shared, retry_pause(attempt));
             continue;
@@ -658,29 +664,28 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
 
 /// Stops the run when the server keeps refusing letters for policy (5.7.x):
 /// that is a sender problem, so those letters go back to `deferred`.
-fn track_policy(shared: &Shared, job: &Job, outcome: &Outcome) {
+fn track_policy(shared: &Shared, job: &Job, policy: Option<Reply>, outcome: &Outcome) {
     let mut streak = shared.streak.lock().unwrap_or_else(PoisonError::into_inner);
-    match outcome {
-        Outcome::Failed { reply, .. } if reply.starts_with('5') && reply.get(4..8) == Some("5.7.") => {
-            streak.push((job.supporter.clone(), job.target.clone(), reply.clone()));
+    match (policy, outcome) {
+        (Some(reply), _) => {
+            streak.push((job.supporter.clone(), job.target.clone()));
             if streak.len() >= POLICY_STREAK {
                 let now = shared.clock.unix();
                 let ledger = shared.ledger();
-                for (s, t, _) in streak.iter() {
+                for (s, t) in streak.iter() {
                     let _ = ledger.requeue(s, t, now);
                 }
-                let code = reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(550);
-                let text = reply.get(4..).unwrap_or("").to_string();
                 drop(ledger);
                 streak.clear();
                 shared.halt(Halt::Policy {
-                    reply: Reply { code, text },
+                    reply,
                     requeued: POLICY_STREAK as u64,
                 });
             }
         }
-        Outcome::Failed { .. } | Outcome::Deferred { .. } => {}
-        _ => streak.clear(),
+        // Other refusals neither extend nor break a streak.
+        (None, Outcome::Failed { .. } | Outcome::Deferred { .. }) => {}
+        (None, _) => streak.clear(),
     }
 }
 

@@ -253,6 +253,21 @@ impl Roster {
         } else {
             raw_email.to_lowercase()
         };
+        // NOTE: the address decides duplicates before any other cell is
+        // judged: a later row repeating it is ignored even when it is invalid
+        // (it must never be recorded under the first row's key), and a first
+        // row that is invalid still holds its address.
+        if !raw_email.is_empty() {
+            let fingerprint = fingerprint(&[&key]);
+            if let Some(&first_line) = self.seen.get(&fingerprint) {
+                return Row::Duplicate(Repeat {
+                    line,
+                    email: shown(&raw_email),
+                    first_line,
+                });
+            }
+            self.seen.insert(fingerprint, line);
+        }
         let mut values = Vec::with_capacity(self.record.len());
         for (i, cell) in self.record.iter().enumerate() {
             let column = &self.headers[i];
@@ -278,15 +293,6 @@ impl Roster {
             Ok(a) => a,
             Err(why) => return invalid(key, why),
         };
-        let fingerprint = fingerprint(&[&key]);
-        if let Some(&first_line) = self.seen.get(&fingerprint) {
-            return Row::Duplicate(Repeat {
-                line,
-                email: raw_email,
-                first_line,
-            });
-        }
-        self.seen.insert(fingerprint, line);
         let name = match self.name_cols {
             NameCols::Name(i) => values[i].trim().to_string(),
             NameCols::Parts(first, last) => {
@@ -343,6 +349,15 @@ pub fn validate_email(raw: &str) -> std::result::Result<Address, String> {
         ));
     }
     Ok(address)
+}
+
+/// A cell as it may be printed: control characters escaped.
+fn shown(cell: &str) -> String {
+    if cell.chars().any(char::is_control) {
+        cell.escape_debug().to_string()
+    } else {
+        cell.to_string()
+    }
 }
 
 /// 128 bits of the lower-cased address: enough to dedupe millions of rows
@@ -493,6 +508,31 @@ mod tests {
                 Row::Duplicate(Repeat {
                     line: 3,
                     first_line: 2,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_address_decides_duplicates_before_other_cells() {
+        // issue 9 item 6: a repeat with a NUL elsewhere is a repeat, not a
+        // skipped row under the first row's key; an invalid first row still
+        // holds its address.
+        let r = rows(b"email,note\na@x.org,ok\nA@x.org,a\0b\nb@x.org,c\0d\nB@X.org,ok\n");
+        assert!(matches!(&r[0], Row::Valid(s) if s.line == 2), "{r:?}");
+        assert!(
+            matches!(&r[1], Row::Duplicate(Repeat { line: 3, first_line: 2, email }) if email == "A@x.org"),
+            "{r:?}"
+        );
+        assert!(matches!(&r[2], Row::Invalid(Skip { line: 4, reason, .. }) if reason.contains("NUL")));
+        assert!(
+            matches!(
+                &r[3],
+                Row::Duplicate(Repeat {
+                    line: 5,
+                    first_line: 4,
                     ..
                 })
             ),

@@ -1,13 +1,14 @@
 //! The supporters CSV, streamed row by row into typed [`Row`]s.
 //!
 //! Owns: header rules, line numbers (counted here: the csv crate's are one low
-//! on CRLF input, rust-csv #395), email validation and duplicate detection.
+//! on CRLF input, rust-csv #395), strict quoting (the csv crate would merge
+//! rows behind a stray quote), email validation and duplicate detection.
 //! Whether a row's *letter* can be built is `campaign.rs`'s business.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-use std::io::{BufRead as _, BufReader};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,14 +93,12 @@ impl Row {
 /// A streaming reader over the supporters file.
 pub struct Roster {
     path: PathBuf,
-    reader: csv::Reader<File>,
-    lines: LineIndex,
+    reader: csv::Reader<Scanned<File>>,
     headers: Arc<[String]>,
     email_col: usize,
     name_cols: NameCols,
     seen: HashMap<u128, u64>,
     record: csv::ByteRecord,
-    file_len: u64,
 }
 
 enum NameCols {
@@ -116,11 +115,16 @@ impl Roster {
                 anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
             })
         };
-        let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(open()?);
-        let raw = reader
-            .byte_headers()
-            .map_err(|e| anyhow!("{shown}:1: cannot read the header row: {e}"))?
-            .clone();
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_reader(Scanned::new(open()?, b','));
+        let raw = match reader.byte_headers() {
+            Ok(raw) => raw.clone(),
+            Err(e) => {
+                return Err(malformed(path, &e)
+                    .unwrap_or_else(|| anyhow!("{shown}:1: cannot read the header row: {e}")));
+            }
+        };
         if raw.is_empty() || (raw.len() == 1 && raw[0].is_empty()) {
             bail!("{shown}:1: the file is empty: it needs a header row with an `email` column");
         }
@@ -165,13 +169,11 @@ impl Roster {
         Ok(Roster {
             path: path.to_path_buf(),
             reader,
-            lines: LineIndex::new(open()?),
             headers: headers.into(),
             email_col,
             name_cols,
             seen: HashMap::new(),
             record: csv::ByteRecord::new(),
-            file_len: std::fs::metadata(path).map_or(u64::MAX, |m| m.len()),
         })
     }
 
@@ -196,20 +198,14 @@ impl Roster {
         match read {
             Ok(false) => Ok(None),
             Ok(true) => {
-                let line = self.lines.line_at(offset)?;
-                if self.reader.position().byte() >= self.file_len && self.unclosed_quote(offset)? {
-                    return Ok(Some(Row::Invalid(Skip {
-                        line,
-                        key: format!("line:{line}"),
-                        reason: "a quote opened in this row is never closed, so the rest of the file \
-                                 was read as one value: close the quote"
-                            .into(),
-                    })));
-                }
+                let line = self.reader.get_mut().line_at(offset);
                 Ok(Some(self.classify(line)))
             }
             Err(e) => {
-                let line = self.lines.line_at(offset)?;
+                if let Some(err) = malformed(&self.path, &e) {
+                    return Err(err);
+                }
+                let line = self.reader.get_mut().line_at(offset);
                 match e.kind() {
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
@@ -229,18 +225,6 @@ impl Roster {
                 }
             }
         }
-    }
-
-    /// Whether the last record (from `offset` to the end) has an odd number
-    /// of `"`: an unclosed quote swallows every later row into one value,
-    /// which the csv crate accepts silently at end of file.
-    fn unclosed_quote(&self, offset: u64) -> Result<bool> {
-        use std::io::{Read as _, Seek as _, SeekFrom};
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        Ok(tail.iter().filter(|b| **b == b'"').count() % 2 == 1)
     }
 
     fn classify(&mut self, line: u64) -> Row {
@@ -372,66 +356,237 @@ pub(crate) fn fingerprint(parts: &[&str]) -> u128 {
     (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
-/// Turns record start offsets (ascending) into 1-based line numbers by
-/// counting line ends (`\n`, `\r\n`, or a lone `\r` from old Mac exports)
-/// in a second, sequential read of the same file.
-///
-/// NOTE: csv reports a record as starting right after the previous record's
-/// terminator, which on CRLF input is the `\n` of the `\r\n`, and before any
-/// blank lines it skipped. So after reaching the offset we also step over
-/// line-ending bytes: the record's first line is the one after them.
-struct LineIndex {
-    reader: BufReader<File>,
-    offset: u64,
-    line: u64,
-    after_cr: bool,
+/// The supporters file is broken at a line: reading cannot go on, because
+/// what follows cannot be trusted to be rows. `check` lists it as a problem,
+/// every other command stops with it (exit 1) before anything is sent.
+#[derive(Debug)]
+pub struct Malformed {
+    /// `FILE:LINE: reason`.
+    pub at: String,
+    /// What to do about it.
+    pub hint: &'static str,
 }
 
-impl LineIndex {
-    fn new(file: File) -> Self {
-        LineIndex {
-            reader: BufReader::with_capacity(64 * 1024, file),
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n\nhint: {}", self.at, self.hint)
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+/// The [`Malformed`] error a csv error carries, if it is one of ours.
+fn malformed(path: &Path, e: &csv::Error) -> Option<anyhow::Error> {
+    let csv::ErrorKind::Io(io) = e.kind() else {
+        return None;
+    };
+    let broken = io.get_ref()?.downcast_ref::<Broken>()?;
+    Some(anyhow::Error::new(Malformed {
+        at: format!("{}:{}: {}", path.display(), broken.line, broken.reason),
+        hint: broken.hint,
+    }))
+}
+
+/// Where and why [`Scanned`] stopped.
+#[derive(Debug, Clone)]
+struct Broken {
+    line: u64,
+    reason: String,
+    hint: &'static str,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+impl std::error::Error for Broken {}
+
+const QUOTE_HINT: &str = "close the quote where the value ends, and write a quote inside a \
+                          quoted value as `\"\"`; then run `mailer check`";
+
+/// Where the scanner is, in the terms of the csv crate's own state machine
+/// (csv-core's `NfaState`, default quoting, no escape or comment bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Between rows: line ends here are blank lines.
+    RowStart,
+    /// At the first byte of a value.
+    ValueStart,
+    /// In a value that did not start with a quote: a `"` here is a literal.
+    Bare,
+    /// In a quoted value.
+    Quoted,
+    /// Just after a `"` in a quoted value: `""` is a literal quote, a
+    /// delimiter or line end closes the value, anything else is broken.
+    QuoteInQuoted,
+}
+
+/// Reads the file for the csv crate and checks every byte on the way
+/// through, with the same state machine: it refuses what the csv crate
+/// would silently accept (text after a closing quote, a quote never
+/// closed), and numbers each row's first line, honestly, for any line end
+/// (`\n`, `\r\n`, or a lone `\r` from old Mac exports).
+///
+/// NOTE: a `"` opens a quoted value only as the value's first byte; inside a
+/// bare value (`6'2" tall`) it is a literal, on every row (RFC 4180-lenient,
+/// like the csv crate, Python and spreadsheets).
+struct Scanned<R> {
+    inner: R,
+    delimiter: u8,
+    at: At,
+    /// Bytes scanned so far.
+    offset: u64,
+    /// The line of the next byte (1-based).
+    line: u64,
+    after_cr: bool,
+    /// The line the open quoted value started on.
+    quote_line: u64,
+    /// (offset, line) of each row's first byte, not yet asked for.
+    starts: VecDeque<(u64, u64)>,
+    /// Stopped: every later read fails with this.
+    broken: Option<Broken>,
+}
+
+impl<R: Read> Scanned<R> {
+    fn new(inner: R, delimiter: u8) -> Self {
+        Scanned {
+            inner,
+            delimiter,
+            at: At::RowStart,
             offset: 0,
             line: 1,
             after_cr: false,
+            quote_line: 1,
+            starts: VecDeque::new(),
+            broken: None,
         }
     }
 
-    fn line_at(&mut self, target: u64) -> Result<u64> {
-        while self.offset < target {
-            let buf = self.reader.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(self.line);
+    /// The 1-based line of the row the csv crate says starts at `offset`.
+    ///
+    /// NOTE: csv reports a row as starting right after the previous row's
+    /// terminator, which on CRLF input is the `\n` of the `\r\n`, and before
+    /// any blank lines it skipped: the row's first line is that of the first
+    /// byte at or after `offset` that is not a line end, which the scan
+    /// recorded. Rows are asked for in order, so older starts are dropped.
+    fn line_at(&mut self, offset: u64) -> u64 {
+        while let Some(&(start, line)) = self.starts.front() {
+            if start >= offset {
+                return line;
             }
-            let n = usize::try_from(target - self.offset)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            count_line_ends(&buf[..n], &mut self.line, &mut self.after_cr);
-            self.reader.consume(n);
-            self.offset += n as u64;
+            self.starts.pop_front();
         }
-        loop {
-            let buf = self.reader.fill_buf()?;
-            let n = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
-            let whole = n == buf.len() && n > 0;
-            count_line_ends(&buf[..n], &mut self.line, &mut self.after_cr);
-            self.reader.consume(n);
-            self.offset += n as u64;
-            if !whole {
-                return Ok(self.line);
+        self.line
+    }
+
+    /// Scans `bytes`; on a fault, how many of them are good.
+    fn scan(&mut self, bytes: &[u8]) -> std::result::Result<(), (usize, Broken)> {
+        // The csv crate drops a UTF-8 BOM at the very start of the file.
+        let bom = if self.offset == 0 && bytes.starts_with(b"\xef\xbb\xbf") {
+            3
+        } else {
+            0
+        };
+        self.offset += bom as u64;
+        for (i, &b) in bytes.iter().enumerate().skip(bom) {
+            self.step(b).map_err(|broken| (i, broken))?;
+            self.offset += 1;
+            if b == b'\r' || (b == b'\n' && !self.after_cr) {
+                self.line += 1;
             }
+            self.after_cr = b == b'\r';
         }
+        Ok(())
+    }
+
+    fn step(&mut self, b: u8) -> std::result::Result<(), Broken> {
+        let end = b == b'\r' || b == b'\n';
+        if self.at == At::RowStart {
+            if end {
+                return Ok(());
+            }
+            self.starts.push_back((self.offset, self.line));
+            self.at = At::ValueStart;
+        }
+        // RowStart was turned into ValueStart above; it shares the arms.
+        self.at = match (self.at, b) {
+            (At::RowStart | At::ValueStart, b'"') => {
+                self.quote_line = self.line;
+                At::Quoted
+            }
+            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if b == self.delimiter => {
+                At::ValueStart
+            }
+            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => At::RowStart,
+            (At::RowStart | At::ValueStart | At::Bare, _) => At::Bare,
+            (At::Quoted, b'"') => At::QuoteInQuoted,
+            (At::Quoted, _) | (At::QuoteInQuoted, b'"') => At::Quoted,
+            (At::QuoteInQuoted, _) => return Err(self.text_after_quote()),
+        };
+        Ok(())
+    }
+
+    fn text_after_quote(&self) -> Broken {
+        let reason = if self.quote_line == self.line {
+            "a quoted value goes on after its closing quote".to_string()
+        } else {
+            format!(
+                "the quote opened in this row closes on line {} with text after it, so lines {}-{} \
+                 would be read as one value",
+                self.line, self.quote_line, self.line
+            )
+        };
+        Broken {
+            line: self.quote_line,
+            reason,
+            hint: QUOTE_HINT,
+        }
+    }
+
+    /// At the end of the file: a quote still open swallowed the rest.
+    fn finish(&self) -> std::result::Result<(), Broken> {
+        if self.at == At::Quoted {
+            return Err(Broken {
+                line: self.quote_line,
+                reason: "the quote opened in this row is never closed, so the rest of the file \
+                         would be read as one value"
+                    .into(),
+                hint: QUOTE_HINT,
+            });
+        }
+        Ok(())
     }
 }
 
-/// Counts the line ends in `bytes` into `line`; `after_cr` carries a CRLF
-/// split across two calls.
-fn count_line_ends(bytes: &[u8], line: &mut u64, after_cr: &mut bool) {
-    for &b in bytes {
-        if b == b'\r' || (b == b'\n' && !*after_cr) {
-            *line += 1;
+impl<R: Read> Read for Scanned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fail = |broken: &Broken| io::Error::new(io::ErrorKind::InvalidData, broken.clone());
+        if let Some(broken) = &self.broken {
+            return Err(fail(broken));
         }
-        *after_cr = b == b'\r';
+        let n = loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        let scanned = if n == 0 {
+            self.finish().map_err(|b| (0, b))
+        } else {
+            self.scan(&buf[..n])
+        };
+        match scanned {
+            Ok(()) => Ok(n),
+            // Hand over the good bytes first, so the rows before the fault
+            // are read (and reported) before it.
+            Err((good, broken)) => {
+                let err = fail(&broken);
+                self.broken = Some(broken);
+                if good == 0 { Err(err) } else { Ok(good) }
+            }
+        }
     }
 }
 
@@ -481,16 +636,84 @@ mod tests {
         assert_eq!(lines(&r), vec![2, 3]);
     }
 
+    /// The rows before the file breaks, and the error it breaks with.
+    fn broken(content: &[u8]) -> (Vec<Row>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        File::create(&path).unwrap().write_all(content).unwrap();
+        let mut good = Vec::new();
+        let err = match Roster::open(&path) {
+            Err(e) => e,
+            Ok(roster) => {
+                let mut rows = roster;
+                loop {
+                    match rows.next() {
+                        Some(Ok(row)) => good.push(row),
+                        Some(Err(e)) => break e,
+                        None => panic!("the file should break: {good:?}"),
+                    }
+                }
+            }
+        };
+        let shown = format!("{err:#}").replace(&path.display().to_string(), "s.csv");
+        assert!(err.downcast_ref::<Malformed>().is_some(), "{shown}");
+        (good, shown)
+    }
+
     #[test]
-    fn an_unclosed_quote_is_reported_not_merged() {
-        let r = rows(b"email,note\na@x.org,\"oops\nb@x.org,fine\nc@x.org,fine\n");
-        assert_eq!(r.len(), 1);
+    fn an_unclosed_quote_breaks_the_file_at_its_row() {
+        // A merged blob cannot be trusted to be one row: the file is broken.
+        let (good, err) = broken(b"email,note\na@x.org,\"oops\nb@x.org,fine\nc@x.org,fine\n");
+        assert!(good.is_empty(), "{good:?}");
         assert!(
-            matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("never closed")),
-            "{r:?}"
+            err.starts_with("s.csv:2: the quote opened in this row is never closed"),
+            "{err}"
         );
+        assert!(err.contains("\n\nhint: close the quote"), "{err}");
         let ok = rows(b"email,note\na@x.org,\"say \"\"hi\"\"\"\n");
-        assert!(matches!(&ok[0], Row::Valid(_)), "{ok:?}");
+        assert!(
+            matches!(&ok[0], Row::Valid(s) if s.values[1] == "say \"hi\""),
+            "{ok:?}"
+        );
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_breaks_the_file_where_the_quote_opened() {
+        // issue 9 item 4: rust-csv closes Ana's quote at Cat's `5"` and
+        // reads lines 3-5 as one value; the rows before are still read.
+        let csv =
+            b"email,note\r\nz@x.org,ok\r\na@x.org,\"oops\r\nb@x.org,ok\r\nc@x.org,5\" tall\r\nd@x.org,\r\n";
+        let (good, err) = broken(csv);
+        assert_eq!(lines(&good), vec![2]);
+        assert!(
+            err.starts_with(
+                "s.csv:3: the quote opened in this row closes on line 5 with text after it, \
+                 so lines 3-5 would be read as one value"
+            ),
+            "{err}"
+        );
+        let (good, err) = broken(b"email,name\na@x.org,ok\nb@x.org,\"Lo\"pez\n");
+        assert_eq!(lines(&good), vec![2]);
+        assert!(
+            err.starts_with("s.csv:3: a quoted value goes on after its closing quote"),
+            "{err}"
+        );
+        let (_, err) = broken(b"\"email\"x,note\na@x.org,\n");
+        assert!(err.starts_with("s.csv:1: a quoted value"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_quote_inside_a_value_is_a_literal_on_any_row() {
+        for csv in [
+            &b"email,note\na@x.org,6'2\" tall\nb@x.org,x\n"[..],
+            b"email,note\na@x.org,x\nb@x.org,6'2\" tall\n",
+            b"email,note\na@x.org,x\nb@x.org,6'2\" tall",
+            b"email,note\r\na@x.org,x\r\nb@x.org, \"6'2\" tall\r\n",
+        ] {
+            let r = rows(csv);
+            assert_eq!(lines(&r), vec![2, 3]);
+            assert!(r.iter().all(|r| matches!(r, Row::Valid(_))), "{r:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::report::{out, thousands};
-use crate::roster::{Repeat, Skip};
+use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
 use crate::ui::Ui;
 
@@ -74,7 +74,17 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     *seen += 1;
                     problems += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => match e.downcast::<Malformed>() {
+                    // The file cannot be read past this line: list it with
+                    // the rest, and stop reading rows.
+                    Ok(Malformed { at, hint }) => {
+                        problems += 1;
+                        out(&format!("{at}\n"))?;
+                        ui.hint(hint);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                },
             },
         }
     }

@@ -26,6 +26,104 @@ fn with_supporters(csv: &str) -> Campaign {
     Campaign::new().file(CSV, csv)
 }
 
+// ---------------------------------------------------------------- item 4: quotes
+
+/// Ana's note opens a quote that Cat's `5" tall` closes: rust-csv reads
+/// lines 2-4 as one row and Bob and Cat vanish into Ana's letter. CRLF line
+/// ends, as spreadsheets write them.
+const STRAY_QUOTE: &str = "email,first_name,last_name,city,note\r\n\
+ana@mail.example,Ana,Lopez,Tucson,\"oops\r\n\
+bob@mail.example,Bob,Ray,Austin,ok\r\n\
+cat@mail.example,Cat,Lin,Reno,5\" tall\r\n\
+dan@mail.example,Dan,Cho,Boise,\r\n";
+
+#[test]
+fn issue9_stray_quote_breaks_the_file_at_the_row_that_opened_it() {
+    let c = with_supporters(STRAY_QUOTE);
+    let check = c.run(&["check"]);
+    check
+        .code(1)
+        .stdout_has(&format!("{CSV}:2: the quote opened in this row"));
+    assert!(
+        !check.stdout.contains("0 problems"),
+        "a merged row is a problem:\n{}",
+        check.stdout
+    );
+
+    let preview = c.run(&["preview", "--limit", "100"]);
+    assert_eq!(preview.code, 1, "{preview:?}");
+    assert!(
+        !preview.stdout.contains("bob@mail.example") && !preview.stdout.contains("cat@mail.example"),
+        "another row leaked into a letter:\n{}",
+        preview.stdout
+    );
+}
+
+#[test]
+fn issue9_stray_quote_stops_send_before_anything_goes() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = with_supporters(STRAY_QUOTE).smtp_plain(&server);
+    c.run(&["send", "--yes"])
+        .code(1)
+        .stderr_has(&format!("error: {CSV}:2: the quote opened in this row"))
+        .stderr_has("hint:");
+    idle(&server);
+    assert!(
+        server.received().is_empty(),
+        "nothing may go: {:?}",
+        server.received()
+    );
+}
+
+#[test]
+fn issue9_a_quoted_value_spanning_lines_still_works_with_honest_line_numbers() {
+    // A closed multi-line note and an escaped quote are fine; the bad email
+    // after them is reported on its real line (CRLF input, rust-csv #395).
+    let csv = format!(
+        "{HEADER}\r\n\
+         ana@mail.example,Ana,Lopez,Tucson,\"line one\r\nline two\"\r\n\
+         bob@mail.example,Bob,Ray,Austin,\"He said \"\"hi\"\"\"\r\n\
+         broken,Bad,Row,Nowhere,\r\n\
+         cat@mail.example,Cat,Lin,Reno,\r\n"
+    );
+    let c = with_supporters(&csv);
+    c.run(&["check"])
+        .code(1)
+        .stdout_has(&format!("{CSV}:5: invalid email `broken`"))
+        .stdout_has("3 supporters × 1 target = 3 letters ready; 1 problem\n");
+    c.run(&["preview", "--supporter", "ana@mail.example"])
+        .code(0)
+        .stdout_has("line one")
+        .stdout_has("line two");
+    c.run(&["preview", "--supporter", "bob@mail.example"])
+        .code(0)
+        .stdout_has("He said \"hi\"");
+}
+
+#[test]
+fn issue9_a_bare_quote_inside_an_unquoted_value_is_a_literal_on_every_row() {
+    // `6'2"` opens nothing: a quote only opens a quoted value as the value's
+    // first character (RFC 4180-lenient, like rust-csv, Python and Excel).
+    let note = "He is 6'2\" tall";
+    let first =
+        format!("{HEADER}\nana@mail.example,Ana,Lopez,Tucson,{note}\nbob@mail.example,Bob,Ray,Austin,\n");
+    let last =
+        format!("{HEADER}\nana@mail.example,Ana,Lopez,Tucson,\nbob@mail.example,Bob,Ray,Austin,{note}\n");
+    let unterminated =
+        format!("{HEADER}\nana@mail.example,Ana,Lopez,Tucson,\nbob@mail.example,Bob,Ray,Austin,{note}");
+    for (csv, who) in [
+        (first, "ana@mail.example"),
+        (last, "bob@mail.example"),
+        (unterminated, "bob@mail.example"),
+    ] {
+        let c = with_supporters(&csv);
+        c.run(&["check"])
+            .code(0)
+            .stdout_has("2 supporters × 1 target = 2 letters ready; 0 problems");
+        c.run(&["preview", "--supporter", who]).code(0).stdout_has(note);
+    }
+}
+
 // ---------------------------------------------------------------- item 6: repeated address
 
 #[test]

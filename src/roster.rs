@@ -2,7 +2,8 @@
 //!
 //! Owns: header rules, line numbers (counted here: the csv crate's are one low
 //! on CRLF input, rust-csv #395), strict quoting (the csv crate would merge
-//! rows behind a stray quote), email validation and duplicate detection.
+//! rows behind a stray quote), bounded reads (nothing grows with the file but
+//! the duplicate set), email validation and duplicate detection.
 //! Whether a row's *letter* can be built is `campaign.rs`'s business.
 
 use std::collections::{HashMap, VecDeque};
@@ -15,8 +16,21 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use lettre::Address;
 
-/// The longest value a cell may hold; anything longer is a broken export.
+/// The longest value a cell may hold; a longer one skips its row.
 pub const MAX_FIELD_CHARS: usize = 10_000;
+
+/// The most bytes of one value the reader takes in: the longest that
+/// [`MAX_FIELD_CHARS`] characters can be in UTF-8. A longer value cannot be
+/// a cell, only a file that is not a supporters export (`/dev/zero`) or a
+/// quote that never closes: the reader stops there, so memory stays bounded
+/// whatever the file holds.
+const MAX_VALUE_BYTES: u64 = 4 * MAX_FIELD_CHARS as u64;
+
+/// The most bytes of one row the reader takes in (a line that never ends).
+const MAX_ROW_BYTES: u64 = 1 << 20;
+
+/// The most columns of one row the reader takes in.
+const MAX_COLUMNS: u64 = 1_000;
 
 /// One supporter, valid for sending.
 #[derive(Debug, Clone)]
@@ -406,6 +420,9 @@ impl std::error::Error for Broken {}
 const QUOTE_HINT: &str = "close the quote where the value ends, and write a quote inside a \
                           quoted value as `\"\"`; then run `mailer check`";
 
+const SIZE_HINT: &str = "check that `[supporters] file` names the supporters CSV export; \
+                         then run `mailer check`";
+
 /// Where the scanner is, in the terms of the csv crate's own state machine
 /// (csv-core's `NfaState`, default quoting, no escape or comment bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,8 +443,10 @@ enum At {
 /// Reads the file for the csv crate and checks every byte on the way
 /// through, with the same state machine: it refuses what the csv crate
 /// would silently accept (text after a closing quote, a quote never
-/// closed), and numbers each row's first line, honestly, for any line end
-/// (`\n`, `\r\n`, or a lone `\r` from old Mac exports).
+/// closed), stops at a value, row or column count past the limits above
+/// (the csv crate would buffer them whole), and numbers each row's first
+/// line, honestly, for any line end (`\n`, `\r\n`, or a lone `\r` from old
+/// Mac exports).
 ///
 /// NOTE: a `"` opens a quoted value only as the value's first byte; inside a
 /// bare value (`6'2" tall`) it is a literal, on every row (RFC 4180-lenient,
@@ -443,6 +462,12 @@ struct Scanned<R> {
     after_cr: bool,
     /// The line the open quoted value started on.
     quote_line: u64,
+    /// The line the current row started on.
+    row_line: u64,
+    /// Bytes of the current row, of its current value, and its columns.
+    row_bytes: u64,
+    value_bytes: u64,
+    columns: u64,
     /// (offset, line) of each row's first byte, not yet asked for.
     starts: VecDeque<(u64, u64)>,
     /// Stopped: every later read fails with this.
@@ -459,6 +484,10 @@ impl<R: Read> Scanned<R> {
             line: 1,
             after_cr: false,
             quote_line: 1,
+            row_line: 1,
+            row_bytes: 0,
+            value_bytes: 0,
+            columns: 0,
             starts: VecDeque::new(),
             broken: None,
         }
@@ -509,6 +538,11 @@ impl<R: Read> Scanned<R> {
             }
             self.starts.push_back((self.offset, self.line));
             self.at = At::ValueStart;
+            (self.row_line, self.row_bytes, self.value_bytes, self.columns) = (self.line, 0, 0, 1);
+        }
+        self.row_bytes += 1;
+        if self.row_bytes > MAX_ROW_BYTES {
+            return Err(self.too_big(format!("this row is longer than {MAX_ROW_BYTES} bytes")));
         }
         // RowStart was turned into ValueStart above; it shares the arms.
         self.at = match (self.at, b) {
@@ -517,15 +551,50 @@ impl<R: Read> Scanned<R> {
                 At::Quoted
             }
             (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if b == self.delimiter => {
+                self.value_bytes = 0;
+                self.columns += 1;
+                if self.columns > MAX_COLUMNS {
+                    return Err(self.too_big(format!("this row has more than {MAX_COLUMNS} columns")));
+                }
                 At::ValueStart
             }
             (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => At::RowStart,
-            (At::RowStart | At::ValueStart | At::Bare, _) => At::Bare,
+            (At::RowStart | At::ValueStart | At::Bare, _) => self.grow(At::Bare)?,
             (At::Quoted, b'"') => At::QuoteInQuoted,
-            (At::Quoted, _) | (At::QuoteInQuoted, b'"') => At::Quoted,
+            (At::Quoted, _) | (At::QuoteInQuoted, b'"') => self.grow(At::Quoted)?,
             (At::QuoteInQuoted, _) => return Err(self.text_after_quote()),
         };
         Ok(())
+    }
+
+    /// One more byte of the current value.
+    fn grow(&mut self, at: At) -> std::result::Result<At, Broken> {
+        self.value_bytes += 1;
+        if self.value_bytes <= MAX_VALUE_BYTES {
+            return Ok(at);
+        }
+        if at == At::Quoted && self.quote_line < self.line {
+            return Err(Broken {
+                line: self.quote_line,
+                reason: format!(
+                    "the quote opened in this row is still open after {MAX_VALUE_BYTES} bytes, so \
+                     the rest of the file would be read as one value"
+                ),
+                hint: QUOTE_HINT,
+            });
+        }
+        Err(self.too_big(format!(
+            "a value in this row is longer than {MAX_VALUE_BYTES} bytes (a cell holds at most \
+             {MAX_FIELD_CHARS} characters)"
+        )))
+    }
+
+    fn too_big(&self, reason: String) -> Broken {
+        Broken {
+            line: self.row_line,
+            reason,
+            hint: SIZE_HINT,
+        }
     }
 
     fn text_after_quote(&self) -> Broken {
@@ -714,6 +783,49 @@ mod tests {
             assert_eq!(lines(&r), vec![2, 3]);
             assert!(r.iter().all(|r| matches!(r, Row::Valid(_))), "{r:?}");
         }
+    }
+
+    #[test]
+    fn the_reader_stops_past_the_limits_at_the_row_line() {
+        // issue 9 item 16: nothing is buffered past the limits, whatever the
+        // file holds; a value up to the limit is read and its row skipped.
+        let at_limit = "x".repeat(MAX_VALUE_BYTES as usize);
+        let r = rows(format!("email,note\na@x.org,{at_limit}\nb@x.org,ok\n").as_bytes());
+        assert!(
+            matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("40000 characters long"))
+        );
+        assert!(matches!(&r[1], Row::Valid(s) if s.line == 3), "{r:?}");
+
+        let long = "x".repeat(MAX_VALUE_BYTES as usize + 1);
+        let (good, err) = broken(format!("email,note\r\na@x.org,ok\r\nb@x.org,{long}\r\n").as_bytes());
+        assert_eq!(lines(&good), vec![2]);
+        assert!(
+            err.starts_with("s.csv:3: a value in this row is longer than 40000 bytes (a cell holds at most 10000 characters)"),
+            "{err}"
+        );
+        assert!(err.contains("hint: check that `[supporters] file`"), "{err}");
+
+        let (_, err) = broken(format!("email,note\na@x.org,\"{long}\"\n").as_bytes());
+        assert!(err.starts_with("s.csv:2: a value in this row is longer"), "{err}");
+        let open = "x\n".repeat(MAX_VALUE_BYTES as usize);
+        let (_, err) = broken(format!("email,note\na@x.org,ok\nb@x.org,\"{open}").as_bytes());
+        assert!(
+            err.starts_with("s.csv:3: the quote opened in this row is still open after 40000 bytes"),
+            "{err}"
+        );
+
+        let (_, err) = broken(format!("email{}\n", ",x".repeat(MAX_COLUMNS as usize)).as_bytes());
+        assert!(
+            err.starts_with("s.csv:1: this row has more than 1000 columns"),
+            "{err}"
+        );
+        let cells = format!(",{}", "x".repeat(39_000)).repeat(30);
+        let header = (0..30).map(|i| format!(",c{i}")).collect::<Vec<_>>().concat();
+        let (_, err) = broken(format!("email{header}\n\na@x.org{cells}\n").as_bytes());
+        assert!(
+            err.starts_with("s.csv:3: this row is longer than 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

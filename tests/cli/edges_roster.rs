@@ -6,9 +6,12 @@
 //! scriptable SMTP server in `tests/support/smtp.rs`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::campaign::Campaign;
+use crate::support::campaign::{Campaign, Run};
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
 
 /// The supporters file as mailer names it.
@@ -211,4 +214,172 @@ fn issue9_an_invalid_row_repeating_an_address_is_a_duplicate_never_recorded() {
         "{}",
         export.stdout
     );
+}
+
+// ---------------------------------------------------------------- item 16: bounded memory
+
+/// The most resident memory any run below may use.
+const PEAK_LIMIT_KIB: u64 = 100 * 1024;
+
+/// A run and its peak resident memory.
+struct Measured {
+    run: Run,
+    peak_kib: u64,
+}
+
+/// Runs `mailer ARGS` under `/usr/bin/time` (peak RSS from wait4), with its
+/// address space capped at 2 GiB so a runaway reader cannot take the
+/// machine, killed (whole process group) after a generous 60 s.
+fn run_measured(c: &Campaign, args: &[&str]) -> Measured {
+    let time = Path::new("/usr/bin/time");
+    assert!(time.exists(), "GNU time (/usr/bin/time) measures the peak RSS");
+    let inner = c.command(args);
+    let report = c.join("time.out");
+    let mut cmd = Command::new(time);
+    cmd.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.current_dir(inner.get_current_dir().expect("cwd"))
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .args(["sh", "-c", "ulimit -v 2097152 && exec \"$0\" \"$@\""])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().expect("spawn /usr/bin/time mailer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let run = Run::from(child.wait_with_output().unwrap());
+            panic!("mailer still running after 60 s: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = Run::from(child.wait_with_output().unwrap());
+    let text = std::fs::read_to_string(&report).expect("time's report");
+    let peak_kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
+    Measured { run, peak_kib }
+}
+
+/// Asserts a clean, bounded failure: exit 1, no abort, no backtrace.
+#[track_caller]
+fn bounded_failure(m: &Measured) {
+    m.run.code(1);
+    for bad in ["memory allocation", "panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(
+            !m.run.stderr.contains(bad) && !m.run.stdout.contains(bad),
+            "{bad}: {:?}",
+            m.run
+        );
+    }
+    assert!(
+        m.peak_kib < PEAK_LIMIT_KIB,
+        "peak RSS {} KiB (limit {PEAK_LIMIT_KIB} KiB)",
+        m.peak_kib
+    );
+}
+
+#[test]
+fn issue9_dev_zero_as_the_supporters_file_is_a_clear_error_in_bounded_memory() {
+    let c = Campaign::new();
+    let head = c
+        .config_text()
+        .replace("file = \"supporters.csv\"", "file = \"/dev/zero\"");
+    let c = c.head(&head);
+    // The header row itself is broken: an error, as for a missing header.
+    let check = run_measured(&c, &["check"]);
+    bounded_failure(&check);
+    check
+        .run
+        .stderr_has("error: /dev/zero:1: a value in this row is longer than 40000 bytes");
+
+    let send = run_measured(&c, &["send", "--dry-run"]);
+    bounded_failure(&send);
+    send.run.stderr_has("error: /dev/zero:1: ");
+}
+
+#[test]
+fn issue9_a_200_mb_value_stops_the_reader_at_its_line_in_bounded_memory() {
+    let c = Campaign::new();
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(c.join(CSV)).unwrap());
+        write!(
+            f,
+            "{HEADER}\nana@mail.example,Ana,Lopez,Tucson,\nbob@mail.example,Bob,Ray,Austin,"
+        )
+        .unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            f.write_all(&chunk).unwrap();
+        }
+        write!(f, "\ncat@mail.example,Cat,Lin,Reno,\n").unwrap();
+        f.flush().unwrap();
+    }
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = c.smtp_plain(&server);
+    let check = run_measured(&c, &["check"]);
+    bounded_failure(&check);
+    check.run.stdout_has(&format!(
+        "{CSV}:3: a value in this row is longer than 40000 bytes"
+    ));
+
+    let send = run_measured(&c, &["send", "--yes"]);
+    bounded_failure(&send);
+    send.run.stderr_has(&format!("error: {CSV}:3: "));
+    idle(&server);
+    assert!(server.received().is_empty(), "nothing may go");
+}
+
+#[test]
+fn issue9_an_endless_line_from_a_fifo_ends_with_a_clear_error_in_bounded_memory() {
+    let c = Campaign::new();
+    let fifo = c.join(CSV);
+    std::fs::remove_file(&fifo).unwrap();
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    // The writer feeds one row that never ends until mailer closes the pipe
+    // (EPIPE: the test harness ignores SIGPIPE, as Rust binaries do).
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(format!("{HEADER}\nana@mail.example,Ana,Lopez,Tucson,").as_bytes())
+            .unwrap();
+        let chunk = ",x".repeat(32 * 1024);
+        let mut sent = 0u64;
+        while f.write_all(chunk.as_bytes()).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let check = run_measured(&c, &["check"]);
+    bounded_failure(&check);
+    check
+        .run
+        .stdout_has(&format!("{CSV}:2: this row has more than 1000 columns"));
+    // Had mailer never opened the pipe, the writer would wait in `open`:
+    // open the other end to release it.
+    let waited = Instant::now();
+    while !writer.is_finished() && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !writer.is_finished() {
+        drop(std::fs::File::open(&fifo));
+    }
+    let sent = writer.join().unwrap();
+    assert!(sent < 64 << 20, "mailer read {sent} bytes of one line");
 }

@@ -294,42 +294,119 @@ impl Letter {
 /// files there (drafts, notes) are not compiled, so they cannot break a
 /// campaign. A name that is not a file is left for Tera to report, with its
 /// line.
+///
+/// NOTE: every name must resolve inside the letters folder: an absolute
+/// path, a `..` step or a symlink leading out of it is an error at the
+/// including tag (`FILE:LINE:COL`), and files are read through the checked
+/// canonical path. Otherwise `dir.join("/proc/self/environ")` would put any
+/// file the user can read into every letter.
 fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
     let mut out: Vec<(String, String)> = Vec::new();
     let mut todo = vec![letter.to_string()];
     while let Some(name) = todo.pop() {
-        let path = dir.join(&name);
-        if out.iter().any(|(n, _)| *n == name) || name.contains("..") || !path.is_file() {
+        if out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let Ok(path) = dir.join(&name).canonicalize() else {
+            continue;
+        };
+        if !path.is_file() {
             continue;
         }
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read template `{}`", path.display()))?;
-        todo.extend(referenced_templates(&text));
+            .with_context(|| format!("cannot read template `{}`", dir.join(&name).display()))?;
+        for r in referenced_templates(&text) {
+            if let Some(why) = outside_folder(&root, dir, &r.name) {
+                let (line, col) = line_col(&text, r.offset);
+                bail!(
+                    "{}:{line}:{col}: cannot {} `{}`: {why}; a letter may use only files inside \
+                     its folder `{}`\n\nhint: copy the file into `{}` and name it relative to \
+                     that folder",
+                    dir.join(&name).display(),
+                    r.tag.trim_end_matches('s'),
+                    r.name.escape_default(),
+                    dir.display(),
+                    dir.display(),
+                );
+            }
+            todo.push(r.name);
+        }
         out.push((name, text));
     }
     Ok(out)
 }
 
+/// Why template `name` is not inside the letters folder `root` (canonical),
+/// or `None` when it is, or does not exist (Tera then says it is missing).
+fn outside_folder(root: &Path, dir: &Path, name: &str) -> Option<&'static str> {
+    let path = Path::new(name);
+    if path.is_absolute() || name.starts_with(['/', '\\']) {
+        return Some("it is an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Some("`..` leads out of the letters folder");
+    }
+    match dir.join(path).canonicalize() {
+        Ok(real) if !real.starts_with(root) => Some("it is a symlink that leads out of the letters folder"),
+        _ => None,
+    }
+}
+
+/// A template named by `{% include "x" %}`, `{% extends "x" %}` or `{% import "x" … %}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reference {
+    /// `include`, `extends` or `import`.
+    tag: &'static str,
+    /// The quoted name.
+    name: String,
+    /// Byte offset of the opening quote, for `LINE:COL`.
+    offset: usize,
+}
+
 /// Template names in `{% include "x" %}`, `{% extends "x" %}`, `{% import "x" … %}`.
-fn referenced_templates(text: &str) -> Vec<String> {
+fn referenced_templates(text: &str) -> Vec<Reference> {
     let mut names = Vec::new();
     for (i, _) in text.match_indices("{%") {
         let rest = text[i + 2..].trim_start_matches('-').trim_start();
-        let Some(rest) = ["include", "extends", "import"]
+        let Some((tag, rest)) = ["include", "extends", "import"]
             .iter()
-            .find_map(|k| rest.strip_prefix(k))
+            .find_map(|k| rest.strip_prefix(k).map(|r| (*k, r)))
         else {
             continue;
         };
         let rest = rest.trim_start();
-        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        let Some(quote) = rest
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'' || *c == '`')
+        else {
             continue;
         };
         if let Some(end) = rest[1..].find(quote) {
-            names.push(rest[1..=end].to_string());
+            names.push(Reference {
+                tag,
+                name: rest[1..=end].to_string(),
+                offset: text.len() - rest.len(),
+            });
         }
     }
     names
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// The innermost block tag opened in `source` and never closed:
@@ -632,6 +709,46 @@ file = "s.csv"
             .render(&supporter(&[]), &f.config.targets[0], &globals(), true)
             .unwrap();
         assert_eq!(r.text, "A signed");
+    }
+
+    #[test]
+    fn includes_outside_the_letters_folder_are_refused_at_their_tag() {
+        let f = fixture("l.txt", "Hi\n  {% include \"/etc/hostname\" %}", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(
+            msg.contains("letters/l.txt:2:14: cannot include `/etc/hostname`: it is an absolute path"),
+            "{msg}"
+        );
+        let f = fixture("l.txt", "{% extends '../mailer.toml' %}", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(
+            msg.contains("letters/l.txt:1:12: cannot extend `../mailer.toml`: `..` leads out"),
+            "{msg}"
+        );
+        let f = fixture("l.txt", "{% include \"out.txt\" %}", &[], "s");
+        let letters = f.config.campaign.letter.parent().unwrap();
+        std::os::unix::fs::symlink("../mailer.toml", letters.join("out.txt")).unwrap();
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(msg.contains("`out.txt`: it is a symlink that leads out"), "{msg}");
+    }
+
+    #[test]
+    fn references_carry_their_tag_and_place() {
+        let refs = referenced_templates("a\n{%- include 'x.txt' %}{% import \"m.txt\" as m %}");
+        let got: Vec<_> = refs
+            .iter()
+            .map(|r| {
+                (
+                    r.tag,
+                    r.name.as_str(),
+                    line_col("a\n{%- include 'x.txt' %}{% import \"m.txt\" as m %}", r.offset),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("include", "x.txt", (2, 13)), ("import", "m.txt", (2, 33))]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod support;
 
 mod delivery;
+mod edges_letters;
 mod inputs;
 mod security;
 mod terminal;

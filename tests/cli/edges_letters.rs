@@ -1,0 +1,152 @@
+//! Issue 9, at the edges of the letter and the config: each section below
+//! names the issue's item it covers. Real binary, real files, and the
+//! scriptable SMTP server on loopback.
+
+use std::os::unix::fs::symlink;
+
+use crate::support::campaign::{Campaign, Run};
+use crate::support::smtp::{Server, ServerOptions};
+
+// ---- helpers ----
+
+/// A plain (no TLS) test server that accepts everything.
+fn server() -> Server {
+    Server::start(ServerOptions::default())
+}
+
+/// What a stray include must never leak.
+const SECRET: &str = "TOP-SECRET-7f3a9c";
+
+/// The default letter with line 2 including `name` (its quote at column 12).
+fn letter_including(name: &str) -> String {
+    format!("Dear {{{{ target.name }}}},\n{{% include \"{name}\" %}}\nBest\n")
+}
+
+/// Asserts the run failed cleanly (exit 1) and printed no secret.
+#[track_caller]
+fn refused(run: &Run) {
+    run.code(1).stderr_has("error: ");
+    for out in [&run.stdout, &run.stderr] {
+        assert!(!out.contains(SECRET), "the secret leaked:\n{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
+
+/// Every way a letter goes out (or is rendered) must refuse the campaign.
+const EVERY_COMMAND: [&[&str]; 5] = [
+    &["check"],
+    &["send", "--yes"],
+    &["send", "--dry-run"],
+    &["-q", "send", "--yes"],
+    &["preview"],
+];
+
+/// Asserts nothing reached the server and nothing was recorded.
+#[track_caller]
+fn nothing_sent(c: &Campaign, server: &Server) {
+    assert_eq!(server.connections(), 0, "mailer connected to the server");
+    assert!(server.received().is_empty());
+    assert!(!c.ledger().exists(), "a ledger was written");
+}
+
+// ---- item 1: includes stay inside the letters folder ----
+
+#[test]
+fn issue9_include_of_an_absolute_path_is_refused_with_its_place() {
+    let server = server();
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .file("secret.txt", SECRET)
+        .env("MAILER_SMTP_PASSWORD", SECRET);
+    let outside = c.join("secret.txt").display().to_string();
+    for name in [outside.as_str(), "/proc/self/environ"] {
+        let c = Campaign::new()
+            .smtp_plain(&server)
+            .file("secret.txt", SECRET)
+            .env("MAILER_SMTP_PASSWORD", SECRET)
+            .file("letters/letter.txt", letter_including(name));
+        for args in EVERY_COMMAND {
+            let run = c.run(args);
+            refused(&run);
+            run.stderr_has(&format!(
+                "error: letters/letter.txt:2:12: cannot include `{name}`: it is an absolute path"
+            ))
+            .stderr_has("hint: ");
+        }
+        nothing_sent(&c, &server);
+    }
+}
+
+#[test]
+fn issue9_include_that_climbs_out_with_dotdot_is_refused() {
+    let server = server();
+    for name in ["../secret.txt", "parts/../../secret.txt"] {
+        let c = Campaign::new()
+            .smtp_plain(&server)
+            .file("secret.txt", SECRET)
+            .file("letters/parts/x.txt", "x")
+            .file("letters/letter.txt", letter_including(name));
+        for args in EVERY_COMMAND {
+            let run = c.run(args);
+            refused(&run);
+            run.stderr_has(&format!(
+                "error: letters/letter.txt:2:12: cannot include `{name}`: `..` leads out of the letters folder"
+            ));
+        }
+        nothing_sent(&c, &server);
+    }
+}
+
+#[test]
+fn issue9_symlink_out_of_the_letters_folder_is_refused_where_it_is_included() {
+    let server = server();
+    // letter.txt includes footer.txt (inside); footer.txt, on its line 3,
+    // includes sig.txt, a symlink to a file outside the folder.
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .file("secret.txt", SECRET)
+        .file("letters/letter.txt", letter_including("footer.txt"))
+        .file("letters/footer.txt", "--\nThe team\n  {% include 'sig.txt' %}\n");
+    symlink("../secret.txt", c.join("letters/sig.txt")).unwrap();
+    // A symlinked folder leading out is refused the same way.
+    let c2 = Campaign::new()
+        .smtp_plain(&server)
+        .file("elsewhere/sig.txt", SECRET)
+        .file("letters/letter.txt", letter_including("shared/sig.txt"));
+    symlink(c2.join("elsewhere"), c2.join("letters/shared")).unwrap();
+    for (c, at, name) in [
+        (&c, "letters/footer.txt:3:14", "sig.txt"),
+        (&c2, "letters/letter.txt:2:12", "shared/sig.txt"),
+    ] {
+        for args in EVERY_COMMAND {
+            let run = c.run(args);
+            refused(&run);
+            run.stderr_has(&format!(
+                "error: {at}: cannot include `{name}`: it is a symlink that leads out of the letters folder"
+            ));
+        }
+        nothing_sent(c, &server);
+    }
+}
+
+#[test]
+fn issue9_includes_inside_the_letters_folder_still_work() {
+    let server = server();
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .file(
+            "letters/letter.txt",
+            "Dear {{ target.name }},\n{% include \"parts/sig.txt\" %}\n{% include 'alias.txt' %}\n",
+        )
+        .file("letters/parts/sig.txt", "Signed, {{ supporter.first_name }}");
+    // A symlink that stays inside the folder is fine.
+    symlink("parts/sig.txt", c.join("letters/alias.txt")).unwrap();
+    c.run(&["check"]).code(0);
+    c.run(&["send", "--yes"]).code(0);
+    let got = server.received();
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        let text = m.text();
+        assert_eq!(text.matches("Signed, ").count(), 2, "{text}");
+    }
+}

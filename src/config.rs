@@ -285,7 +285,7 @@ struct RawSmtp {
     port: Option<u16>,
     #[serde(default)]
     security: Security,
-    username: Option<String>,
+    username: Option<Spanned<String>>,
     password_env: Option<String>,
     password_command: Option<String>,
     password: Option<String>,
@@ -554,11 +554,23 @@ fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> 
     if s.timeout_secs == 0 {
         bail!("{host_at}: [smtp] timeout_secs must be at least 1");
     }
+    // The transport refuses AUTH outside TLS, so this pair could never send.
+    if let Some(user) = &s.username
+        && s.security == Security::None
+    {
+        bail!(
+            "{}: [smtp] username `{}` with security = \"none\": mailer never sends a password \
+             without TLS, so it could not log in\n\nhint: remove `username` for a relay that \
+             needs no login, or use security = \"starttls\" or \"tls\"",
+            at(user.span()),
+            user.get_ref().escape_default()
+        );
+    }
     Ok(Smtp {
         port: s.port.unwrap_or(s.security.default_port()),
         host,
         security: s.security,
-        username: s.username,
+        username: s.username.map(Spanned::into_inner),
         password,
         ca_file: s.ca_file.map(|p| dir.join(p)),
         timeout: Duration::from_secs(s.timeout_secs),
@@ -709,6 +721,24 @@ file = "supporters.csv"
         assert!(parse(&smtp("smtp.example.org", "allow_insecure = true")).is_ok());
         let c = parse(&smtp("127.0.0.1", "")).unwrap();
         assert_eq!(c.smtp.unwrap().port, 25);
+    }
+
+    #[test]
+    fn username_without_tls_is_refused_at_its_line() {
+        let text = format!(
+            "{MINIMAL}\n[smtp]\nhost = \"127.0.0.1\"\nsecurity = \"none\"\nusername = \"u@org.example\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "camp/mailer.toml:20: [smtp] username `u@org.example` with security = \"none\": \
+                 mailer never sends a password without TLS"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("hint: remove `username`"), "{err}");
+        let ok = text.replace("security = \"none\"", "security = \"tls\"");
+        assert!(parse(&ok).is_ok());
     }
 
     #[test]

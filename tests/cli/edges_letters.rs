@@ -150,3 +150,27 @@ fn issue9_includes_inside_the_letters_folder_still_work() {
         assert_eq!(text.matches("Signed, ").count(), 2, "{text}");
     }
 }
+
+// ---- item 12: a username without TLS can never log in ----
+
+#[test]
+fn issue9_username_with_security_none_is_refused_at_load() {
+    let server = server();
+    let c = Campaign::new()
+        .section(&format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nusername = \"letters@org.example\"\n",
+            server.port()
+        ))
+        .env("MAILER_SMTP_PASSWORD", SECRET);
+    for args in [&["check"][..], &["send", "--yes"], &["send", "--dry-run"]] {
+        let run = c.run(args);
+        refused(&run);
+        run.stderr_has(
+            "error: mailer.toml:24: [smtp] username `letters@org.example` with security = \"none\": \
+             mailer never sends a password without TLS",
+        )
+        .stderr_has("hint: remove `username`")
+        .stderr_has("security = \"starttls\" or \"tls\"");
+    }
+    nothing_sent(&c, &server);
+}

@@ -512,9 +512,26 @@ fn targets_from_raw(
         if targets.iter().any(|t| t.key() == key) {
             bail!("{where_}: `{email}` is listed twice");
         }
+        let fields = fields.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect();
         targets.push(Target { name, email, fields });
     }
     Ok(targets)
+}
+
+/// TOML dates and times become the text they were written as (`2018-06-01`),
+/// also inside arrays and tables.
+///
+/// NOTE: serde gives a `toml::Value::Datetime` to Tera as a private map,
+/// `{"$__toml_private_datetime": "2018-06-01"}`, which a letter would print.
+fn dates_as_text(value: toml::Value) -> toml::Value {
+    match value {
+        toml::Value::Datetime(d) => toml::Value::String(d.to_string()),
+        toml::Value::Array(items) => toml::Value::Array(items.into_iter().map(dates_as_text).collect()),
+        toml::Value::Table(table) => {
+            toml::Value::Table(table.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect())
+        }
+        other => other,
+    }
 }
 
 fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> String) -> Result<Smtp> {
@@ -739,6 +756,22 @@ file = "supporters.csv"
         assert!(err.contains("hint: remove `username`"), "{err}");
         let ok = text.replace("security = \"none\"", "security = \"tls\"");
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn target_dates_become_text_as_written() {
+        let text = MINIMAL.replace(
+            "email = \"ceo@corp.example\"\n",
+            "email = \"ceo@corp.example\"\nsince = 2018-06-01\nterms = [1979-05-27T07:32:00Z]\n\
+             board = { at = 07:32:00 }\n",
+        );
+        let fields = &parse(&text).unwrap().targets[0].fields;
+        assert_eq!(fields["since"], toml::Value::String("2018-06-01".into()));
+        assert_eq!(
+            fields["terms"],
+            toml::Value::Array(vec![toml::Value::String("1979-05-27T07:32:00Z".into())])
+        );
+        assert_eq!(fields["board"]["at"], toml::Value::String("07:32:00".into()));
     }
 
     #[test]

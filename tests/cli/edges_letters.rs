@@ -22,6 +22,13 @@ fn letter_including(name: &str) -> String {
     format!("Dear {{{{ target.name }}}},\n{{% include \"{name}\" %}}\nBest\n")
 }
 
+/// The default config head with `from` replaced by `to` (exactly once).
+fn head_with(from: &str, to: &str) -> String {
+    let text = Campaign::new().config_text();
+    assert!(text.contains(from), "the default config lacks {from:?}");
+    text.replacen(from, to, 1)
+}
+
 /// Asserts the run failed cleanly (exit 1) and printed no secret.
 #[track_caller]
 fn refused(run: &Run) {
@@ -173,4 +180,34 @@ fn issue9_username_with_security_none_is_refused_at_load() {
         .stderr_has("security = \"starttls\" or \"tls\"");
     }
     nothing_sent(&c, &server);
+}
+
+// ---- item 21: TOML dates render as written ----
+
+#[test]
+fn issue9_toml_dates_in_target_keys_render_as_written() {
+    let server = server();
+    let head = head_with(
+        "title = \"CEO\"\n",
+        "title = \"CEO\"\nsince = 2018-06-01\nmet = 1979-05-27T07:32:00Z\nat = 07:32:00\n\
+         terms = [2018-06-01, 2019-01-02]\nboard = { joined = 2014-02-04, until = 2026-01-01T09:00:00 }\n",
+    );
+    let c = Campaign::new().head(&head).smtp_plain(&server).file(
+        "letters/letter.txt",
+        "CEO since {{ target.since }}\nmet {{ target.met }} at {{ target.at }}\n\
+             terms {% for t in target.terms %}{{ t }};{% endfor %}\n\
+             joined {{ target.board.joined }} until {{ target.board.until }}\n",
+    );
+    // Short lines: the delivered text stays 7-bit, not quoted-printable.
+    let want = "CEO since 2018-06-01\r\nmet 1979-05-27T07:32:00Z at 07:32:00\r\n\
+                terms 2018-06-01;2019-01-02;\r\njoined 2014-02-04 until 2026-01-01T09:00:00";
+    let run = c.run(&["preview"]);
+    run.code(0).stdout_has(&want.replace("\r\n", "\n"));
+    assert!(!run.stdout.contains("toml_private"), "{}", run.stdout);
+    c.run(&["send", "--yes"]).code(0);
+    let got = server.received();
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        assert!(m.text().contains(want), "{}", m.text());
+    }
 }

@@ -186,7 +186,7 @@ pub fn build(
         builder = builder.bcc(b.clone());
         recipients.push(b.email.clone());
     }
-    recipients.dedup();
+    dedup_recipients(&mut recipients);
     let envelope = Envelope::new(Some(from.email.clone()), recipients.clone())
         .map_err(|e| format!("cannot build the envelope: {e}"))?;
     builder = builder.envelope(envelope);
@@ -224,6 +224,18 @@ pub fn build(
         text,
         bytes: message.formatted(),
     })
+}
+
+/// Keeps the first of every address, compared ignoring case on the whole
+/// address: one mailbox gets one RCPT (a Bcc equal to the target, a
+/// supporter also in `bcc`, a supporter who is the target).
+///
+/// NOTE: RFC 5321 lets a server treat local parts case-sensitively, but no
+/// mail system in practice does, and a second RCPT would deliver a second
+/// copy; the domain is case-insensitive anyway.
+fn dedup_recipients(recipients: &mut Vec<Address>) {
+    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+    recipients.retain(|a| seen.insert(a.to_string().to_lowercase()));
 }
 
 /// Bare CR and CRLF become LF; lettre then writes CRLF everywhere.
@@ -312,6 +324,26 @@ mod tests {
         assert_eq!(b.recipients.len(), 3);
         // Every line ends in CRLF: no bare CR or LF.
         assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+    }
+
+    #[test]
+    fn one_rcpt_per_mailbox_ignoring_case_first_kept() {
+        let bcc = [
+            "SATYA@corp.example".parse().unwrap(),
+            "Archive@Org.example".parse().unwrap(),
+            "ANA@X.org".parse().unwrap(),
+            "archive@org.example".parse().unwrap(),
+        ];
+        let b = build(
+            &rendered("Ana", "s"),
+            &supporter("Ana"),
+            &target(),
+            &settings(&bcc),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let got: Vec<String> = b.recipients.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["Satya@Corp.example", "ana@x.org", "Archive@Org.example"]);
     }
 
     #[test]

@@ -158,6 +158,64 @@ fn issue9_includes_inside_the_letters_folder_still_work() {
     }
 }
 
+// ---- item 8: one RCPT per mailbox ----
+
+#[test]
+fn issue9_envelope_has_one_rcpt_per_mailbox_ignoring_case() {
+    let server = server();
+    let head = head_with(
+        "reply_to = \"{{ supporter.email }}\"\n",
+        "reply_to = \"{{ supporter.email }}\"\ncc_supporter = true\n\
+         bcc = [\"CEO@CORP.example\", \"Archive@Org.example\", \"ANA@mail.example\", \"archive@org.example\"]\n",
+    );
+    // The second supporter is the target itself.
+    let csv = "email,first_name,last_name,city,note\n\
+               ana@mail.example,Ana,López,Tucson,\n\
+               CEO@Corp.example,Satya,Nadella,Redmond,\n\
+               lee@mail.example,Lee,Park,Seattle,\n";
+    let c = Campaign::new()
+        .head(&head)
+        .smtp_plain(&server)
+        .file("supporters.csv", csv);
+    c.run(&["send", "--yes"]).code(0);
+    let mut got: Vec<(String, Vec<String>)> = server
+        .received()
+        .iter()
+        .map(|m| (m.header("Reply-To").unwrap(), m.rcpt_to.clone()))
+        .collect();
+    got.sort();
+    let want = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "CEO@Corp.example".to_string(),
+                want(&["ceo@corp.example", "Archive@Org.example", "ANA@mail.example"])
+            ),
+            (
+                "ana@mail.example".to_string(),
+                want(&["ceo@corp.example", "ana@mail.example", "Archive@Org.example"])
+            ),
+            (
+                "lee@mail.example".to_string(),
+                want(&[
+                    "ceo@corp.example",
+                    "lee@mail.example",
+                    "Archive@Org.example",
+                    "ANA@mail.example"
+                ])
+            ),
+        ]
+    );
+    // And on the wire: no second RCPT, even a refused one.
+    let rcpts = server
+        .transcript()
+        .iter()
+        .filter(|l| l.text.to_ascii_uppercase().starts_with("RCPT TO"))
+        .count();
+    assert_eq!(rcpts, 3 + 3 + 4);
+}
+
 // ---- item 12: a username without TLS can never log in ----
 
 #[test]

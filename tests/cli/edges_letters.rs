@@ -216,6 +216,133 @@ fn issue9_envelope_has_one_rcpt_per_mailbox_ignoring_case() {
     assert_eq!(rcpts, 3 + 3 + 4);
 }
 
+// ---- item 9: a problem no row can escape is a config error ----
+
+/// Runs every command on `c` and asserts a config error at `mailer.toml:LINE`
+/// saying `reason`, with nothing sent.
+#[track_caller]
+fn config_error(c: &Campaign, server: &Server, line: u32, reason: &str) {
+    for args in EVERY_COMMAND {
+        let run = c.run(args);
+        refused(&run);
+        run.stderr_has(&format!("error: mailer.toml:{line}: {reason}"))
+            .stderr_has("; this holds for every supporter, so no letter could be sent")
+            .stderr_has("hint: fix ");
+        assert!(
+            !run.stdout.contains("supporters.csv:"),
+            "the config's problem was blamed on rows:\n{}",
+            run.stdout
+        );
+    }
+    nothing_sent(c, server);
+}
+
+#[test]
+fn issue9_from_address_that_never_parses_is_a_config_error() {
+    let server = server();
+    for from in [
+        "from = \"Test Org <not-an-address>\"",
+        // The name depends on the row; the address part does not.
+        "from = \"{{ supporter.name }} via Test Org <not-an-address>\"",
+    ] {
+        let c = Campaign::new()
+            .head(&head_with(
+                "from = \"{{ supporter.name }} via Test Org <letters@org.example>\"",
+                from,
+            ))
+            .smtp_plain(&server);
+        config_error(&c, &server, 9, "the From address `not-an-address` is invalid");
+    }
+}
+
+#[test]
+fn issue9_subject_always_over_the_limit_is_a_config_error() {
+    let server = server();
+    let long = "x".repeat(260);
+    let subject = "subject = \"{{ supporter.first_name }} from {{ supporter.city }}: drop the contract\"";
+    for (to, reason) in [
+        (
+            format!("subject = \"{long}\""),
+            "the Subject would be 260 characters long (at most 250)".to_string(),
+        ),
+        (
+            // Only `{{ }}` around the literal text: every row's subject holds it.
+            format!("subject = \"{{{{ supporter.first_name }}}}: {long} {{{{- supporter.city }}}}\""),
+            "the Subject would be at least 262 characters long (at most 250)".to_string(),
+        ),
+        (
+            "subject = \"Hello\\n{{ supporter.first_name }}, drop the contract\"".to_string(),
+            "the Subject would contain a line break".to_string(),
+        ),
+    ] {
+        let c = Campaign::new().head(&head_with(subject, &to)).smtp_plain(&server);
+        config_error(&c, &server, 6, &reason);
+    }
+}
+
+#[test]
+fn issue9_header_problems_that_depend_on_the_row_stay_row_skips() {
+    let server = server();
+    // Reply-To from a column, one value invalid; a subject made long by a
+    // note on one row.
+    let head = head_with(
+        "reply_to = \"{{ supporter.email }}\"",
+        "reply_to = \"{{ supporter.alt }}\"",
+    )
+    .replacen(
+        "subject = \"{{ supporter.first_name }} from {{ supporter.city }}: drop the contract\"",
+        "subject = \"{{ supporter.first_name }}: {{ supporter.note }}\"",
+        1,
+    );
+    let csv = format!(
+        "email,first_name,last_name,city,note,alt\n\
+         ana@mail.example,Ana,López,Tucson,,ana.alt@mail.example\n\
+         sam@mail.example,Sam,Okafor,Minneapolis,{},sam.alt@mail.example\n\
+         lee@mail.example,Lee,Park,Seattle,,not-an-address\n",
+        "n".repeat(300)
+    );
+    let c = Campaign::new()
+        .head(&head)
+        .smtp_plain(&server)
+        .file("supporters.csv", csv);
+    // (`check`'s exit code for rows `send` would skip is not this test's business.)
+    let run = c.run(&["check"]);
+    run.stdout_has("supporters.csv:3: the Subject would be 305 characters long (at most 250)")
+        .stdout_has("supporters.csv:4: the Reply-To address `not-an-address` is invalid")
+        .stdout_has("1 supporter × 1 target = 1 letter ready; 2 problems");
+    assert!(!run.stderr.contains("mailer.toml:"), "{}", run.stderr);
+    c.run(&["send", "--yes"]).code(0);
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("Reply-To").as_deref(), Some("ana.alt@mail.example"));
+    assert_eq!(
+        c.states(),
+        vec![("sent".to_string(), 1), ("skipped".to_string(), 2)]
+    );
+
+    // A subject over the limit only when a column is empty: an empty probe
+    // would call it a config error, but Sam (who has a note) can be sent.
+    let server = self::server();
+    let c = Campaign::new()
+        .head(&head_with(
+            "subject = \"{{ supporter.first_name }} from {{ supporter.city }}: drop the contract\"",
+            &format!(
+                "subject = \"{{% if supporter.note %}}Hello{{% else %}}{}{{% endif %}}\"",
+                "y".repeat(260)
+            ),
+        ))
+        .smtp_plain(&server);
+    let run = c.run(&["check"]);
+    run.stdout_has("supporters.csv:2: the Subject would be 260 characters long")
+        .stdout_has("supporters.csv:4: the Subject would be 260 characters long")
+        .stdout_has("1 supporter × 1 target = 1 letter ready; 2 problems");
+    assert!(!run.stderr.contains("mailer.toml:"), "{}", run.stderr);
+    c.run(&["send", "--yes"]).code(0);
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("Subject").as_deref(), Some("Hello"));
+}
+
 // ---- item 12: a username without TLS can never log in ----
 
 #[test]

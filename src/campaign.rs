@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use lettre::message::dkim::DkimConfig;
 
 use crate::config::Config;
-use crate::letter::{Globals, Letter};
+use crate::letter::{self, Globals, Letter};
 use crate::message::{self, Built, Envelopes};
 use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
 
@@ -76,13 +76,69 @@ impl Campaign {
             ]),
             today: local_date(now),
         };
-        Ok(Campaign {
+        let campaign = Campaign {
             config,
             letter,
             globals,
             dkim,
             date: now,
-        })
+        };
+        campaign.check_headers()?;
+        Ok(campaign)
+    }
+
+    /// Refuses, as a config error, a header that no supporter's letter could
+    /// carry: blamed on every row, it would skip the whole campaign and exit 0.
+    ///
+    /// NOTE: "does not depend on the row" is decided from the template text,
+    /// never from one probe's values (a probe with empty values cannot tell
+    /// `{% if supporter.note %}short{% else %}long{% endif %}` apart):
+    /// - a header template that never mentions `supporter` (see
+    ///   [`letter::same_for_every_supporter`]) renders the same for every row:
+    ///   it is rendered once per target and checked as `message::build` would;
+    /// - a template without `{% %}` tags outputs all of its literal text for
+    ///   every row (its `{{ }}` only add text): a control character or an
+    ///   encoded word in that text, or that text alone over the length limit,
+    ///   fails every row.
+    ///
+    /// Anything else (an address from `{{ supporter.email }}`, a subject
+    /// made long by a column) stays that row's problem, reported and skipped.
+    fn check_headers(&self) -> Result<()> {
+        let many = self.config.targets.len() > 1;
+        for h in self.letter.header_templates() {
+            let problem = if letter::same_for_every_supporter(&h.text) {
+                self.config.targets.iter().find_map(|target| {
+                    let value = match self.letter.render_header(h.part, target, &self.globals) {
+                        Ok(v) => v,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let for_target = if many {
+                        format!(" (for target `{}`)", target.email)
+                    } else {
+                        String::new()
+                    };
+                    message::check_part(h.part, &value)
+                        .err()
+                        .map(|why| Ok(format!("{why}{for_target}")))
+                })
+            } else {
+                letter::always_rendered(&h.text)
+                    .and_then(|pieces| message::check_part_floor(h.part, &pieces).err())
+                    .map(Ok)
+            };
+            match problem {
+                None => {}
+                Some(Err(e)) => return Err(e),
+                Some(Ok(why)) => bail!(
+                    "{}: {why}; this holds for every supporter, so no letter could be sent\n\n\
+                     hint: fix {} in `{}`",
+                    h.location,
+                    h.part.config_key(),
+                    self.config.path.display()
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Opens the supporters file.

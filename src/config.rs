@@ -285,7 +285,7 @@ struct RawSmtp {
     port: Option<u16>,
     #[serde(default)]
     security: Security,
-    username: Option<String>,
+    username: Option<Spanned<String>>,
     password_env: Option<String>,
     password_command: Option<String>,
     password: Option<String>,
@@ -512,9 +512,26 @@ fn targets_from_raw(
         if targets.iter().any(|t| t.key() == key) {
             bail!("{where_}: `{email}` is listed twice");
         }
+        let fields = fields.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect();
         targets.push(Target { name, email, fields });
     }
     Ok(targets)
+}
+
+/// TOML dates and times become the text they were written as (`2018-06-01`),
+/// also inside arrays and tables.
+///
+/// NOTE: serde gives a `toml::Value::Datetime` to Tera as a private map,
+/// `{"$__toml_private_datetime": "2018-06-01"}`, which a letter would print.
+fn dates_as_text(value: toml::Value) -> toml::Value {
+    match value {
+        toml::Value::Datetime(d) => toml::Value::String(d.to_string()),
+        toml::Value::Array(items) => toml::Value::Array(items.into_iter().map(dates_as_text).collect()),
+        toml::Value::Table(table) => {
+            toml::Value::Table(table.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect())
+        }
+        other => other,
+    }
 }
 
 fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> String) -> Result<Smtp> {
@@ -554,11 +571,23 @@ fn smtp_from_raw(s: RawSmtp, dir: &Path, at: &dyn Fn(std::ops::Range<usize>) -> 
     if s.timeout_secs == 0 {
         bail!("{host_at}: [smtp] timeout_secs must be at least 1");
     }
+    // The transport refuses AUTH outside TLS, so this pair could never send.
+    if let Some(user) = &s.username
+        && s.security == Security::None
+    {
+        bail!(
+            "{}: [smtp] username `{}` with security = \"none\": mailer never sends a password \
+             without TLS, so it could not log in\n\nhint: remove `username` for a relay that \
+             needs no login, or use security = \"starttls\" or \"tls\"",
+            at(user.span()),
+            user.get_ref().escape_default()
+        );
+    }
     Ok(Smtp {
         port: s.port.unwrap_or(s.security.default_port()),
         host,
         security: s.security,
-        username: s.username,
+        username: s.username.map(Spanned::into_inner),
         password,
         ca_file: s.ca_file.map(|p| dir.join(p)),
         timeout: Duration::from_secs(s.timeout_secs),
@@ -709,6 +738,40 @@ file = "supporters.csv"
         assert!(parse(&smtp("smtp.example.org", "allow_insecure = true")).is_ok());
         let c = parse(&smtp("127.0.0.1", "")).unwrap();
         assert_eq!(c.smtp.unwrap().port, 25);
+    }
+
+    #[test]
+    fn username_without_tls_is_refused_at_its_line() {
+        let text = format!(
+            "{MINIMAL}\n[smtp]\nhost = \"127.0.0.1\"\nsecurity = \"none\"\nusername = \"u@org.example\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "camp/mailer.toml:20: [smtp] username `u@org.example` with security = \"none\": \
+                 mailer never sends a password without TLS"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("hint: remove `username`"), "{err}");
+        let ok = text.replace("security = \"none\"", "security = \"tls\"");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn target_dates_become_text_as_written() {
+        let text = MINIMAL.replace(
+            "email = \"ceo@corp.example\"\n",
+            "email = \"ceo@corp.example\"\nsince = 2018-06-01\nterms = [1979-05-27T07:32:00Z]\n\
+             board = { at = 07:32:00 }\n",
+        );
+        let fields = &parse(&text).unwrap().targets[0].fields;
+        assert_eq!(fields["since"], toml::Value::String("2018-06-01".into()));
+        assert_eq!(
+            fields["terms"],
+            toml::Value::Array(vec![toml::Value::String("1979-05-27T07:32:00Z".into())])
+        );
+        assert_eq!(fields["board"]["at"], toml::Value::String("07:32:00".into()));
     }
 
     #[test]

@@ -23,6 +23,55 @@ const FROM_ADDR: &str = "config:from.address";
 const REPLY_NAME: &str = "config:reply_to.name";
 const REPLY_ADDR: &str = "config:reply_to.address";
 
+/// Which header part a config template fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `[campaign] subject`.
+    Subject,
+    /// The display name of `[sender] from`.
+    FromName,
+    /// The address of `[sender] from`.
+    FromAddress,
+    /// The display name of `[sender] reply_to`.
+    ReplyToName,
+    /// The address of `[sender] reply_to`.
+    ReplyToAddress,
+}
+
+impl Part {
+    /// The template name it is compiled under.
+    fn key(self) -> &'static str {
+        match self {
+            Part::Subject => SUBJECT,
+            Part::FromName => FROM_NAME,
+            Part::FromAddress => FROM_ADDR,
+            Part::ReplyToName => REPLY_NAME,
+            Part::ReplyToAddress => REPLY_ADDR,
+        }
+    }
+
+    /// The config key it comes from, for hints.
+    #[must_use]
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Part::Subject => "[campaign] subject",
+            Part::FromName | Part::FromAddress => "[sender] from",
+            Part::ReplyToName | Part::ReplyToAddress => "[sender] reply_to",
+        }
+    }
+}
+
+/// One header template from the config.
+#[derive(Debug, Clone)]
+pub struct HeaderTemplate {
+    /// What it fills.
+    pub part: Part,
+    /// Its Tera source.
+    pub text: String,
+    /// `FILE:LINE` of the config value.
+    pub location: String,
+}
+
 /// How the letter is sent, chosen by its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -50,6 +99,8 @@ pub struct Letter {
     sources: BTreeMap<&'static str, String>,
     /// The letter folder's template texts by name, for error locations.
     texts: BTreeMap<String, String>,
+    /// The config's header templates, for load-time checks.
+    headers: Vec<HeaderTemplate>,
 }
 
 /// The per-letter values a template sees besides supporter and target.
@@ -114,29 +165,33 @@ impl Letter {
         let files = template_files(&dir, &name)?;
 
         let mut sources = BTreeMap::new();
-        let mut headers: Vec<(&'static str, String)> = Vec::new();
-        let mut add = |key: &'static str, text: String, src: &Source| {
-            sources.insert(key, src.location.clone());
-            headers.push((key, text));
+        let mut headers: Vec<HeaderTemplate> = Vec::new();
+        let mut add = |part: Part, text: String, src: &Source| {
+            sources.insert(part.key(), src.location.clone());
+            headers.push(HeaderTemplate {
+                part,
+                text,
+                location: src.location.clone(),
+            });
         };
         add(
-            SUBJECT,
+            Part::Subject,
             config.campaign.subject.text.clone(),
             &config.campaign.subject,
         );
         let (from_name, from_addr) = split_mailbox(&config.sender.from.text);
         let from_has_name = from_name.is_some();
-        add(FROM_ADDR, from_addr, &config.sender.from);
+        add(Part::FromAddress, from_addr, &config.sender.from);
         if let Some(n) = from_name {
-            add(FROM_NAME, n, &config.sender.from);
+            add(Part::FromName, n, &config.sender.from);
         }
         let mut reply_has_name = false;
         if let Some(reply) = &config.sender.reply_to {
             let (n, a) = split_mailbox(&reply.text);
             reply_has_name = n.is_some();
-            add(REPLY_ADDR, a, reply);
+            add(Part::ReplyToAddress, a, reply);
             if let Some(n) = n {
-                add(REPLY_NAME, n, reply);
+                add(Part::ReplyToName, n, reply);
             }
         }
 
@@ -151,9 +206,12 @@ impl Letter {
             reply_has_name,
             sources,
             texts: BTreeMap::new(),
+            headers: Vec::new(),
         };
         letter.texts = files.iter().cloned().collect();
-        letter.plain = letter.compile(&files, &headers, false)?;
+        let compiled: Vec<(&str, String)> = headers.iter().map(|h| (h.part.key(), h.text.clone())).collect();
+        letter.plain = letter.compile(&files, &compiled, false)?;
+        letter.headers = headers;
         if format == Format::Markdown {
             letter.markdown = Some(letter.compile(&files, &[], true)?);
         }
@@ -246,6 +304,24 @@ impl Letter {
         }
     }
 
+    /// The config's header templates (subject, from and reply-to parts).
+    #[must_use]
+    pub fn header_templates(&self) -> &[HeaderTemplate] {
+        &self.headers
+    }
+
+    /// Renders one header template with no supporter values at all (every
+    /// `supporter.*` undefined): for templates that never mention them.
+    pub fn render_header(&self, part: Part, target: &Target, globals: &Globals) -> Result<String> {
+        let ctx = context_with(&BTreeMap::new(), target, globals);
+        Ok(self
+            .plain
+            .render(part.key(), &ctx)
+            .map_err(|e| self.explain(&e))?
+            .trim()
+            .to_string())
+    }
+
     /// Renders one letter. Errors are template errors (the caller adds the row).
     /// `html`: also render the HTML part of a `.md` letter (same template and
     /// values, so it cannot fail where the text part did not).
@@ -294,42 +370,119 @@ impl Letter {
 /// files there (drafts, notes) are not compiled, so they cannot break a
 /// campaign. A name that is not a file is left for Tera to report, with its
 /// line.
+///
+/// NOTE: every name must resolve inside the letters folder: an absolute
+/// path, a `..` step or a symlink leading out of it is an error at the
+/// including tag (`FILE:LINE:COL`), and files are read through the checked
+/// canonical path. Otherwise `dir.join("/proc/self/environ")` would put any
+/// file the user can read into every letter.
 fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
     let mut out: Vec<(String, String)> = Vec::new();
     let mut todo = vec![letter.to_string()];
     while let Some(name) = todo.pop() {
-        let path = dir.join(&name);
-        if out.iter().any(|(n, _)| *n == name) || name.contains("..") || !path.is_file() {
+        if out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let Ok(path) = dir.join(&name).canonicalize() else {
+            continue;
+        };
+        if !path.is_file() {
             continue;
         }
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read template `{}`", path.display()))?;
-        todo.extend(referenced_templates(&text));
+            .with_context(|| format!("cannot read template `{}`", dir.join(&name).display()))?;
+        for r in referenced_templates(&text) {
+            if let Some(why) = outside_folder(&root, dir, &r.name) {
+                let (line, col) = line_col(&text, r.offset);
+                bail!(
+                    "{}:{line}:{col}: cannot {} `{}`: {why}; a letter may use only files inside \
+                     its folder `{}`\n\nhint: copy the file into `{}` and name it relative to \
+                     that folder",
+                    dir.join(&name).display(),
+                    r.tag.trim_end_matches('s'),
+                    r.name.escape_default(),
+                    dir.display(),
+                    dir.display(),
+                );
+            }
+            todo.push(r.name);
+        }
         out.push((name, text));
     }
     Ok(out)
 }
 
+/// Why template `name` is not inside the letters folder `root` (canonical),
+/// or `None` when it is, or does not exist (Tera then says it is missing).
+fn outside_folder(root: &Path, dir: &Path, name: &str) -> Option<&'static str> {
+    let path = Path::new(name);
+    if path.is_absolute() || name.starts_with(['/', '\\']) {
+        return Some("it is an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Some("`..` leads out of the letters folder");
+    }
+    match dir.join(path).canonicalize() {
+        Ok(real) if !real.starts_with(root) => Some("it is a symlink that leads out of the letters folder"),
+        _ => None,
+    }
+}
+
+/// A template named by `{% include "x" %}`, `{% extends "x" %}` or `{% import "x" … %}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reference {
+    /// `include`, `extends` or `import`.
+    tag: &'static str,
+    /// The quoted name.
+    name: String,
+    /// Byte offset of the opening quote, for `LINE:COL`.
+    offset: usize,
+}
+
 /// Template names in `{% include "x" %}`, `{% extends "x" %}`, `{% import "x" … %}`.
-fn referenced_templates(text: &str) -> Vec<String> {
+fn referenced_templates(text: &str) -> Vec<Reference> {
     let mut names = Vec::new();
     for (i, _) in text.match_indices("{%") {
         let rest = text[i + 2..].trim_start_matches('-').trim_start();
-        let Some(rest) = ["include", "extends", "import"]
+        let Some((tag, rest)) = ["include", "extends", "import"]
             .iter()
-            .find_map(|k| rest.strip_prefix(k))
+            .find_map(|k| rest.strip_prefix(k).map(|r| (*k, r)))
         else {
             continue;
         };
         let rest = rest.trim_start();
-        let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        let Some(quote) = rest
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'' || *c == '`')
+        else {
             continue;
         };
         if let Some(end) = rest[1..].find(quote) {
-            names.push(rest[1..=end].to_string());
+            names.push(Reference {
+                tag,
+                name: rest[1..=end].to_string(),
+                offset: text.len() - rest.len(),
+            });
         }
     }
     names
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// The innermost block tag opened in `source` and never closed:
@@ -361,6 +514,86 @@ fn unclosed_block(source: &str) -> Option<(usize, usize, String)> {
     Some((line, col, tag))
 }
 
+/// Whether a header template renders the same for every supporter: it never
+/// names `supporter`, nor anything that could reach it indirectly (the
+/// whole context, a component, another template). Conservative: the word
+/// `supporter` anywhere, even in plain text, counts as a mention.
+#[must_use]
+pub fn same_for_every_supporter(text: &str) -> bool {
+    !text.contains("{{<")
+        && !text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| {
+            matches!(
+                w,
+                "supporter" | "__tera_context" | "include" | "import" | "extends" | "component"
+            )
+        })
+}
+
+/// The literal pieces every rendering of `text` contains, in order. Known
+/// only for a template without `{% %}` tags: then every piece of plain text
+/// is output whatever its `{{ }}` expressions give (they only add text),
+/// less the whitespace that `{{-` / `-}}` or the final trim may remove.
+#[must_use]
+pub fn always_rendered(text: &str) -> Option<Vec<&str>> {
+    if text.contains("{%") {
+        return None;
+    }
+    // (piece, trimmed at its start by `-}}`, trimmed at its end by `{{-`)
+    let mut pieces: Vec<(&str, bool, bool)> = Vec::new();
+    let mut rest = text;
+    let mut trim_next = false;
+    while let Some(open) = ["{{", "{#"].iter().filter_map(|o| rest.find(o)).min() {
+        let inner = &rest[open + 2..];
+        pieces.push((&rest[..open], trim_next, inner.starts_with('-')));
+        let end = if rest[open..].starts_with("{{") {
+            expression_end(inner)?
+        } else {
+            inner.find("#}")?
+        };
+        trim_next = inner[..end].ends_with('-');
+        rest = &inner[end + 2..];
+    }
+    pieces.push((rest, trim_next, false));
+    let mut pieces: Vec<&str> = pieces
+        .into_iter()
+        .map(|(p, start, end)| {
+            let p = if start { p.trim_start() } else { p };
+            if end { p.trim_end() } else { p }
+        })
+        .collect();
+    // The rendered value is trimmed: leading pieces lose their leading
+    // whitespace up to the first one with text (expressions between may
+    // render empty), and the same at the end.
+    for p in &mut pieces {
+        *p = p.trim_start();
+        if !p.is_empty() {
+            break;
+        }
+    }
+    for p in pieces.iter_mut().rev() {
+        *p = p.trim_end();
+        if !p.is_empty() {
+            break;
+        }
+    }
+    pieces.retain(|p| !p.is_empty());
+    Some(pieces)
+}
+
+/// Where the `}}` closing an expression is, skipping string literals.
+fn expression_end(inner: &str) -> Option<usize> {
+    let mut quote = None;
+    for (i, c) in inner.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+            None if inner[i..].starts_with("}}") => return Some(i),
+            Some(_) | None => {}
+        }
+    }
+    None
+}
+
 /// Splits `Name <addr>` into its display-name and address templates.
 fn split_mailbox(text: &str) -> (Option<String>, String) {
     let t = text.trim();
@@ -385,8 +618,13 @@ fn context(supporter: &Supporter, target: &Target, globals: &Globals) -> Context
     let email = supporter.email.to_string();
     s.insert("email", &email);
     s.insert("name", &supporter.name);
+    context_with(&s, target, globals)
+}
+
+/// The context with these supporter values.
+fn context_with(supporter: &BTreeMap<&str, &str>, target: &Target, globals: &Globals) -> Context {
     let mut ctx = Context::new();
-    ctx.insert("supporter", &s);
+    ctx.insert("supporter", supporter);
     ctx.insert("target", &target.fields);
     ctx.insert("campaign", &globals.campaign);
     ctx.insert("today", &globals.today);
@@ -632,6 +870,88 @@ file = "s.csv"
             .render(&supporter(&[]), &f.config.targets[0], &globals(), true)
             .unwrap();
         assert_eq!(r.text, "A signed");
+    }
+
+    #[test]
+    fn includes_outside_the_letters_folder_are_refused_at_their_tag() {
+        let f = fixture("l.txt", "Hi\n  {% include \"/etc/hostname\" %}", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(
+            msg.contains("letters/l.txt:2:14: cannot include `/etc/hostname`: it is an absolute path"),
+            "{msg}"
+        );
+        let f = fixture("l.txt", "{% extends '../mailer.toml' %}", &[], "s");
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(
+            msg.contains("letters/l.txt:1:12: cannot extend `../mailer.toml`: `..` leads out"),
+            "{msg}"
+        );
+        let f = fixture("l.txt", "{% include \"out.txt\" %}", &[], "s");
+        let letters = f.config.campaign.letter.parent().unwrap();
+        std::os::unix::fs::symlink("../mailer.toml", letters.join("out.txt")).unwrap();
+        let msg = Letter::load(&f.config).err().unwrap().to_string();
+        assert!(msg.contains("`out.txt`: it is a symlink that leads out"), "{msg}");
+    }
+
+    #[test]
+    fn references_carry_their_tag_and_place() {
+        let refs = referenced_templates("a\n{%- include 'x.txt' %}{% import \"m.txt\" as m %}");
+        let got: Vec<_> = refs
+            .iter()
+            .map(|r| {
+                (
+                    r.tag,
+                    r.name.as_str(),
+                    line_col("a\n{%- include 'x.txt' %}{% import \"m.txt\" as m %}", r.offset),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("include", "x.txt", (2, 13)), ("import", "m.txt", (2, 33))]
+        );
+    }
+
+    #[test]
+    fn which_header_templates_are_the_same_for_every_supporter() {
+        for same in [
+            "Org <letters@org.example>",
+            "{{ target.name }}: drop it",
+            "A {{ campaign.org }} letter",
+        ] {
+            assert!(same_for_every_supporter(same), "{same}");
+        }
+        for differs in [
+            "{{ supporter.name }}",
+            "{% set s = supporter %}{{ s.name }}",
+            "{{ __tera_context }}",
+            "{{<sig />}}",
+            "{% include \"x.txt\" %}",
+            // Conservative: the word alone is enough.
+            "A supporter writes",
+        ] {
+            assert!(!same_for_every_supporter(differs), "{differs}");
+        }
+    }
+
+    #[test]
+    fn always_rendered_keeps_what_no_value_can_remove() {
+        assert_eq!(
+            always_rendered("{{ supporter.first_name }}: cancel {{ x }} now"),
+            Some(vec![": cancel ", " now"])
+        );
+        // `{{-` / `-}}` trim the neighbouring whitespace, comments render nothing.
+        assert_eq!(
+            always_rendered("a \n{{- x -}}\n b{# note #} c"),
+            Some(vec!["a", "b", " c"])
+        );
+        // A `}}` inside a string does not end the expression.
+        assert_eq!(always_rendered("{{ \"}}\" ~ x }}tail"), Some(vec!["tail"]));
+        // The value is trimmed: a line break next to an empty expression at
+        // the end may go, one between two pieces of text may not.
+        assert_eq!(always_rendered("Hi\n{{ x }}"), Some(vec!["Hi"]));
+        assert_eq!(always_rendered("Hi\n{{ x }} there"), Some(vec!["Hi\n", " there"]));
+        assert_eq!(always_rendered("{% if x %}long{% endif %}"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Target;
-use crate::letter::{Rendered, RenderedMailbox};
+use crate::letter::{Part, Rendered, RenderedMailbox};
 use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
@@ -72,14 +72,58 @@ pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, doma
     format!("<{hex}@{domain}>")
 }
 
+/// What a part is called in reasons, and its longest accepted value.
+fn describe(part: Part) -> (&'static str, usize) {
+    match part {
+        Part::Subject => ("Subject", MAX_SUBJECT_CHARS),
+        Part::FromName => ("From name", MAX_NAME_CHARS),
+        Part::FromAddress => ("From address", MAX_NAME_CHARS),
+        Part::ReplyToName => ("Reply-To name", MAX_NAME_CHARS),
+        Part::ReplyToAddress => ("Reply-To address", MAX_NAME_CHARS),
+    }
+}
+
+/// Checks a header value that is the same for every supporter, as
+/// [`build`] would: an `Err` means no letter could ever be built.
+pub fn check_part(part: Part, value: &str) -> Result<(), String> {
+    let (what, max) = describe(part);
+    Headers(None).value(what, value, max)?;
+    if matches!(part, Part::FromAddress | Part::ReplyToAddress) {
+        value
+            .parse::<Address>()
+            .map_err(|e| format!("the {what} `{value}` is invalid: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks the text every rendering of a header contains (its literal
+/// `pieces`, in order): what [`build`] would refuse in any of them, or in
+/// their total length, it refuses for every supporter.
+pub fn check_part_floor(part: Part, pieces: &[&str]) -> Result<(), String> {
+    let (what, max) = describe(part);
+    // Joined by a space so that no piece's end and the next one's start make
+    // a pattern (`=?`) that a rendering would not contain.
+    Headers(None).value(what, &pieces.join(" "), usize::MAX)?;
+    let n: usize = pieces.iter().map(|p| p.chars().count()).sum();
+    if n > max {
+        return Err(format!(
+            "the {what} would be at least {n} characters long (at most {max})"
+        ));
+    }
+    Ok(())
+}
+
 /// Validates header-bound values before lettre sees them (lettre panics on
-/// CR/LF in display names and writes overlong lines).
-struct Headers<'a>(&'a Supporter);
+/// CR/LF in display names and writes overlong lines). The supporter, when
+/// there is one, is whose columns to name in a reason.
+struct Headers<'a>(Option<&'a Supporter>);
 
 impl Headers<'_> {
     /// The columns whose value matches `bad`, to name in a reason.
     fn columns(&self, bad: impl Fn(&str) -> bool) -> String {
-        let s = self.0;
+        let Some(s) = self.0 else {
+            return String::new();
+        };
         let cols: Vec<&str> = s
             .headers
             .iter()
@@ -123,15 +167,17 @@ impl Headers<'_> {
         Ok(())
     }
 
-    fn mailbox(&self, what: &str, m: &RenderedMailbox) -> Result<Mailbox, String> {
+    fn mailbox(&self, name_part: Part, address_part: Part, m: &RenderedMailbox) -> Result<Mailbox, String> {
         if let Some(name) = &m.name {
-            self.value(&format!("{what} name"), name, MAX_NAME_CHARS)?;
+            let (what, max) = describe(name_part);
+            self.value(what, name, max)?;
         }
-        self.value(&format!("{what} address"), &m.address, MAX_NAME_CHARS)?;
+        let (what, max) = describe(address_part);
+        self.value(what, &m.address, max)?;
         let address: Address = m
             .address
             .parse()
-            .map_err(|e| format!("the {what} address `{}` is invalid: {e}", m.address))?;
+            .map_err(|e| format!("the {what} `{}` is invalid: {e}", m.address))?;
         Ok(Mailbox::new(m.name.clone().filter(|n| !n.is_empty()), address))
     }
 }
@@ -144,13 +190,13 @@ pub fn build(
     settings: &Envelopes<'_>,
     date: SystemTime,
 ) -> Result<Built, String> {
-    let check = Headers(supporter);
+    let check = Headers(Some(supporter));
     check.value("Subject", &rendered.subject, MAX_SUBJECT_CHARS)?;
-    let from = check.mailbox("From", &rendered.from)?;
+    let from = check.mailbox(Part::FromName, Part::FromAddress, &rendered.from)?;
     let reply_to = rendered
         .reply_to
         .as_ref()
-        .map(|r| check.mailbox("Reply-To", r))
+        .map(|r| check.mailbox(Part::ReplyToName, Part::ReplyToAddress, r))
         .transpose()?;
     if settings.cc_supporter {
         check.value("Cc name", &supporter.name, MAX_NAME_CHARS)?;
@@ -186,7 +232,7 @@ pub fn build(
         builder = builder.bcc(b.clone());
         recipients.push(b.email.clone());
     }
-    recipients.dedup();
+    dedup_recipients(&mut recipients);
     let envelope = Envelope::new(Some(from.email.clone()), recipients.clone())
         .map_err(|e| format!("cannot build the envelope: {e}"))?;
     builder = builder.envelope(envelope);
@@ -224,6 +270,18 @@ pub fn build(
         text,
         bytes: message.formatted(),
     })
+}
+
+/// Keeps the first of every address, compared ignoring case on the whole
+/// address: one mailbox gets one RCPT (a Bcc equal to the target, a
+/// supporter also in `bcc`, a supporter who is the target).
+///
+/// NOTE: RFC 5321 lets a server treat local parts case-sensitively, but no
+/// mail system in practice does, and a second RCPT would deliver a second
+/// copy; the domain is case-insensitive anyway.
+fn dedup_recipients(recipients: &mut Vec<Address>) {
+    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+    recipients.retain(|a| seen.insert(a.to_string().to_lowercase()));
 }
 
 /// Bare CR and CRLF become LF; lettre then writes CRLF everywhere.
@@ -312,6 +370,48 @@ mod tests {
         assert_eq!(b.recipients.len(), 3);
         // Every line ends in CRLF: no bare CR or LF.
         assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+    }
+
+    #[test]
+    fn one_rcpt_per_mailbox_ignoring_case_first_kept() {
+        let bcc = [
+            "SATYA@corp.example".parse().unwrap(),
+            "Archive@Org.example".parse().unwrap(),
+            "ANA@X.org".parse().unwrap(),
+            "archive@org.example".parse().unwrap(),
+        ];
+        let b = build(
+            &rendered("Ana", "s"),
+            &supporter("Ana"),
+            &target(),
+            &settings(&bcc),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let got: Vec<String> = b.recipients.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["Satya@Corp.example", "ana@x.org", "Archive@Org.example"]);
+    }
+
+    #[test]
+    fn parts_the_same_for_every_row_are_checked_alone() {
+        assert!(check_part(Part::FromAddress, "letters@org.example").is_ok());
+        let err = check_part(Part::FromAddress, "not-an-address").unwrap_err();
+        assert!(
+            err.starts_with("the From address `not-an-address` is invalid"),
+            "{err}"
+        );
+        let err = check_part(Part::Subject, &"s".repeat(MAX_SUBJECT_CHARS + 1)).unwrap_err();
+        assert_eq!(err, "the Subject would be 251 characters long (at most 250)");
+        assert!(check_part(Part::ReplyToName, "").is_ok());
+        let err = check_part_floor(Part::Subject, &[": ", &"x".repeat(249)]).unwrap_err();
+        assert_eq!(
+            err,
+            "the Subject would be at least 251 characters long (at most 250)"
+        );
+        let err = check_part_floor(Part::FromName, &["Org\tvia"]).unwrap_err();
+        assert!(err.contains("a control character"), "{err}");
+        // Pieces are never glued into a pattern no rendering holds.
+        assert!(check_part_floor(Part::Subject, &["a=", "?b?=c"]).is_ok());
     }
 
     #[test]

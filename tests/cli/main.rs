@@ -5,6 +5,7 @@
 mod support;
 
 mod delivery;
+mod edges_letters;
 mod edges_roster;
 mod inputs;
 mod security;

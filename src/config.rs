@@ -875,6 +875,57 @@ file = "supporters.csv"
     }
 
     #[test]
+    fn bounces_section() {
+        let parse =
+            |extra: &str| Config::from_toml(&format!("{MINIMAL}\n{extra}"), Path::new("c/mailer.toml"));
+        let c = parse(
+            "[bounces]\nreturn_path = \"bounces+{token}@org.example\"\nmailbox = \"imaps://imap.org.example\"\n\
+             username = \"b@org.example\"\n",
+        )
+        .unwrap();
+        let b = c.bounces.unwrap();
+        let rp = b.return_path.unwrap();
+        assert_eq!(rp.with_token("abc"), "bounces+abc@org.example");
+        assert_eq!(rp.token_of("Bounces+ABC@Org.Example").as_deref(), Some("abc"));
+        assert_eq!(rp.token_of("letters@org.example"), None);
+        assert_eq!(rp.domain(), "org.example");
+        assert_eq!(
+            b.mailbox,
+            Some(BounceMailbox::Imap {
+                host: "imap.org.example".into(),
+                port: 993
+            })
+        );
+        assert_eq!(
+            (b.folder.as_str(), b.password),
+            ("INBOX", Secret::Env("MAILER_BOUNCES_PASSWORD".into()))
+        );
+        let m = |s: &str| {
+            parse(&format!("[bounces]\nmailbox = \"{s}\"\n")).map(|c| c.bounces.unwrap().mailbox.unwrap())
+        };
+        assert_eq!(
+            m("imaps://[::1]:10993").unwrap(),
+            BounceMailbox::Imap {
+                host: "::1".into(),
+                port: 10993
+            }
+        );
+        assert_eq!(
+            m("Maildir").unwrap(),
+            BounceMailbox::Local(PathBuf::from("c/Maildir"))
+        );
+        assert!(m("imap://x").unwrap_err().to_string().contains("only imaps://"));
+        let err = parse("[bounces]\nreturn_path = \"bounces@org.example\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("c/mailer.toml:18: "), "{err}");
+        assert!(
+            parse("[bounces]\nmailbx = \"x\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("mailbx")
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults_and_resolved_paths() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.campaign.letter, Path::new("camp/letters/letter.txt"));

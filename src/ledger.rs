@@ -995,6 +995,77 @@ mod tests {
     }
 
     #[test]
+    fn old_ledgers_learn_bounced_and_bounces_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // A ledger as the previous version wrote it (no `bounced`, no bounces table),
+        // with an extra column and index another change might have added.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",'bounced'", "").replace(
+            "CREATE TABLE IF NOT EXISTS bounces",
+            "CREATE TABLE IF NOT EXISTS unused_bounces",
+        ))
+        .unwrap();
+        old.execute_batch(
+            "ALTER TABLE letters ADD COLUMN extra TEXT;
+             CREATE INDEX letters_by_state ON letters (state);
+             INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO letters (supporter, target, state, attempts, message_id, sent_at, updated_at, extra)
+             VALUES ('a@x.org', 't@x.org', 'sent', 1, '<m@o>', 5, 5, 'kept');",
+        )
+        .unwrap();
+        assert!(
+            old.execute("UPDATE letters SET state = 'bounced'", []).is_err(),
+            "the old CHECK refuses `bounced`"
+        );
+        drop(old);
+        let l = Ledger::open(&path, "c").unwrap();
+        let b = Bounce {
+            source: "mid:dsn1@relay".into(),
+            supporter: "a@x.org".into(),
+            target: "t@x.org".into(),
+            at: 10,
+            action: "failed".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 user unknown".into(),
+            reporter: "mx.x.org".into(),
+            permanent: true,
+        };
+        assert_eq!(l.record_bounce(&b, 11).unwrap(), BounceEffect::Bounced);
+        assert_eq!(l.record_bounce(&b, 12).unwrap(), BounceEffect::Known);
+        let r = l.get("a@x.org", "t@x.org").unwrap().unwrap();
+        assert_eq!((r.state, r.sent_at), (State::Bounced, Some(5)));
+        let extra: String = l
+            .conn
+            .query_row("SELECT extra FROM letters", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(extra, "kept");
+        let index: i64 = l
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'letters_by_state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
+        // A bounced letter is never claimed (sent) again.
+        let key = Key {
+            supporter: "a@x.org",
+            target: "t@x.org",
+            line: 2,
+            message_id: "<m@o>",
+        };
+        assert!(l.claim(&key, 20).is_err());
+        assert_eq!(l.bounces().unwrap(), vec![b]);
+        // The VERP secret is made once and kept.
+        let secret = l.verp_secret().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert_eq!(l.verp_secret().unwrap(), secret);
+        assert_eq!(l.stored_verp_secret().unwrap(), Some(secret));
+    }
+
+    #[test]
     fn lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.sqlite3");

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bounces;
 mod delivery;
 mod inputs;
 mod security;

@@ -71,7 +71,7 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             sent_at,
             cell(&l.message_id.unwrap_or_default()),
             bounce
-                .map(|b| format!("{} {}", b.status, b.action))
+                .map(|b| format!("{} ({})", b.status, b.action))
                 .unwrap_or_default(),
             cell(bounce.map_or("", |b| b.diagnostic.as_str())),
             bounce

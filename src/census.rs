@@ -64,7 +64,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     let record = lookup(&key, &t)?;
                     // A letter sent before the row went bad stays sent.
                     let state = match record.as_ref().map(|r| r.state) {
-                        Some(s @ (State::Sent | State::Unknown | State::Failed)) => s,
+                        Some(s @ (State::Sent | State::Unknown | State::Failed | State::Bounced)) => s,
                         _ => State::Skipped,
                     };
                     let message_id = record.as_ref().and_then(|r| r.message_id.clone());

@@ -83,6 +83,15 @@ pub enum Command {
     /// Asks for confirmation on a terminal. A letter recorded as sent is never
     /// sent again. Failed and unknown letters wait for the flags below.
     Send(SendArgs),
+    /// Read [bounces].mailbox; mark letters that bounced
+    ///
+    /// Reads a Maildir folder, an mbox file or an IMAP folder (imaps://),
+    /// finds delivery status notifications and records each letter they
+    /// name as `bounced` (5.x.x) or notes a delay (4.x.x). Reading the same
+    /// messages again changes nothing; over IMAP, processed messages are
+    /// marked \Seen and nothing is deleted. Exit 0 when the mailbox was
+    /// read, 75 when its server is unreachable, 1 on config errors.
+    Bounces,
     /// Counts by state, and every failure with the server's reply
     Status {
         /// Print one JSON object instead of a table

@@ -32,12 +32,15 @@ pub enum State {
     Unknown,
     /// The supporter's row is invalid.
     Skipped,
+    /// Sent, then a delivery status notification said it failed (never resent).
+    Bounced,
 }
 
 impl State {
     /// Every state, in report order.
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Sent,
+        State::Bounced,
         State::Pending,
         State::Deferred,
         State::Failed,
@@ -57,6 +60,7 @@ impl State {
             State::Failed => "failed",
             State::Unknown => "unknown",
             State::Skipped => "skipped",
+            State::Bounced => "bounced",
         }
     }
 
@@ -133,7 +137,7 @@ CREATE TABLE IF NOT EXISTS letters (
     supporter TEXT NOT NULL,
     target TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN
-        ('pending','sending','sent','deferred','failed','unknown','skipped')),
+        ('pending','sending','sent','deferred','failed','unknown','skipped','bounced')),
     attempts INTEGER NOT NULL DEFAULT 0,
     line INTEGER,
     message_id TEXT,
@@ -153,6 +157,19 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 -- No index on attempts: it is read once per run (the daily quota), and an
 -- index would cost a page write on every letter.
+CREATE TABLE IF NOT EXISTS bounces (
+    source TEXT NOT NULL,
+    supporter TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    diagnostic TEXT NOT NULL,
+    reporter TEXT NOT NULL,
+    permanent INTEGER NOT NULL,
+    PRIMARY KEY (source, supporter, target)
+) WITHOUT ROWID;
 ";
 
 impl Ledger {
@@ -185,6 +202,7 @@ impl Ledger {
         }
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up ledger `{shown}`"))?;
+        allow_bounced(&conn).with_context(|| format!("cannot upgrade ledger `{shown}`"))?;
         if !owned_by(&conn, path, campaign_id)? {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
@@ -284,7 +302,7 @@ impl Ledger {
                  VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
                  ON CONFLICT (supporter, target) DO UPDATE SET
                     state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
-                 WHERE state <> 'sent'",
+                 WHERE state NOT IN ('sent', 'bounced')",
             )?;
             for k in letters {
                 let changed = stmt
@@ -336,7 +354,7 @@ impl Ledger {
              ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
                 message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
                 updated_at = ?9
-             WHERE state <> 'sent'",
+             WHERE state NOT IN ('sent', 'bounced')",
         )?
         .execute(params![
             letter.supporter,
@@ -415,6 +433,182 @@ impl Ledger {
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
     }
+}
+
+/// A bounce the ledger records (`mailer bounces`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounce {
+    /// Identifies the notification (its Message-ID, or a digest of it):
+    /// reading the same one again changes nothing.
+    pub source: String,
+    /// Normalized supporter email.
+    pub supporter: String,
+    /// Normalized target email.
+    pub target: String,
+    /// When the failure happened, as the notification says (unix seconds).
+    pub at: i64,
+    /// RFC 3464 `Action` (`failed`, `delayed`).
+    pub action: String,
+    /// RFC 3464 `Status`, e.g. `5.1.1`.
+    pub status: String,
+    /// The remote server's words (`Diagnostic-Code`), single line.
+    pub diagnostic: String,
+    /// The server that reported it (`Remote-MTA`, else `Reporting-MTA`).
+    pub reporter: String,
+    /// A final failure: the letter becomes `bounced`.
+    pub permanent: bool,
+}
+
+/// What recording a bounce did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceEffect {
+    /// The letter is now `bounced`.
+    Bounced,
+    /// Kept as a notice (delayed, or the letter was not `sent`); no state change.
+    Noted,
+    /// This notification was recorded before.
+    Known,
+}
+
+impl Ledger {
+    /// The per-ledger VERP secret, created on first use (32 random bytes).
+    pub fn verp_secret(&self) -> Result<Vec<u8>> {
+        if let Some(secret) = self.stored_verp_secret()? {
+            return Ok(secret);
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
+        let hex = secret.iter().fold(String::new(), |mut s, b| {
+            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+            s
+        });
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('verp_secret', ?1)",
+            [hex],
+        )?;
+        self.stored_verp_secret()?
+            .context("the VERP secret was not stored")
+    }
+
+    /// The VERP secret, if a run created one (read-only ledgers).
+    pub fn stored_verp_secret(&self) -> Result<Option<Vec<u8>>> {
+        let hex: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'verp_secret'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(hex.map(|h| {
+            (0..h.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        }))
+    }
+
+    /// Records a delivery status notification for a letter, durably. A
+    /// permanent one turns a `sent` (or `unknown`) letter `bounced`.
+    pub fn record_bounce(&self, b: &Bounce, now: i64) -> Result<BounceEffect> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let tx = self.conn.unchecked_transaction()?;
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO bounces (source, supporter, target, at, seen_at, action, status, diagnostic,
+                reporter, permanent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                b.source,
+                b.supporter,
+                b.target,
+                b.at,
+                now,
+                b.action,
+                b.status,
+                b.diagnostic,
+                b.reporter,
+                b.permanent
+            ],
+        )?;
+        let changed = if new == 1 && b.permanent {
+            tx.execute(
+                "UPDATE letters SET state = 'bounced', updated_at = ?3
+                 WHERE supporter = ?1 AND target = ?2 AND state IN ('sent', 'unknown')",
+                params![b.supporter, b.target, now],
+            )?
+        } else {
+            0
+        };
+        tx.commit().map_err(|e| disk_error(e, &self.path))?;
+        Ok(match (new, changed) {
+            (0, _) => BounceEffect::Known,
+            (_, 0) => BounceEffect::Noted,
+            _ => BounceEffect::Bounced,
+        })
+    }
+
+    /// Every recorded notification, oldest first.
+    pub fn bounces(&self) -> Result<Vec<Bounce>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT source, supporter, target, at, action, status, diagnostic, reporter, permanent
+             FROM bounces ORDER BY at, supporter, target",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Bounce {
+                source: r.get(0)?,
+                supporter: r.get(1)?,
+                target: r.get(2)?,
+                at: r.get(3)?,
+                action: r.get(4)?,
+                status: r.get(5)?,
+                diagnostic: r.get(6)?,
+                reporter: r.get(7)?,
+                permanent: r.get(8)?,
+            })
+        });
+        match rows {
+            Ok(rows) => rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into),
+            // A ledger from before bounces, opened read-only: none yet.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Ledgers written before `bounced` existed have a CHECK that refuses it:
+/// rebuild `letters` from its own stored definition with the state added
+/// (keeping every column and index it has), in one transaction.
+fn allow_bounced(conn: &Connection) -> Result<()> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'letters'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains("'bounced'") {
+        return Ok(());
+    }
+    let old = "'unknown','skipped')";
+    if !sql.contains(old) {
+        bail!("unexpected `letters` table definition");
+    }
+    let indexes: Vec<String> = conn
+        .prepare(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'letters' AND sql IS NOT NULL",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let create =
+        sql.replacen(old, "'unknown','skipped','bounced')", 1)
+            .replacen("letters", "letters_upgraded", 1);
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(&format!(
+        "{create};
+         INSERT INTO letters_upgraded SELECT * FROM letters;
+         DROP TABLE letters;
+         ALTER TABLE letters_upgraded RENAME TO letters;"
+    ))?;
+    for index in indexes {
+        tx.execute_batch(&index)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Refuses a ledger that belongs to another campaign; `false` if it names
@@ -798,6 +992,77 @@ mod tests {
         }
         let l = std::sync::Arc::try_unwrap(shared).ok().unwrap().into_inner();
         assert_eq!(l.counts().unwrap(), vec![(State::Sent, 8)]);
+    }
+
+    #[test]
+    fn old_ledgers_learn_bounced_and_bounces_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // A ledger as the previous version wrote it (no `bounced`, no bounces table),
+        // with an extra column and index another change might have added.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",'bounced'", "").replace(
+            "CREATE TABLE IF NOT EXISTS bounces",
+            "CREATE TABLE IF NOT EXISTS unused_bounces",
+        ))
+        .unwrap();
+        old.execute_batch(
+            "ALTER TABLE letters ADD COLUMN extra TEXT;
+             CREATE INDEX letters_by_state ON letters (state);
+             INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO letters (supporter, target, state, attempts, message_id, sent_at, updated_at, extra)
+             VALUES ('a@x.org', 't@x.org', 'sent', 1, '<m@o>', 5, 5, 'kept');",
+        )
+        .unwrap();
+        assert!(
+            old.execute("UPDATE letters SET state = 'bounced'", []).is_err(),
+            "the old CHECK refuses `bounced`"
+        );
+        drop(old);
+        let l = Ledger::open(&path, "c").unwrap();
+        let b = Bounce {
+            source: "mid:dsn1@relay".into(),
+            supporter: "a@x.org".into(),
+            target: "t@x.org".into(),
+            at: 10,
+            action: "failed".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 user unknown".into(),
+            reporter: "mx.x.org".into(),
+            permanent: true,
+        };
+        assert_eq!(l.record_bounce(&b, 11).unwrap(), BounceEffect::Bounced);
+        assert_eq!(l.record_bounce(&b, 12).unwrap(), BounceEffect::Known);
+        let r = l.get("a@x.org", "t@x.org").unwrap().unwrap();
+        assert_eq!((r.state, r.sent_at), (State::Bounced, Some(5)));
+        let extra: String = l
+            .conn
+            .query_row("SELECT extra FROM letters", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(extra, "kept");
+        let index: i64 = l
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'letters_by_state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
+        // A bounced letter is never claimed (sent) again.
+        let key = Key {
+            supporter: "a@x.org",
+            target: "t@x.org",
+            line: 2,
+            message_id: "<m@o>",
+        };
+        assert!(l.claim(&key, 20).is_err());
+        assert_eq!(l.bounces().unwrap(), vec![b]);
+        // The VERP secret is made once and kept.
+        let secret = l.verp_secret().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert_eq!(l.verp_secret().unwrap(), secret);
+        assert_eq!(l.stored_verp_secret().unwrap(), Some(secret));
     }
 
     #[test]

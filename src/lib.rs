@@ -9,10 +9,13 @@
 //!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
 //!   failures) and `throttle` (rate).
 //! - `census` joins CSV and ledger for `status` and `export`.
+//! - `bounces` reads the bounce mailbox (Maildir, mbox, IMAP) and ties each
+//!   delivery status notification to its letter (VERP token or Message-ID).
 //! - `report` formats data for stdout; `ui` talks to the person on stderr;
 //!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
 //!   `secret` keep time and passwords behind small seams.
 
+pub mod bounces;
 pub mod campaign;
 pub mod census;
 pub mod cli;
@@ -76,6 +79,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             };
             cmd::send::run(&load()?, &opts, ui, &clock)
         }
+        Command::Bounces => cmd::bounces::run(&load()?, ui, clock.as_ref()),
         Command::Status { json } => cmd::status::run(&load()?, json),
         Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
         Command::Completions { shell } => {

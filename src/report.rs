@@ -261,6 +261,8 @@ pub struct StatusCounts {
     pub unknown: u64,
     /// Invalid rows.
     pub skipped: u64,
+    /// Sent, then refused by the target's mail system (a DSN came back).
+    pub bounced: u64,
 }
 
 #[cfg(test)]
@@ -284,7 +286,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             json,
-            r#"{"campaign":"c","total":0,"sent":0,"pending":0,"deferred":0,"failed":0,"unknown":0,"skipped":0}"#
+            r#"{"campaign":"c","total":0,"sent":0,"pending":0,"deferred":0,"failed":0,"unknown":0,"skipped":0,"bounced":0}"#
         );
     }
 }

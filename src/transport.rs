@@ -614,6 +614,37 @@ impl Connection {
     }
 }
 
+/// A TLS client configuration trusting the web PKI plus `ca_file` (PEM),
+/// as `[smtp]` does; for other servers mailer talks to (the bounce mailbox).
+pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("cannot read ca_file `{}`", ca.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("ca_file `{}` is not PEM certificates", ca.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("ca_file `{}` holds no certificate", ca.display());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .with_context(|| format!("ca_file `{}`: bad certificate", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
 /// Dot-stuffs a CRLF message and appends the terminator, in one buffer so it
 /// leaves in one write.
 fn dot_stuff(message: &[u8]) -> Vec<u8> {

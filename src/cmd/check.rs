@@ -99,7 +99,12 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     }
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
+        if let Some(problem) = return_path_problem(campaign, from.domain()) {
+            problems += 1;
+            out(&format!("{problem}\n"))?;
+        }
     }
+    unknown_target_warnings(campaign, ui)?;
     let targets = campaign.target_count();
     let s = |n: u64| if n == 1 { "" } else { "s" };
     let summary = format!(
@@ -169,6 +174,46 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
         }
         Some(_) => {}
     }
+}
+
+/// `[bounces] return_path` must share From's domain (or be a subdomain of
+/// it, or the reverse): DMARC's SPF alignment compares the two.
+fn return_path_problem(campaign: &Campaign, from_domain: &str) -> Option<String> {
+    let bounces = campaign.config.bounces.as_ref()?;
+    let rp = bounces.return_path.as_ref()?;
+    let (from, verp) = (from_domain.to_ascii_lowercase(), rp.domain().to_ascii_lowercase());
+    let aligned = from == verp || from.ends_with(&format!(".{verp}")) || verp.ends_with(&format!(".{from}"));
+    (!aligned).then(|| {
+        format!(
+            "{}: [bounces] return_path is in `{verp}`, From in `{from}`: receivers check SPF for the \
+             return path's domain, and DMARC passes on SPF only when that domain aligns with From's\n\n\
+             hint: return_path = \"bounces+{{token}}@{from}\"",
+            bounces.at
+        )
+    })
+}
+
+/// Names each target whose letters bounced as an unknown address (5.1.x).
+fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
+    let config = &campaign.config;
+    let Some(ledger) = crate::ledger::Ledger::open_existing(&config.ledger_path, &config.campaign.id)? else {
+        return Ok(());
+    };
+    let mut by_target: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for b in ledger.bounces()? {
+        if b.permanent && b.status.starts_with("5.1.") {
+            let e = by_target.entry(b.target).or_insert((0, b.diagnostic));
+            e.0 += 1;
+        }
+    }
+    for (target, (n, diagnostic)) in by_target {
+        ui.warn(&format!(
+            "target `{target}`: {n} letter{} bounced as an unknown address ({diagnostic})\n\n\
+             hint: check the address in [[targets]]; letters already sent to it are not resent",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(())
 }
 
 /// `check --smtp`: connect, TLS, AUTH, QUIT; says which step failed.

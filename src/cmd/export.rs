@@ -29,7 +29,26 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         "last_reply",
         "sent_at",
         "message_id",
+        "bounce_status",
+        "bounce_diagnostic",
+        "bounced_at",
     ])?;
+    // Per letter: its final failure if one came back, else its latest delay notice.
+    let mut bounces = std::collections::HashMap::new();
+    for b in ledger
+        .as_ref()
+        .map(Ledger::bounces)
+        .transpose()?
+        .unwrap_or_default()
+    {
+        let key = (b.supporter.clone(), b.target.clone());
+        let keep = bounces
+            .get(&key)
+            .is_none_or(|old: &crate::ledger::Bounce| !old.permanent || b.permanent);
+        if keep {
+            bounces.insert(key, b);
+        }
+    }
     let mut failed = None;
     census::walk(campaign, ledger.as_ref(), |l| {
         if failed.is_some() {
@@ -42,6 +61,7 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             .and_then(|t| jiff::Timestamp::from_second(t).ok())
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let bounce = bounces.get(&(l.supporter.clone(), l.target.clone()));
         let row = [
             cell(&l.supporter),
             cell(&l.target),
@@ -50,6 +70,14 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             cell(&reply),
             sent_at,
             cell(&l.message_id.unwrap_or_default()),
+            bounce
+                .map(|b| format!("{} ({})", b.status, b.action))
+                .unwrap_or_default(),
+            cell(bounce.map_or("", |b| b.diagnostic.as_str())),
+            bounce
+                .and_then(|b| jiff::Timestamp::from_second(b.at).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
         ];
         if let Err(e) = w.write_record(&row) {
             failed = Some(e);

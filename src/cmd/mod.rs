@@ -1,4 +1,5 @@
 //! One module per subcommand: load → plan → act → report.
+pub mod bounces;
 pub mod check;
 pub mod export;
 pub mod init;

@@ -62,7 +62,7 @@ pub fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
     let Some(r) = record else { return Decision::Due };
     match r.state {
         State::Pending | State::Skipped => Decision::Due,
-        State::Sent => Decision::Sent,
+        State::Sent | State::Bounced => Decision::Sent,
         State::Deferred if r.next_attempt_at.is_none_or(|t| t <= now) => Decision::Due,
         State::Deferred => Decision::Waiting,
         State::Failed if opts.retry_failed => Decision::Due,
@@ -82,6 +82,9 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let connector = Connector::new(config.smtp()?)?;
     let _lock = RunLock::acquire(&config.ledger_path)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
+        ledger.verp_secret()?;
+    }
     ui.detail(&format!(
         "config `{}`, supporters `{}`, ledger `{}`",
         config.path.display(),
@@ -208,6 +211,7 @@ fn dispatch(
     // wait), so it does not queue behind the workers' commits.
     let reader = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?
         .context("the ledger disappeared during the run")?;
+    let verp = crate::bounces::Verp::new(config, &reader)?;
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
@@ -236,7 +240,7 @@ fn dispatch(
                 }
                 Prepared::Duplicate(Repeat { .. }) => continue,
             };
-            for (target, built) in config.targets.iter().zip(letters) {
+            for (target, mut built) in config.targets.iter().zip(letters) {
                 let target_key = target.key();
                 let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
@@ -244,6 +248,9 @@ fn dispatch(
                 }
                 if dispatched >= to_send || shared.halted() {
                     return Ok(());
+                }
+                if let Some(verp) = &verp {
+                    built.from = verp.address(&supporter.key, &target_key)?;
                 }
                 let job = Job {
                     supporter: supporter.key.clone(),

@@ -1,14 +1,15 @@
 //! `mailer status`: counts by state, and every failure with its reply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::Result;
 
+use crate::bounces::dsn::problem_key;
 use crate::campaign::Campaign;
 use crate::census;
 use crate::exit::Exit;
-use crate::ledger::{Ledger, State};
+use crate::ledger::{Bounce, Ledger, State};
 use crate::report::{StatusCounts, out, thousands};
 
 /// Runs `mailer status [--json]`.
@@ -21,6 +22,7 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     };
     let mut by_target: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut delivered: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
     census::walk(campaign, ledger.as_ref(), |letter| {
         counts.total += 1;
         match letter.state {
@@ -30,6 +32,15 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
             State::Failed => counts.failed += 1,
             State::Unknown | State::Sending => counts.unknown += 1,
             State::Skipped => counts.skipped += 1,
+            State::Bounced => counts.bounced += 1,
+        }
+        if let (State::Sent | State::Bounced, Some(at)) =
+            (letter.state, letter.record.as_ref().and_then(|r| r.sent_at))
+        {
+            delivered
+                .entry(letter.target.clone())
+                .or_default()
+                .push((at, letter.state == State::Bounced));
         }
         *by_target
             .entry(letter.target.clone())
@@ -58,6 +69,7 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     );
     for (name, n) in [
         ("sent", counts.sent),
+        ("bounced", counts.bounced),
         ("pending", counts.pending),
         ("deferred", counts.deferred),
         ("failed", counts.failed),
@@ -79,6 +91,95 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
             let _ = writeln!(text, "  {:<8} {s} → {t}: {reply}", state.as_str());
         }
     }
+    if let Some(ledger) = &ledger {
+        bounce_report(&mut text, &ledger.bounces()?, &delivered);
+    }
     out(&text)?;
     Ok(Exit::Done)
+}
+
+/// One problem's bounces: the letters, since when, an example diagnostic,
+/// the servers that reported it.
+type Group<'a> = (BTreeSet<(&'a str, &'a str)>, i64, &'a str, BTreeSet<&'a str>);
+
+/// Letters looked at for a target's recent bounce rate.
+const RECENT: usize = 100;
+/// A recent bounce rate above this share warns of filtering.
+const BOUNCE_RATE_WARNING: f64 = 0.05;
+
+/// Bounces grouped by problem (with when each started), delay notices, and
+/// a warning per target whose recent letters bounce more than 5%.
+fn bounce_report(text: &mut String, bounces: &[Bounce], delivered: &BTreeMap<String, Vec<(i64, bool)>>) {
+    // problem → (letters, first seen, an example diagnostic)
+    let mut groups: BTreeMap<String, Group<'_>> = BTreeMap::new();
+    let mut delays = BTreeSet::new();
+    for b in bounces {
+        if !b.permanent {
+            delays.insert((b.supporter.as_str(), b.target.as_str()));
+            continue;
+        }
+        let g = groups
+            .entry(problem_key(&b.diagnostic))
+            .or_insert_with(|| (BTreeSet::new(), b.at, &b.diagnostic, BTreeSet::new()));
+        g.0.insert((&b.supporter, &b.target));
+        g.1 = g.1.min(b.at);
+        if !b.reporter.is_empty() {
+            g.3.insert(&b.reporter);
+        }
+    }
+    if !groups.is_empty() {
+        let _ = writeln!(text, "\nBounced, by problem:");
+        let mut sorted: Vec<_> = groups.values().collect();
+        sorted.sort_by_key(|(letters, first, ..)| (std::cmp::Reverse(letters.len()), *first));
+        for (letters, first, example, reporters) in sorted {
+            let n = letters.len() as u64;
+            let by = reporters.iter().copied().collect::<Vec<_>>().join(", ");
+            let by = if by.is_empty() {
+                String::new()
+            } else {
+                format!(" (reported by {by})")
+            };
+            let _ = writeln!(
+                text,
+                "  {} letter{} since {}: {example}{by}",
+                thousands(n),
+                if n == 1 { "" } else { "s" },
+                utc_minute(*first)
+            );
+        }
+    }
+    if !delays.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n{} letter{} had a delay notice (4.x.x): the receiving side is still trying; no state changed",
+            delays.len(),
+            if delays.len() == 1 { "" } else { "s" }
+        );
+    }
+    for (target, letters) in delivered {
+        let mut recent = letters.clone();
+        recent.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
+        recent.truncate(RECENT);
+        let refused = recent.iter().filter(|(_, b)| *b).count();
+        let rate = refused as f64 / recent.len() as f64;
+        if refused >= 2 && rate > BOUNCE_RATE_WARNING {
+            let _ = writeln!(
+                text,
+                "\nwarning: {refused} of the last {} letters to {target} bounced ({:.0}%, above {:.0}%): its mail \
+                 system may be filtering the campaign\n  hint: pause `mailer send` for this target and read the \
+                 bounce diagnostics above",
+                recent.len(),
+                rate * 100.0,
+                BOUNCE_RATE_WARNING * 100.0
+            );
+        }
+    }
+}
+
+/// `2026-12-01 10:00 UTC`.
+fn utc_minute(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix).map_or_else(
+        |_| unix.to_string(),
+        |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+    )
 }

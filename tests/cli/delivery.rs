@@ -984,7 +984,7 @@ fn status_json_has_the_spec_keys_and_totals(c: &Campaign) {
         value,
         serde_json::json!({
             "campaign": "test-campaign", "total": 8, "sent": 4, "pending": 1,
-            "deferred": 0, "failed": 1, "unknown": 0, "skipped": 2
+            "deferred": 0, "failed": 1, "unknown": 0, "skipped": 2, "bounced": 0
         })
     );
     let keys: Vec<&str> = json
@@ -997,7 +997,7 @@ fn status_json_has_the_spec_keys_and_totals(c: &Campaign) {
     assert_eq!(
         keys,
         [
-            "campaign", "total", "sent", "pending", "deferred", "failed", "unknown", "skipped"
+            "campaign", "total", "sent", "pending", "deferred", "failed", "unknown", "skipped", "bounced"
         ],
         "exactly the SPEC keys, in its order"
     );
@@ -1019,7 +1019,10 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "attempts",
             "last_reply",
             "sent_at",
-            "message_id"
+            "message_id",
+            "bounce_status",
+            "bounce_diagnostic",
+            "bounced_at"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader
@@ -1288,7 +1291,7 @@ fn status_total_keeps_sent_letters_whose_row_left_the_csv() {
         value,
         serde_json::json!({
             "campaign": "test-campaign", "total": 3, "sent": 2, "pending": 1,
-            "deferred": 0, "failed": 0, "unknown": 0, "skipped": 0
+            "deferred": 0, "failed": 0, "unknown": 0, "skipped": 0, "bounced": 0
         })
     );
     c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bounces;
 mod delivery;
 mod edges_letters;
 mod edges_roster;

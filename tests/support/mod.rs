@@ -1,2 +1,3 @@
 pub mod campaign;
+pub mod imap;
 pub mod smtp;

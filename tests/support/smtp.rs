@@ -33,6 +33,8 @@ pub struct TestPki {
     ca_der: CertificateDer<'static>,
     leaf_der: CertificateDer<'static>,
     leaf_key: Vec<u8>,
+    leaf_pem: String,
+    leaf_key_pem: String,
 }
 
 impl Default for TestPki {
@@ -70,12 +72,20 @@ impl TestPki {
             ca_der: ca.der().clone(),
             leaf_der: leaf_cert.der().clone(),
             leaf_key: leaf_key.serialize_der(),
+            leaf_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         }
     }
 
     /// The CA certificate, PEM encoded (what `[smtp] ca_file` should contain).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The server leaf certificate and its private key, PEM (for servers
+    /// the tests run as separate programs, such as dovecot).
+    pub fn leaf_pem(&self) -> (&str, &str) {
+        (&self.leaf_pem, &self.leaf_key_pem)
     }
 
     /// The CA certificate, DER encoded (for a rustls `RootCertStore`).

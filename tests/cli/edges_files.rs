@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::campaign::{Campaign, Run};
-use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
+use crate::support::smtp::{Action, Security, Server, ServerOptions, Step, TestPki};
 
 // ---------------------------------------------------------------- helpers
 
@@ -112,6 +112,32 @@ fn issue9_deleting_the_lock_file_mid_run_does_not_let_a_second_run_in() {
     assert_eq!(got.len(), 20, "{got:?}");
     assert!(got.values().all(|&n| n == 1), "{got:?}");
     assert_eq!(c.states(), vec![("sent".to_string(), 20)]);
+}
+
+// ---------------------------------------------------------------- item 17: password_command
+
+/// Issue 9 item 17: a command that backgrounds a child kept the stdout pipe
+/// open, and reading to EOF outlived the timeout (45 s here). The first line
+/// is the password; mailer no longer waits for the pipe to close.
+#[test]
+fn issue9_a_password_command_that_leaves_a_child_running_returns_promptly() {
+    const USER: &str = "letters@org.example";
+    const PASSWORD: &str = "pw-from-command";
+    let pki = TestPki::new();
+    let server = Server::start(
+        ServerOptions::new(Security::StartTls)
+            .with_auth(USER, PASSWORD)
+            .with_pki(&pki),
+    );
+    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\nusername = \"{USER}\"\n\
+         ca_file = \"ca.pem\"\ntimeout_secs = 5\npassword_command = \"echo {PASSWORD}; sleep 45 &\"\n",
+        server.port()
+    ));
+    let run = wait_for(c.spawn(&["send", "--yes"]), Duration::from_secs(15));
+    run.code(0).stdout_has("sent 3");
+    idle(&server);
+    assert_eq!(server.received().len(), 3);
 }
 
 // ---------------------------------------------------------------- item 18: ledgers that cannot be read as usual

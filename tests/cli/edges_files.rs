@@ -6,6 +6,9 @@
 //! Real binary, real files, real pipes, the scripted SMTP server.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +65,10 @@ fn copies(server: &Server) -> std::collections::HashMap<String, usize> {
         *n.entry(m.message_id().unwrap()).or_insert(0) += 1;
     }
     n
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 fn idle(server: &Server) {
@@ -267,4 +274,80 @@ fn issue9_ledger_open_errors_say_what_is_wrong() {
         .code(1)
         .stderr_has("is not a mailer ledger")
         .stderr_has("not a database");
+}
+
+// ---------------------------------------------------------------- item 20: output files and pipes
+
+/// Issue 9 item 20: `export --out` wrote every supporter's address with mode
+/// 0644 (and kept a looser mode on a file it overwrote).
+#[test]
+fn issue9_export_out_is_private() {
+    let c = Campaign::new();
+    c.run(&["export", "--out", "letters.csv"]).code(0);
+    assert_eq!(mode_of(&c.join("letters.csv")), 0o600);
+    assert!(
+        std::fs::read_to_string(c.join("letters.csv"))
+            .unwrap()
+            .contains("ana@mail.example")
+    );
+    std::fs::set_permissions(c.join("letters.csv"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.run(&["export", "--out", "letters.csv"]).code(0);
+    assert_eq!(mode_of(&c.join("letters.csv")), 0o600);
+}
+
+/// Issue 9 item 20: `export --out` and `preview --out` followed a planted
+/// symlink and overwrote its target.
+#[test]
+fn issue9_output_files_are_never_written_through_a_symlink() {
+    let c = Campaign::new().file("victim.txt", "precious\n");
+    std::os::unix::fs::symlink(c.join("victim.txt"), c.join("letters.csv")).unwrap();
+    c.run(&["export", "--out", "letters.csv"])
+        .code(1)
+        .stderr_has("error: `letters.csv` is a symbolic link");
+    assert_eq!(
+        std::fs::read_to_string(c.join("victim.txt")).unwrap(),
+        "precious\n"
+    );
+
+    c.run(&["preview", "--out", "previews"]).code(0);
+    let first = std::fs::read_dir(c.join("previews"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    assert_eq!(mode_of(&first), 0o600);
+    // A rerun overwrites its own previews (a regular file, whatever its mode) …
+    std::fs::write(&first, "stale\n").unwrap();
+    std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.run(&["preview", "--out", "previews"]).code(0);
+    assert!(std::fs::read_to_string(&first).unwrap().contains("Message-ID: <"));
+    assert_eq!(mode_of(&first), 0o600);
+    // … but never the target of a symlink planted in their place.
+    std::fs::remove_file(&first).unwrap();
+    std::os::unix::fs::symlink(c.join("victim.txt"), &first).unwrap();
+    let name = first.file_name().unwrap().to_str().unwrap().to_string();
+    c.run(&["preview", "--out", "previews"])
+        .code(1)
+        .stderr_has(&name)
+        .stderr_has("is a symbolic link");
+    assert_eq!(
+        std::fs::read_to_string(c.join("victim.txt")).unwrap(),
+        "precious\n"
+    );
+}
+
+/// Issue 9 item 20: `mailer export | head` printed `error: Broken pipe` and
+/// exited 1. A reader that stops reading is not an error.
+#[test]
+fn issue9_export_into_a_pipe_closed_early_ends_quietly() {
+    let c = Campaign::new().file("supporters.csv", supporters(3000));
+    let mut child = c.spawn(&["export"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = [0u8; 64];
+    stdout.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"supporter,target,state"));
+    drop(stdout);
+    let run = wait_for(child, Duration::from_secs(30));
+    run.code(0);
+    assert_eq!(run.stderr, "", "nothing on stderr");
 }

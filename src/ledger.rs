@@ -127,8 +127,12 @@ pub struct Key<'a> {
 
 /// The open ledger.
 pub struct Ledger {
+    // NOTE: field order matters: `conn` must be dropped (closing `SQLite`'s
+    // own descriptors) before `_lock`, see [`Ledger::open`].
     conn: Connection,
     path: PathBuf,
+    /// The run lock, for a ledger opened to write.
+    _lock: Option<File>,
 }
 
 const SCHEMA: &str = "
@@ -173,14 +177,20 @@ CREATE TABLE IF NOT EXISTS bounces (
 ";
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger for `campaign_id`: folder 0700,
-    /// file 0600, WAL, integrity-checked, refusing another campaign's file.
+    /// Opens (creating if needed) the ledger for `campaign_id` to write:
+    /// folder 0700, file 0600, WAL, integrity-checked, refusing another
+    /// campaign's file. Holds the run lock until dropped: while one `send`
+    /// has it open, another fails at once with exit 75.
     pub fn open(path: &Path, campaign_id: &str) -> Result<Ledger> {
         let shown = path.display();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir)?;
         }
-        private_file(path)?;
+        if !path.exists() {
+            create(path, campaign_id)?;
+        }
+        let lock = run_lock(path)?;
+        sound_file(path)?;
         let conn = Connection::open(path).with_context(|| format!("cannot open ledger `{shown}`"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mode: String = conn
@@ -212,25 +222,34 @@ impl Ledger {
         Ok(Ledger {
             conn,
             path: path.to_path_buf(),
+            _lock: Some(lock),
         })
     }
 
     /// Opens an existing ledger read-only — for `status`, `export`, dry
     /// runs and the send dispatcher's lookups: no schema, no permission
-    /// changes, no writes, and it never waits for a running `send`.
-    /// `None` if no run wrote one yet.
+    /// changes, no writes, no run lock, and it never waits for a running
+    /// `send`. `None` if no run wrote one yet.
     pub fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
-        if !path.exists() {
-            return Ok(None);
+        // NOTE: only `stat` here, never a `File` on the ledger: this runs
+        // inside `send` beside its writing connection, and closing any
+        // descriptor of the file would drop that connection's POSIX locks.
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => sound_file(path)?,
         }
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        owned_by(&conn, path, campaign_id)?;
+        let conn = match owned_by(&conn, path, campaign_id) {
+            Ok(_) => conn,
+            Err(e) if cannot_open(&e) => read_only_folder(path, campaign_id)?,
+            Err(e) => return Err(e),
+        };
         Ok(Some(Ledger {
             conn,
             path: path.to_path_buf(),
+            _lock: None,
         }))
     }
 
@@ -291,7 +310,9 @@ impl Ledger {
     /// Claims several letters in one transaction with one fsync (group
     /// commit: workers whose claims arrive together share the disk flush).
     /// The outer `Err` is the commit failing (nothing claimed); an inner
-    /// `Err` is a letter already recorded as sent, which must not go again.
+    /// `Err` is a letter already recorded as sent, which must not go again,
+    /// or one that is `sending`: another run holds it (the run lock makes
+    /// that impossible; this refusal is the ledger's own second line).
     pub fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = self.conn.unchecked_transaction()?;
@@ -302,14 +323,22 @@ impl Ledger {
                  VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
                  ON CONFLICT (supporter, target) DO UPDATE SET
                     state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
-                 WHERE state NOT IN ('sent', 'bounced')",
+                 WHERE state NOT IN ('sent', 'bounced', 'sending')",
             )?;
+            let mut held =
+                tx.prepare_cached("SELECT state FROM letters WHERE supporter = ?1 AND target = ?2")?;
             for k in letters {
                 let changed = stmt
                     .execute(params![k.supporter, k.target, k.line as i64, k.message_id, now])
                     .map_err(|e| disk_error(e, &self.path))?;
                 results.push(if changed == 1 {
                     Ok(())
+                } else if held.query_row([k.supporter, k.target], |r| r.get::<_, String>(0))? == "sending" {
+                    Err(format!(
+                        "letter {} → {} is being sent by another run (its ledger row is `sending`); \
+                         not sending it",
+                        k.supporter, k.target
+                    ))
                 } else {
                     Err(format!(
                         "letter {} → {} is already recorded as sent; not sending it again",
@@ -611,6 +640,209 @@ fn allow_bounced(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Writes a new, complete ledger file at `path`: built under a temporary
+/// name, then linked into place only if `path` is still free. So mailer
+/// never leaves a zero-length ledger behind, and a zero-length one is never
+/// mistaken for a fresh start (it may be a truncated copy).
+fn create(path: &Path, campaign_id: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".new-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    drop(new_private_file(&tmp).map_err(|e| write_error(&e, path))?);
+    let built = (|| -> rusqlite::Result<()> {
+        let conn = Connection::open(&tmp)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
+            [campaign_id],
+        )?;
+        conn.close().map_err(|(_, e)| e)
+    })();
+    let placed = built
+        .map_err(|e| disk_error(e, path))
+        .and_then(|()| File::open(&tmp)?.sync_all().map_err(Into::into))
+        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            // Another run created it meanwhile: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            // A file system without hard links (FAT): copy into a file only
+            // this run can have created. A run racing it may then meet the
+            // file still empty, and stops with an error: never a fresh start.
+            Err(_) => copy_new(&tmp, path),
+        })
+        .and_then(|()| sync_dir(path));
+    let _ = std::fs::remove_file(&tmp);
+    placed.with_context(|| format!("cannot create ledger `{}`", path.display()))
+}
+
+/// Copies `from` to `to` unless `to` exists.
+fn copy_new(from: &Path, to: &Path) -> Result<()> {
+    let mut out = match new_private_file(to) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(write_error(&e, to)),
+    };
+    std::io::copy(&mut File::open(from)?, &mut out)?;
+    out.sync_all()?;
+    Ok(())
+}
+
+/// Makes a new directory entry for `path` durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Takes the run lock: an exclusive `flock` on the ledger file itself.
+///
+/// NOTE: the lock is on the database's own inode, not on a side file that
+/// anyone could delete (a deleted lock file let a second run in beside the
+/// first). `File::try_lock` is `flock(2)`; `SQLite` locks with POSIX `fcntl`
+/// locks. On Linux and the BSDs the two kinds are independent, so this lock
+/// never blocks `SQLite` and `status` keeps reading during a run. The trap
+/// is the other POSIX rule: closing *any* descriptor of a file drops every
+/// `fcntl` lock the process holds on it, including `SQLite`'s (its own
+/// descriptors are pooled to avoid this; ours is not). So this descriptor
+/// is opened before the run's connection and closed after it (`Ledger`
+/// drops `conn` first), and `open_existing` never opens the file itself.
+/// On NFS, Linux emulates `flock` with `fcntl`; `SQLite` is not safe there
+/// anyway.
+fn run_lock(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| write_error(&e, path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::error(
+            Exit::TryLater,
+            format!(
+                "another run holds the ledger `{}`: try again when it has finished",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock ledger `{}`", path.display()))
+        }
+    }
+}
+
+/// Refuses a ledger path that is a folder, or an empty file: an empty
+/// ledger is a lost record of sent letters, never a fresh start.
+fn sound_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read ledger `{}`", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "ledger `{}` is a folder, not a ledger file\n\nhint: set [ledger] path to a file",
+            path.display()
+        );
+    }
+    if meta.len() == 0 {
+        bail!(
+            "ledger `{}` is empty (0 bytes): its record of sent letters is gone, so nothing can tell \
+             which letters already went\n\nhint: restore it from a backup; only if no letter was ever \
+             sent with it, delete it and run again",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Names why a ledger cannot be opened to write, read-only file systems first.
+fn write_error(e: &std::io::Error, path: &Path) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        anyhow::anyhow!(
+            "cannot write ledger `{}`: its folder is on a read-only file system, and `mailer send` \
+             records every letter there\n\nhint: run it where the ledger's folder is writable \
+             (`mailer status` and `mailer send --dry-run` work read-only)",
+            path.display()
+        )
+    } else {
+        anyhow::anyhow!("cannot open ledger `{}` to write: {e}", path.display())
+    }
+}
+
+/// Labels an error met while reading a ledger: only a file that is not a
+/// database, or a database without mailer's tables, is "not a mailer ledger".
+fn read_error(e: rusqlite::Error, path: &Path) -> anyhow::Error {
+    let foreign = match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            f.code == rusqlite::ErrorCode::NotADatabase
+                || msg.as_deref().is_some_and(|m| m.starts_with("no such table"))
+        }
+        _ => false,
+    };
+    let what = if foreign {
+        format!("ledger `{}` is not a mailer ledger", path.display())
+    } else {
+        format!("cannot read ledger `{}`", path.display())
+    };
+    anyhow::Error::from(e).context(what)
+}
+
+/// Whether `SQLite` could not open a file (the database, or its `-shm`).
+fn cannot_open(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|e| e.downcast_ref::<rusqlite::Error>())
+        .any(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen))
+}
+
+/// Reads a ledger whose folder is read-only. A WAL database normally needs
+/// its `-shm` file, which cannot be created there; with no `-wal` file
+/// every committed letter is in the main file, so it is opened `immutable`
+/// (no locks, no `-shm`). No `send` can be running on it: a running one
+/// always has a `-wal` file. With a `-wal` file, say what is wrong.
+fn read_only_folder(path: &Path, campaign_id: &str) -> Result<Connection> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        bail!(
+            "cannot read ledger `{}`: its folder seems to be read-only, and `SQLite` must create \
+             `{}-shm` beside it to read the changes still in `{}`\n\nhint: run it where the \
+             folder is writable, or copy the folder (with the -wal file) to a writable place",
+            path.display(),
+            path.display(),
+            wal.display()
+        );
+    }
+    let uri = format!("file:{}?immutable=1", uri_path(path)?);
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri, flags).map_err(|e| read_error(e, path))?;
+    owned_by(&conn, path, campaign_id)?;
+    Ok(conn)
+}
+
+/// `path`, absolute and percent-encoded for an `SQLite` `file:` URI.
+fn uri_path(path: &Path) -> Result<String> {
+    use std::fmt::Write as _;
+    let abs = std::path::absolute(path)?;
+    let abs = abs
+        .to_str()
+        .with_context(|| format!("ledger path `{}` is not valid UTF-8", path.display()))?;
+    let mut out = String::new();
+    for &b in abs.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    Ok(out)
+}
+
 /// Refuses a ledger that belongs to another campaign; `false` if it names
 /// none yet (a new file).
 fn owned_by(conn: &Connection, path: &Path, campaign_id: &str) -> Result<bool> {
@@ -619,7 +851,7 @@ fn owned_by(conn: &Connection, path: &Path, campaign_id: &str) -> Result<bool> {
             r.get(0)
         })
         .optional()
-        .with_context(|| format!("ledger `{}` is not a mailer ledger", path.display()))?;
+        .map_err(|e| read_error(e, path))?;
     match stored {
         Some(id) if id != campaign_id => bail!(
             "ledger `{}` belongs to campaign `{id}`, not `{campaign_id}`\n\n\
@@ -704,15 +936,13 @@ fn private_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(unix)]
-fn private_file(path: &Path) -> Result<()> {
+fn new_private_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     OpenOptions::new()
-        .create(true)
-        .append(true)
+        .write(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create ledger `{}`", path.display()))?;
-    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -722,9 +952,8 @@ fn private_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn private_file(path: &Path) -> Result<()> {
-    OpenOptions::new().create(true).append(true).open(path)?;
-    Ok(())
+fn new_private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
 }
 
 /// The ledger as the send workers share it. Claims go through a group
@@ -831,43 +1060,6 @@ impl SharedLedger {
     #[must_use]
     pub fn into_inner(self) -> Ledger {
         self.ledger.into_inner().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The run lock: one `send` per ledger at a time. Released on drop (and by
-/// the OS if the process dies).
-#[derive(Debug)]
-pub struct RunLock {
-    _file: File,
-}
-
-impl RunLock {
-    /// Takes the lock at once, or fails with exit 75.
-    pub fn acquire(ledger_path: &Path) -> Result<RunLock> {
-        let mut lock_path = ledger_path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
-        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            private_dir(dir)?;
-        }
-        private_file(&lock_path)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open lock `{}`", lock_path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Failure::error(
-                Exit::TryLater,
-                format!(
-                    "another run holds the ledger `{}`: try again when it has finished",
-                    ledger_path.display()
-                ),
-            )),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock `{}`", lock_path.display()))
-            }
-        }
     }
 }
 
@@ -1066,13 +1258,72 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive() {
+    fn lock_is_exclusive_and_held_on_the_ledger_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.sqlite3");
-        let first = RunLock::acquire(&path).unwrap();
-        let err = RunLock::acquire(&path).unwrap_err();
+        let path = dir.path().join(".mailer/l.sqlite3");
+        let first = Ledger::open(&path, "c").unwrap();
+        let err = Ledger::open(&path, "c").err().unwrap();
         assert_eq!(crate::exit::exit_for(&err), Exit::TryLater);
+        assert!(err.to_string().contains("another run holds the ledger"), "{err}");
+        // Nothing beside the ledger can be deleted to get around it.
+        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+            let p = entry.unwrap().path();
+            if p != path {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        assert_eq!(
+            crate::exit::exit_for(&Ledger::open(&path, "c").err().unwrap()),
+            Exit::TryLater
+        );
+        // Readers are never locked out.
+        assert!(Ledger::open_existing(&path, "c").unwrap().is_some());
         drop(first);
-        RunLock::acquire(&path).unwrap();
+        Ledger::open(&path, "c").unwrap();
+    }
+
+    #[test]
+    fn a_claim_refuses_a_letter_another_run_holds() {
+        let (_d, l) = ledger();
+        let a = Key {
+            supporter: "a@x.org",
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+        };
+        l.claim(&a, 100).unwrap();
+        let err = l.claim(&a, 101).unwrap_err();
+        assert!(err.to_string().contains("another run"), "{err}");
+        let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts), (State::Sending, 1));
+    }
+
+    #[test]
+    fn uri_paths_are_percent_encoded() {
+        assert_eq!(
+            uri_path(Path::new("/tmp/a b?c#%d/l.sqlite3")).unwrap(),
+            "/tmp/a%20b%3Fc%23%25d/l.sqlite3"
+        );
+    }
+
+    #[test]
+    fn a_new_ledger_is_never_left_empty_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        drop(Ledger::open(&path, "c").unwrap());
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["c.sqlite3"], "no temporary file left");
+        std::fs::write(&path, "").unwrap();
+        for err in [
+            Ledger::open(&path, "c").err().unwrap(),
+            Ledger::open_existing(&path, "c").err().unwrap(),
+        ] {
+            assert!(err.to_string().contains("is empty (0 bytes)"), "{err}");
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::campaign::Campaign;
 use crate::census;
@@ -14,12 +14,19 @@ use crate::ledger::Ledger;
 pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
-    let sink: Box<dyn Write> = match out {
+    match out {
         Some(p) => {
-            Box::new(std::fs::File::create(p).with_context(|| format!("cannot write `{}`", p.display()))?)
+            let dest = format!("`{}`", p.display());
+            write(campaign, ledger.as_ref(), super::create_private(p)?, &dest)?;
         }
-        None => Box::new(std::io::stdout().lock()),
-    };
+        None => write(campaign, ledger.as_ref(), std::io::stdout().lock(), "stdout")?,
+    }
+    Ok(Exit::Done)
+}
+
+/// Writes the CSV to `sink`, named `dest` in errors.
+fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &str) -> Result<()> {
+    let failed_to = |e: anyhow::Error| e.context(format!("cannot write {dest}"));
     let mut w = csv::Writer::from_writer(sink);
     w.write_record([
         "supporter",
@@ -32,15 +39,11 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         "bounce_status",
         "bounce_diagnostic",
         "bounced_at",
-    ])?;
+    ])
+    .map_err(|e| failed_to(csv_error(e)))?;
     // Per letter: its final failure if one came back, else its latest delay notice.
     let mut bounces = std::collections::HashMap::new();
-    for b in ledger
-        .as_ref()
-        .map(Ledger::bounces)
-        .transpose()?
-        .unwrap_or_default()
-    {
+    for b in ledger.map(Ledger::bounces).transpose()?.unwrap_or_default() {
         let key = (b.supporter.clone(), b.target.clone());
         let keep = bounces
             .get(&key)
@@ -50,7 +53,7 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         }
     }
     let mut failed = None;
-    census::walk(campaign, ledger.as_ref(), |l| {
+    census::walk(campaign, ledger, |l| {
         if failed.is_some() {
             return;
         }
@@ -84,10 +87,22 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         }
     })?;
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(failed_to(csv_error(e)));
     }
-    w.flush()?;
-    Ok(Exit::Done)
+    w.flush().map_err(|e| failed_to(e.into()))?;
+    Ok(())
+}
+
+/// The I/O error inside a CSV write error, so that a reader that went away
+/// (`mailer export | head`) reaches `main` as `BrokenPipe` and ends quietly.
+fn csv_error(e: csv::Error) -> anyhow::Error {
+    if !e.is_io_error() {
+        return e.into();
+    }
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => io.into(),
+        other => anyhow::anyhow!("{other:?}"),
+    }
 }
 
 /// Neutralizes spreadsheet formulas: a cell starting with `=`, `+`, `-` or `@`

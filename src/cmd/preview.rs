@@ -105,18 +105,11 @@ fn safe(s: &str) -> String {
         .collect()
 }
 
-/// Previews hold supporters' data: keep them private like the ledger.
+/// Previews hold supporters' data: keep them private like the ledger, and
+/// never write through a symlink planted where a preview goes.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
-    f.write_all(bytes)
+    super::create_private(path)?
+        .write_all(bytes)
         .with_context(|| format!("cannot write `{}`", path.display()))
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use crate::campaign::{Campaign, Prepared};
 use crate::clock::Clock;
 use crate::exit::{Exit, Failure};
-use crate::ledger::{Key, Ledger, Outcome, Record, RunLock, SharedLedger, State};
+use crate::ledger::{Key, Ledger, Outcome, Record, SharedLedger, State};
 use crate::message::Built;
 use crate::report::{self, Plan, Summary};
 use crate::roster::{Repeat, Skip};
@@ -80,7 +80,6 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let config = &campaign.config;
     let started = Instant::now();
     let connector = Connector::new(config.smtp()?)?;
-    let _lock = RunLock::acquire(&config.ledger_path)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;

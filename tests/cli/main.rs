@@ -6,6 +6,7 @@ mod support;
 
 mod bounces;
 mod delivery;
+mod edges_files;
 mod edges_letters;
 mod edges_roster;
 mod inputs;

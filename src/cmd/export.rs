@@ -9,6 +9,7 @@ use crate::campaign::Campaign;
 use crate::census;
 use crate::exit::Exit;
 use crate::ledger::Ledger;
+use crate::ui::printable;
 
 /// Runs `mailer export [--out FILE]`.
 pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
@@ -29,6 +30,8 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         "last_reply",
         "sent_at",
         "message_id",
+        // Added after SPEC's columns, at the end, so readers by position still work.
+        "refused_copies",
     ])?;
     let mut failed = None;
     census::walk(campaign, ledger.as_ref(), |l| {
@@ -42,6 +45,11 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             .and_then(|t| jiff::Timestamp::from_second(t).ok())
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let copies: Vec<String> = l
+            .refused_copies
+            .iter()
+            .map(|(to, reply)| format!("{to}: {reply}"))
+            .collect();
         let row = [
             cell(&l.supporter),
             cell(&l.target),
@@ -50,6 +58,7 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             cell(&reply),
             sent_at,
             cell(&l.message_id.unwrap_or_default()),
+            cell(&copies.join("; ")),
         ];
         if let Err(e) = w.write_record(&row) {
             failed = Some(e);
@@ -63,12 +72,14 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
 }
 
 /// Neutralizes spreadsheet formulas: a cell starting with `=`, `+`, `-` or `@`
-/// (or a tab / CR) gets a leading `'`.
+/// (or a tab / CR) gets a leading `'`. Control characters (a server's reply
+/// stored by an older version) are escaped, never written raw.
 fn cell(value: &str) -> String {
+    let value = printable(value);
     if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
     } else {
-        value.to_string()
+        value.into_owned()
     }
 }
 

@@ -1019,7 +1019,8 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "attempts",
             "last_reply",
             "sent_at",
-            "message_id"
+            "message_id",
+            "refused_copies"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader

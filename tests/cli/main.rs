@@ -5,6 +5,7 @@
 mod support;
 
 mod delivery;
+mod edges_wire;
 mod inputs;
 mod security;
 mod terminal;

@@ -5,7 +5,8 @@
 //! AUTH PLAIN/LOGIN, pipelining, MAIL/RCPT/DATA. Everything it reads is recorded
 //! (with the connection number and whether it was read inside TLS), every accepted
 //! message too, and a script hook can answer any step with a chosen reply, drop
-//! the connection or stall, to imitate failing relays. The server stops when dropped.
+//! the connection, stall, trickle a reply or write raw bytes, to imitate failing
+//! or hostile relays. The server stops when dropped.
 #![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -25,6 +25,9 @@ pub struct Entry {
     pub message_id: Option<String>,
     /// Why a skipped letter is skipped.
     pub reason: Option<String>,
+    /// For a sent letter: the Cc/Bcc copies the server refused, as
+    /// `(recipient, reply)`.
+    pub refused_copies: Vec<(String, String)>,
 }
 
 /// Calls `visit` for every letter: CSV order first, then departed ones.
@@ -34,6 +37,13 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
         match ledger {
             Some(l) => l.get(s, t),
             None => Ok(None),
+        }
+    };
+    // Only sent letters can have refused copies: skip the lookup otherwise.
+    let copies = |r: Option<&Record>| -> Result<Vec<(String, String)>> {
+        match (ledger, r) {
+            (Some(l), Some(r)) if r.state == State::Sent => l.refused_copies(&r.supporter, &r.target),
+            _ => Ok(Vec::new()),
         }
     };
     for prepared in campaign.prepared(false)? {
@@ -51,6 +61,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                         supporter: supporter.key.clone(),
                         target: t,
                         state,
+                        refused_copies: copies(record.as_ref())?,
                         record,
                         message_id: Some(built.message_id),
                         reason: None,
@@ -72,6 +83,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                         supporter: key.clone(),
                         target: t,
                         state,
+                        refused_copies: copies(record.as_ref())?,
                         record,
                         message_id,
                         reason: Some(reason.clone()),
@@ -95,6 +107,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                 state: record.state,
                 message_id: record.message_id.clone(),
                 reason: None,
+                refused_copies: copies(Some(&record))?,
                 record: Some(record),
             });
         }

@@ -174,6 +174,16 @@ CREATE TABLE IF NOT EXISTS bounces (
     permanent INTEGER NOT NULL,
     PRIMARY KEY (source, supporter, target)
 ) WITHOUT ROWID;
+-- Cc/Bcc copies the server refused while it took the letter (which stays
+-- `sent`). Added after the first release: a ledger without it reads as none.
+CREATE TABLE IF NOT EXISTS refused_copies (
+    supporter TEXT NOT NULL,
+    target TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    UNIQUE (supporter, target, recipient)
+);
 ";
 
 impl Ledger {
@@ -356,6 +366,19 @@ impl Ledger {
     /// fsync covers it, and if power fails first the letter reads back as
     /// `sending`, which becomes `unknown`, never resent silently.
     pub fn record(&self, letter: &Key<'_>, outcome: &Outcome, claimed: bool, now: i64) -> Result<()> {
+        self.record_with_copies(letter, outcome, &[], claimed, now)
+    }
+
+    /// [`Ledger::record`], keeping in the same transaction the Cc/Bcc copies
+    /// (`(recipient, reply)`) the server refused while it took the letter.
+    pub fn record_with_copies(
+        &self,
+        letter: &Key<'_>,
+        outcome: &Outcome,
+        refused: &[(String, String)],
+        claimed: bool,
+        now: i64,
+    ) -> Result<()> {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (state, reply, next, sent_at, handed_over) = match outcome {
             Outcome::Sent(r) => (State::Sent, r.as_str(), None, Some(now), true),
@@ -401,7 +424,34 @@ impl Ledger {
             "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
+        for (recipient, reply) in refused {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
+        }
         tx.commit().map_err(|e| disk_error(e, &self.path))
+    }
+
+    /// The Cc/Bcc copies of a letter the server refused, as `(recipient,
+    /// reply)` in the order they were sent. None for a ledger written before
+    /// copies were kept (opened read-only, it has no such table).
+    pub fn refused_copies(&self, supporter: &str, target: &str) -> Result<Vec<(String, String)>> {
+        let read = || -> rusqlite::Result<Vec<(String, String)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT recipient, reply FROM refused_copies WHERE supporter = ?1 AND target = ?2
+                 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([supporter, target], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        match read() {
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => {
+                Ok(Vec::new())
+            }
+            other => other.map_err(Into::into),
+        }
     }
 
     /// Puts a `failed` letter back to `deferred` (a run-wide policy stop was
@@ -1138,6 +1188,41 @@ mod tests {
         );
         // a was delivered; b may have been (recovered): both use the quota.
         assert_eq!(l.handed_over_since(0).unwrap(), 2);
+    }
+
+    #[test]
+    fn refused_copies_are_kept_with_the_sent_letter() {
+        let (_d, l) = ledger();
+        let a = Key {
+            supporter: "a@x.org",
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+        };
+        l.claim(&a, 100).unwrap();
+        let refused = vec![
+            ("a@x.org".to_string(), "550 5.1.1 no".to_string()),
+            ("archive@o.org".to_string(), "452 4.2.2 full".to_string()),
+        ];
+        l.record_with_copies(&a, &Outcome::Sent("250 ok".into()), &refused, true, 101)
+            .unwrap();
+        assert_eq!(
+            l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sent
+        );
+        assert_eq!(l.refused_copies("a@x.org", "ceo@corp.example").unwrap(), refused);
+        assert!(
+            l.refused_copies("b@x.org", "ceo@corp.example")
+                .unwrap()
+                .is_empty()
+        );
+        // A ledger from before the table existed reads as "none refused".
+        l.conn.execute_batch("DROP TABLE refused_copies").unwrap();
+        assert!(
+            l.refused_copies("a@x.org", "ceo@corp.example")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

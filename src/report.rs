@@ -51,6 +51,8 @@ pub struct Summary {
     pub failed: u64,
     /// Unknown this run.
     pub unknown: u64,
+    /// Cc/Bcc copies the server refused with letters it took this run.
+    pub refused_copies: u64,
     /// Due but left for a later run (limits, a stop).
     pub not_reached: u64,
     /// Wall time.
@@ -70,9 +72,17 @@ impl Summary {
     pub(crate) fn count(&mut self, event: &Event, ui: &Ui, bar: &indicatif::ProgressBar) {
         let line = |what: &str| format!("{} → {}: {what}", event.supporter, event.target);
         match &event.result {
-            Fate::Sent(r) => {
+            Fate::Sent { reply, refused } => {
                 self.sent += 1;
-                bar.suspend(|| ui.detail(&line(&format!("sent: {r}"))));
+                self.refused_copies += refused.len() as u64;
+                bar.suspend(|| {
+                    ui.detail(&line(&format!("sent: {reply}")));
+                    // The letter went; its copy did not. Shown even with -q:
+                    // nothing will retry it.
+                    for (to, why) in refused {
+                        ui.failure(&line(&format!("sent, but the copy to {to} was refused: {why}")));
+                    }
+                });
             }
             Fate::Deferred(r) => {
                 self.deferred += 1;
@@ -136,6 +146,13 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         let _ = writeln!(t, "  failed     {:>8}", thousands(s.failed));
         let _ = writeln!(t, "  unknown    {:>8}", thousands(s.unknown));
         let _ = writeln!(t, "  skipped    {:>8}  (invalid rows)", thousands(p.skipped_rows));
+        if s.refused_copies > 0 {
+            let _ = writeln!(
+                t,
+                "  refused    {:>8}  (Cc/Bcc copies of sent letters)",
+                thousands(s.refused_copies)
+            );
+        }
         if s.not_reached > 0 {
             let _ = writeln!(
                 t,
@@ -147,8 +164,13 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         // The run is over; its exit code matters more than a closed stdout.
         let _ = out(&t);
     } else {
+        let copies = if s.refused_copies > 0 {
+            format!(" ({} copies refused)", s.refused_copies)
+        } else {
+            String::new()
+        };
         let _ = out(&format!(
-            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s)\n",
+            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s){copies}\n",
             s.sent, s.deferred, s.failed, s.unknown, p.skipped_rows, s.not_reached
         ));
     }
@@ -171,6 +193,9 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     }
     if s.deferred + p.waiting > 0 {
         ui.hint("deferred letters are retried by the next `mailer send`");
+    }
+    if s.refused_copies > 0 {
+        ui.hint("the letters reached their targets and are not sent again; `mailer status` lists the refused copies");
     }
 }
 

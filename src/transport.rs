@@ -21,9 +21,15 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::config::{Security, Smtp};
 use crate::message::Built;
+use crate::ui::printable;
 
 /// Longest reply line we accept (RFC 5321 says 512; be generous).
 const MAX_LINE: usize = 4096;
+/// Longest server text kept for display and the ledger, per line and per reply.
+const MAX_SHOWN: usize = 1000;
+/// Bytes written under one deadline: a body goes in chunks, each of which must
+/// leave within the timeout (a slow uplink may need longer for a whole body).
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Letters per connection before a fresh one (relays often cap this).
 pub const LETTERS_PER_CONNECTION: usize = 100;
 
@@ -70,6 +76,9 @@ impl fmt::Display for Reply {
 pub enum ConnectError {
     /// Nothing answered, or the server said "busy" (421): try later.
     Unreachable(String),
+    /// The server answered the connection, then stopped answering within
+    /// the timeout (greeting, EHLO, TLS, AUTH): worth one more try, not more.
+    TimedOut(String),
     /// TLS, authentication or protocol trouble that needs a person.
     Refused(String),
 }
@@ -77,9 +86,33 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Unreachable(m) | ConnectError::Refused(m) => f.write_str(m),
+            ConnectError::Unreachable(m) | ConnectError::TimedOut(m) | ConnectError::Refused(m) => {
+                f.write_str(m)
+            }
         }
     }
+}
+
+impl ConnectError {
+    /// A setup step failed on the wire: a timeout is [`ConnectError::TimedOut`],
+    /// anything else [`ConnectError::Unreachable`].
+    fn io(what: &str, e: &io::Error) -> ConnectError {
+        let message = format!("{what}: {}", describe_io(e));
+        if is_timeout(e) {
+            ConnectError::TimedOut(message)
+        } else {
+            ConnectError::Unreachable(message)
+        }
+    }
+}
+
+/// A Cc or Bcc copy the server refused while it took the letter itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCopy {
+    /// The copy's address.
+    pub recipient: String,
+    /// The server's RCPT reply.
+    pub reply: Reply,
 }
 
 impl std::error::Error for ConnectError {}
@@ -87,8 +120,9 @@ impl std::error::Error for ConnectError {}
 /// How one letter went on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// 2xx after the final dot.
-    Accepted(Reply),
+    /// 2xx after the final dot. `refused`: Cc/Bcc copies the server would
+    /// not take (the target got the letter).
+    Accepted { reply: Reply, refused: Vec<RefusedCopy> },
     /// The server said no. `handed_over`: the body had been sent.
     Rejected { reply: Reply, handed_over: bool },
     /// The connection failed. Before handoff it is safe to retry; after, the
@@ -164,13 +198,15 @@ impl Connector {
             usable: true,
             host: s.host.clone(),
             last_used: Instant::now(),
+            timeout: s.timeout,
+            secrets: Vec::new(),
         };
         if s.security == Security::Tls {
             conn.upgrade(&self.tls)?;
         }
         let greeting = conn
             .reply()
-            .map_err(|e| ConnectError::Unreachable(format!("{where_}: no greeting: {e}")))?;
+            .map_err(|e| ConnectError::io(&format!("{where_}: no greeting"), &e))?;
         if greeting.code != 220 {
             return Err(ConnectError::Unreachable(format!(
                 "{where_} is not accepting mail: {greeting}"
@@ -183,9 +219,12 @@ impl Connector {
                     "{where_} does not offer STARTTLS, and security = \"starttls\" requires it"
                 )));
             }
-            let r = conn
-                .command("STARTTLS\r\n")
-                .map_err(|e| ConnectError::Refused(format!("STARTTLS: {e}")))?;
+            let r = conn.command("STARTTLS\r\n").map_err(|e| {
+                match ConnectError::io(&format!("{where_}: STARTTLS"), &e) {
+                    timed_out @ ConnectError::TimedOut(_) => timed_out,
+                    other => ConnectError::Refused(other.to_string()),
+                }
+            })?;
             if r.code != 220 {
                 return Err(ConnectError::Refused(format!("{where_} refused STARTTLS: {r}")));
             }
@@ -290,6 +329,11 @@ pub struct Connection {
     usable: bool,
     host: String,
     last_used: Instant,
+    /// The deadline for each reply, each TLS handshake and each written chunk.
+    timeout: Duration,
+    /// What this session sent that the server must never get shown back:
+    /// the password in every form AUTH carried it (see [`Connection::shown`]).
+    secrets: Vec<String>,
 }
 
 impl Connection {
@@ -342,9 +386,20 @@ impl Connection {
         };
         let mut client = ClientConnection::new(Arc::clone(tls), name)
             .map_err(|e| ConnectError::Refused(format!("TLS setup: {e}")))?;
+        // One deadline for the whole handshake, however slowly its bytes come.
+        let deadline = Instant::now() + self.timeout;
         while client.is_handshaking() {
-            if let Err(e) = client.complete_io(&mut tcp) {
-                return Err(tls_error(&self.host, &e));
+            let step = until(deadline)
+                .and_then(|left| {
+                    tcp.set_read_timeout(Some(left))?;
+                    tcp.set_write_timeout(Some(left))
+                })
+                .and_then(|()| client.complete_io(&mut tcp).map(drop));
+            if let Err(e) = step {
+                return Err(tls_error(
+                    &self.host,
+                    &timeout_as(e, "the TLS handshake did not finish in time"),
+                ));
             }
         }
         self.rbuf.clear();
@@ -353,13 +408,15 @@ impl Connection {
     }
 
     fn ehlo(&mut self, hello: &str) -> Result<(), ConnectError> {
-        let r = self
-            .command(&format!("EHLO {hello}\r\n"))
-            .map_err(|e| ConnectError::Unreachable(format!("{}: EHLO: {e}", self.host)))?;
-        if !r.is_positive() {
+        let sent = self.send_all(&format!("EHLO {hello}\r\n"));
+        let (code, lines) = sent
+            .and_then(|()| self.read_reply())
+            .map_err(|e| ConnectError::io(&format!("{}: EHLO", self.host), &e))?;
+        if !(200..300).contains(&code) {
+            let r = joined(code, &lines);
             return Err(ConnectError::Refused(format!("{} refused EHLO: {r}", self.host)));
         }
-        for line in r.text.split(" / ").skip(1) {
+        for line in lines.iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
             match words.next().map(str::to_ascii_uppercase).as_deref() {
                 Some("STARTTLS") => self.caps.starttls = true,
@@ -383,13 +440,19 @@ impl Connection {
     fn auth(&mut self, user: &str, password: &str) -> Result<(), ConnectError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let plain = b64(&format!("\0{user}\0{password}"));
-        let secrets = [plain.as_str(), &b64(password), password];
-        // A server may echo what we sent; never let that reach the screen.
+        // A server may echo what we send, in a reply, a malformed line or
+        // anything else: from here on every byte it sends is redacted.
+        // Unpadded base64, so that padded and unpadded echoes both match.
+        let unpadded = |s: &str| base64::engine::general_purpose::STANDARD_NO_PAD.encode(s);
+        self.secrets = vec![
+            password.to_string(),
+            unpadded(password),
+            unpadded(&format!("\0{user}\0{password}")),
+            unpadded(&format!("{user}\0{user}\0{password}")),
+        ];
+        // Longest first: the password's base64 is the tail of the PLAIN blob's.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let r = self.auth_exchange(user, password, &plain)?;
-        let r = Reply {
-            code: r.code,
-            text: redact(&r.text, &secrets),
-        };
         if r.is_positive() {
             Ok(())
         } else if r.is_transient() {
@@ -408,7 +471,8 @@ impl Connection {
     /// AUTH PLAIN (preferred) or LOGIN; returns the final reply.
     fn auth_exchange(&mut self, user: &str, password: &str, plain: &str) -> Result<Reply, ConnectError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let io_err = |e: io::Error| ConnectError::Unreachable(format!("connection lost during AUTH: {e}"));
+        let host = self.host.clone();
+        let io_err = |e: io::Error| ConnectError::io(&format!("{host}: AUTH failed"), &e);
         if self.caps.auth_plain {
             return self.command(&format!("AUTH PLAIN {plain}\r\n")).map_err(io_err);
         }
@@ -476,6 +540,20 @@ impl Connection {
         if replies.iter().any(|r| r.code == 421) {
             self.usable = false;
         }
+        // Every RCPT after the target's is a copy (Cc, Bcc): a refused copy
+        // does not stop the letter, it is reported with it.
+        let copies_end = replies.len().min(commands.len() - 1);
+        let refused: Vec<RefusedCopy> = built
+            .recipients
+            .iter()
+            .skip(1)
+            .zip(replies.get(2..copies_end).unwrap_or_default())
+            .filter(|(_, r)| !r.is_positive())
+            .map(|(to, r)| RefusedCopy {
+                recipient: to.to_string(),
+                reply: r.clone(),
+            })
+            .collect();
         let mail = &replies[0];
         let target = replies.get(1);
         let data = replies.get(commands.len() - 1);
@@ -513,7 +591,7 @@ impl Connection {
             return lost(self, e, false);
         }
         match self.reply() {
-            Ok(r) if r.is_positive() => Ok(Delivery::Accepted(r)),
+            Ok(r) if r.is_positive() => Ok(Delivery::Accepted { reply: r, refused }),
             Ok(r) => {
                 if r.code == 421 {
                     self.usable = false;
@@ -554,21 +632,68 @@ impl Connection {
         self.send_all_bytes(text.as_bytes())
     }
 
+    /// Writes `bytes`, each [`WRITE_CHUNK`] within the timeout.
     fn send_all_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            let deadline = Instant::now() + self.timeout;
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                self.set_timeout(deadline, false)?;
+                match self.stream.write(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(timeout_as(e, "the server did not take the data in time")),
+                }
+            }
+            self.set_timeout(deadline, false)?;
+            self.stream
+                .flush()
+                .map_err(|e| timeout_as(e, "the server did not take the data in time"))?;
+        }
+        Ok(())
+    }
+
+    /// Bounds the next socket reads and writes by what is left until
+    /// `deadline` (both: TLS may write while reading). `read` names the error.
+    fn set_timeout(&self, deadline: Instant, read: bool) -> io::Result<()> {
+        let left = until(deadline).map_err(|e| {
+            let what = if read {
+                "the server did not reply in time"
+            } else {
+                "the server did not take the data in time"
+            };
+            timeout_as(e, what)
+        })?;
+        let tcp = match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+            Stream::Closed => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        tcp.set_read_timeout(Some(left))?;
+        tcp.set_write_timeout(Some(left))
     }
 
     fn replies(&mut self, n: usize) -> io::Result<Vec<Reply>> {
         (0..n).map(|_| self.reply()).collect()
     }
 
-    /// Reads one (possibly multi-line) reply.
+    /// Reads one (possibly multi-line) reply: its text is what may be shown
+    /// and stored (see [`Connection::shown`]), cut at [`MAX_SHOWN`].
     fn reply(&mut self) -> io::Result<Reply> {
+        let (code, lines) = self.read_reply()?;
+        Ok(joined(code, &lines))
+    }
+
+    /// Reads one reply as its code and lines. The whole reply must arrive
+    /// within the timeout: a server trickling a byte at a time does not
+    /// reset it (Postfix's `smtp_per_record_deadline`).
+    fn read_reply(&mut self) -> io::Result<(u16, Vec<String>)> {
         self.last_used = Instant::now();
+        let deadline = self.last_used + self.timeout;
         let mut lines = Vec::new();
-        loop {
-            let line = self.line()?;
+        let code = loop {
+            let line = self.line(deadline)?;
             let bytes = line.as_bytes();
             if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
                 return Err(io::Error::new(
@@ -578,31 +703,34 @@ impl Connection {
             }
             let code: u16 = line[..3].parse().unwrap_or(0);
             let more = bytes.get(3) == Some(&b'-');
-            lines.push((code, line.get(4..).unwrap_or("").to_string()));
+            lines.push(line.get(4..).unwrap_or("").to_string());
             if !more {
-                break;
+                break code;
             }
             if lines.len() > 200 {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "reply too long"));
             }
-        }
-        let code = lines.last().map_or(0, |l| l.0);
-        let text = lines.into_iter().map(|l| l.1).collect::<Vec<_>>().join(" / ");
-        Ok(Reply { code, text })
+        };
+        Ok((code, lines))
     }
 
-    fn line(&mut self) -> io::Result<String> {
+    /// Reads one line before `deadline`, as [`Connection::shown`] text.
+    fn line(&mut self, deadline: Instant) -> io::Result<String> {
         loop {
             if let Some(i) = self.rbuf.iter().position(|b| *b == b'\n') {
                 let raw: Vec<u8> = self.rbuf.drain(..=i).collect();
-                let text = String::from_utf8_lossy(&raw);
-                return Ok(text.trim_end_matches(['\r', '\n']).to_string());
+                return Ok(self.shown(&raw));
             }
             if self.rbuf.len() > MAX_LINE {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
+            self.set_timeout(deadline, true)?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(timeout_as(e, "the server did not reply in time")),
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -611,6 +739,61 @@ impl Connection {
             }
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// NOTE: the one place where server bytes become text. Everything the
+    /// server says reaches errors, the terminal and the ledger only through
+    /// here: secrets this session sent are redacted, control characters
+    /// escaped, and the text cut at [`MAX_SHOWN`].
+    fn shown(&self, raw: &[u8]) -> String {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        cap(&printable(&redact(text, &secrets)), MAX_SHOWN)
+    }
+}
+
+/// A reply from its code and lines (joined with ` / `, cut at [`MAX_SHOWN`]).
+fn joined(code: u16, lines: &[String]) -> Reply {
+    Reply {
+        code,
+        text: cap(&lines.join(" / "), MAX_SHOWN),
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying so.
+fn cap(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes truncated)", &text[..end], text.len() - end)
+}
+
+/// What is left until `deadline`, or a timeout error once it has passed.
+fn until(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// A socket timeout (`EAGAIN` on Linux: "Resource temporarily unavailable")
+/// as a plain `timed out: WHAT` error; other errors unchanged.
+fn timeout_as(e: io::Error, what: &str) -> io::Error {
+    if is_timeout(&e) {
+        io::Error::new(io::ErrorKind::TimedOut, format!("timed out: {what}"))
+    } else {
+        e
     }
 }
 
@@ -674,7 +857,11 @@ fn redact(text: &str, secrets: &[&str]) -> String {
 
 fn describe_io(e: &io::Error) -> String {
     match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "the server did not reply in time".into(),
+        // Our own deadline errors say what timed out.
+        io::ErrorKind::TimedOut if e.get_ref().is_some() => e.to_string(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            "timed out: the server did not reply in time".into()
+        }
         io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "the connection was reset".into(),
         _ => e.to_string(),
@@ -685,11 +872,15 @@ fn tls_error(host: &str, e: &io::Error) -> ConnectError {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::InvalidCertificate(why)) => ConnectError::Refused(format!(
-            "the certificate of `{host}` was rejected: {why:?}\n\n\
-             hint: if the relay uses a private CA, set [smtp] ca_file to its PEM certificate"
+            "the certificate of `{host}` was rejected: {}\n\n\
+             hint: if the relay uses a private CA, set [smtp] ca_file to its PEM certificate",
+            // The certificate's names are the server's text too.
+            printable(&format!("{why:?}"))
         )),
-        Some(other) => ConnectError::Refused(format!("TLS handshake with `{host}` failed: {other}")),
-        None => ConnectError::Unreachable(format!("TLS handshake with `{host}` failed: {}", describe_io(e))),
+        Some(other) => ConnectError::Refused(
+            printable(&format!("TLS handshake with `{host}` failed: {other}")).into_owned(),
+        ),
+        None => ConnectError::io(&format!("TLS handshake with `{host}` failed"), e),
     }
 }
 
@@ -704,6 +895,51 @@ mod tests {
             "535 bad (redacted) pw"
         );
         assert_eq!(redact("535 bad hunter2!", &["hunter2"]), "535 bad (redacted)!");
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(cap("short", 10), "short");
+        let cut = cap(&"é".repeat(10), 5);
+        assert_eq!(cut, "éé … (16 more bytes truncated)");
+    }
+
+    #[test]
+    fn deadlines_run_out() {
+        assert!(until(Instant::now() + Duration::from_secs(5)).is_ok());
+        let e = until(Instant::now()).unwrap_err();
+        assert!(is_timeout(&e));
+        let e = timeout_as(e, "the server did not reply in time");
+        assert_eq!(describe_io(&e), "timed out: the server did not reply in time");
+        let eagain = io::Error::from(io::ErrorKind::WouldBlock);
+        assert_eq!(
+            describe_io(&eagain),
+            "timed out: the server did not reply in time"
+        );
+    }
+
+    #[test]
+    fn server_text_is_redacted_escaped_and_cut_where_it_becomes_text() {
+        let conn = Connection {
+            stream: Stream::Closed,
+            rbuf: Vec::new(),
+            caps: Caps::default(),
+            letters: 0,
+            usable: false,
+            host: "relay".into(),
+            last_used: Instant::now(),
+            timeout: Duration::from_secs(1),
+            secrets: vec!["AGEAaHVudGVyMg".into(), "aHVudGVyMg".into(), "hunter2".into()],
+        };
+        assert_eq!(
+            conn.shown(b"5x5 echo hunter2 AGEAaHVudGVyMg== aHVudGVyMg\x1b[2J\r\n"),
+            "5x5 echo (redacted) (redacted)== (redacted)\\u{1b}[2J"
+        );
+        let long = conn.shown(&[b'x'; 3000]);
+        assert!(
+            long.len() < MAX_SHOWN + 40 && long.ends_with("truncated)"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -186,9 +186,58 @@ impl Ui {
     }
 }
 
+/// Text from outside (a server's replies) made safe for a terminal, a log or
+/// a spreadsheet: every control character (C0, DEL, C1) and every invisible
+/// direction or line-separator mark is written as Rust's `escape_debug` does
+/// (`\u{1b}`), so an `ESC [2J` shows as text instead of clearing the screen.
+/// Everything else, quotes and backslashes included, is kept as it is.
+#[must_use]
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let escaped = c.escape_debug();
+            if escaped.len() > 1 {
+                out.extend(escaped);
+            } else {
+                out.extend(c.escape_unicode());
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn split_hint(message: &str) -> (&str, Option<&str>) {
     match message.split_once("\n\nhint: ") {
         Some((main, hint)) => (main, Some(hint)),
         None => (message, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_controls_and_keeps_the_rest() {
+        assert_eq!(printable("550 5.1.1 no such user"), "550 5.1.1 no such user");
+        assert_eq!(
+            printable("550 \u{1b}[2J\u{7} \u{9b}31m \\ \"q\" é"),
+            "550 \\u{1b}[2J\\u{7} \\u{9b}31m \\ \"q\" é"
+        );
+        assert_eq!(printable("a\tb\r\n\u{202e}"), "a\\tb\\r\\n\\u{202e}");
+        assert_eq!(printable("\u{7f}\u{0}\u{200b}"), "\\u{7f}\\0\\u{200b}");
+        // Escaping escaped text changes nothing.
+        let once = printable("\u{1b}x").into_owned();
+        assert_eq!(printable(&once), once);
     }
 }

@@ -238,7 +238,7 @@ fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
             }
             Ok(())
         }
-        Err(ConnectError::Unreachable(m)) => {
+        Err(ConnectError::Unreachable(m) | ConnectError::TimedOut(m)) => {
             Err(Failure::error(Exit::TryLater, format!("SMTP check failed: {m}")))
         }
         Err(ConnectError::Refused(m)) => {

@@ -9,6 +9,7 @@ use crate::campaign::Campaign;
 use crate::census;
 use crate::exit::Exit;
 use crate::ledger::Ledger;
+use crate::ui::printable;
 
 /// Runs `mailer export [--out FILE]`.
 pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
@@ -36,6 +37,8 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
         "last_reply",
         "sent_at",
         "message_id",
+        // Added after SPEC's columns, at the end, so readers by position still work.
+        "refused_copies",
         "bounce_status",
         "bounce_diagnostic",
         "bounced_at",
@@ -65,6 +68,11 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
             .map(|t| t.to_string())
             .unwrap_or_default();
         let bounce = bounces.get(&(l.supporter.clone(), l.target.clone()));
+        let copies: Vec<String> = l
+            .refused_copies
+            .iter()
+            .map(|(to, reply)| format!("{to}: {reply}"))
+            .collect();
         let row = [
             cell(&l.supporter),
             cell(&l.target),
@@ -73,6 +81,7 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
             cell(&reply),
             sent_at,
             cell(&l.message_id.unwrap_or_default()),
+            cell(&copies.join("; ")),
             bounce
                 .map(|b| format!("{} ({})", b.status, b.action))
                 .unwrap_or_default(),
@@ -106,12 +115,14 @@ fn csv_error(e: csv::Error) -> anyhow::Error {
 }
 
 /// Neutralizes spreadsheet formulas: a cell starting with `=`, `+`, `-` or `@`
-/// (or a tab / CR) gets a leading `'`.
+/// (or a tab / CR) gets a leading `'`. Control characters (a server's reply
+/// stored by an older version) are escaped, never written raw.
 fn cell(value: &str) -> String {
+    let value = printable(value);
     if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
     } else {
-        value.to_string()
+        value.into_owned()
     }
 }
 

@@ -5,7 +5,7 @@
 //! letters to `concurrency` workers, each owning one reused SMTP connection.
 //! The ledger decides what is due; the transport says how each letter went.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -136,6 +136,11 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         handed_over: AtomicBool::new(false),
         streak: Mutex::new(Vec::new()),
         throttle: Mutex::new(Throttle::new(config.delivery.rate)),
+        stalls: AtomicU32::new(0),
+        ui: ui.clone(),
+        // Shown before the first connection, so a slow or stalled server
+        // shows its time passing and each retry.
+        bar: ui.progress(to_send),
     });
     let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, ui);
     let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
@@ -214,7 +219,10 @@ fn dispatch(
     let (job_tx, job_rx) = sync_channel::<Job>(0);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
+    let bar = shared.bar.clone();
+    bar.set_message(format!("connecting to {}", shared.connector.describe()));
     let mut first = first_connection(shared);
+    bar.set_message("0 not delivered");
     let workers: Vec<_> = (0..config.delivery.concurrency)
         .map(|_| {
             let (shared, rx, tx) = (Arc::clone(shared), Arc::clone(&job_rx), event_tx.clone());
@@ -223,7 +231,6 @@ fn dispatch(
         })
         .collect();
     drop(event_tx);
-    let bar = ui.progress(to_send);
     let mut dispatched = 0u64;
     let file = config.supporters_file.display().to_string();
     let mut feed = || -> Result<()> {
@@ -403,7 +410,12 @@ pub(crate) struct Event {
 
 /// How a letter ended this run.
 pub(crate) enum Fate {
-    Sent(String),
+    /// Delivered; `refused`: the Cc/Bcc copies the server would not take,
+    /// as `(recipient, reply)`.
+    Sent {
+        reply: String,
+        refused: Vec<(String, String)>,
+    },
     Deferred(String),
     Failed(String),
     Unknown(String),
@@ -456,6 +468,12 @@ struct Shared {
     streak: Mutex<Vec<(String, String)>>,
     /// Shared by the workers: spaces the starts of letters (and retries).
     throttle: Mutex<Throttle>,
+    /// Connection setups in a row that timed out after the server answered.
+    stalls: AtomicU32,
+    /// For retry notices (`-v`).
+    ui: Ui,
+    /// The progress bar (hidden off a terminal), also for retry notices.
+    bar: indicatif::ProgressBar,
 }
 
 impl Shared {
@@ -537,11 +555,21 @@ fn ensure_connected(shared: &Shared, conn: &mut Option<Connection>, may_retry: b
     }
     match shared.connector.connect() {
         Ok(c) => {
+            shared.stalls.store(0, Ordering::SeqCst);
             *conn = Some(c);
             Connected::Ready
         }
-        Err(ConnectError::Unreachable(_)) if may_retry => Connected::Retry,
-        Err(ConnectError::Unreachable(m)) => {
+        Err(ConnectError::Unreachable(m)) if may_retry => {
+            retry_notice(shared, &m);
+            Connected::Retry
+        }
+        // A server that answers and then stalls (a hung login) costs the
+        // full timeout each time: one more try, not `retries` more.
+        Err(ConnectError::TimedOut(m)) if may_retry && shared.stalls.fetch_add(1, Ordering::SeqCst) == 0 => {
+            retry_notice(shared, &m);
+            Connected::Retry
+        }
+        Err(ConnectError::Unreachable(m) | ConnectError::TimedOut(m)) => {
             shared.halt(Halt::Unreachable(m));
             Connected::Halted
         }
@@ -550,6 +578,15 @@ fn ensure_connected(shared: &Shared, conn: &mut Option<Connection>, may_retry: b
             Connected::Halted
         }
     }
+}
+
+/// Says on the bar (and under `-v`) that a connection is tried again.
+fn retry_notice(shared: &Shared, why: &str) {
+    let first_line = why.lines().next().unwrap_or_default();
+    shared.bar.set_message(format!("trying again: {first_line}"));
+    shared
+        .bar
+        .suspend(|| shared.ui.detail(&format!("{first_line}; trying again")));
 }
 
 /// The first connection, opened before any worker starts, so a wrong
@@ -605,57 +642,22 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             Ok(Delivery::Rejected { reply, .. }) if reply.is_policy() => Some(reply.clone()),
             _ => None,
         };
-        let (outcome, result, retry) = match delivery {
+        let delivery = match delivery {
+            Ok(d) => d,
             Err(e) => {
                 shared.halt(Halt::Ledger(e));
                 return Fate::NotSent;
             }
-            Ok(Delivery::Accepted(r)) => (Outcome::Sent(r.to_string()), Fate::Sent(r.to_string()), false),
-            Ok(Delivery::Rejected { reply, handed_over }) if reply.is_transient() => {
-                let text = reply.to_string();
-                let next = now + deferral(attempt);
-                (
-                    Outcome::Deferred {
-                        reply: text.clone(),
-                        next_attempt_at: next,
-                        handed_over,
-                    },
-                    Fate::Deferred(text),
-                    true,
-                )
-            }
-            Ok(Delivery::Rejected { reply, handed_over }) => {
-                let text = reply.to_string();
-                (
-                    Outcome::Failed {
-                        reply: text.clone(),
-                        handed_over,
-                    },
-                    Fate::Failed(text),
-                    false,
-                )
-            }
-            Ok(Delivery::Lost {
-                reason,
-                handed_over: true,
-            }) => (Outcome::Unknown(reason.clone()), Fate::Unknown(reason), false),
-            Ok(Delivery::Lost {
-                reason,
-                handed_over: false,
-            }) => {
-                let next = now + deferral(attempt);
-                (
-                    Outcome::Deferred {
-                        reply: reason.clone(),
-                        next_attempt_at: next,
-                        handed_over: false,
-                    },
-                    Fate::Deferred(reason),
-                    true,
-                )
-            }
         };
-        if let Err(e) = shared.ledger().record(&key, &outcome, claimed, now) {
+        let (outcome, result, retry) = judge(delivery, attempt, now);
+        let copies = match &result {
+            Fate::Sent { refused, .. } => refused.as_slice(),
+            _ => &[],
+        };
+        if let Err(e) = shared
+            .ledger()
+            .record_with_copies(&key, &outcome, copies, claimed, now)
+        {
             shared.halt(Halt::Ledger(e));
             return result;
         }
@@ -665,6 +667,70 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             continue;
         }
         return result;
+    }
+}
+
+/// How one attempt ends: what the ledger records, what the run reports, and
+/// whether an in-run retry may help.
+fn judge(delivery: Delivery, attempt: u32, now: i64) -> (Outcome, Fate, bool) {
+    match delivery {
+        Delivery::Accepted { reply, refused } => {
+            let refused: Vec<(String, String)> = refused
+                .into_iter()
+                .map(|c| (c.recipient, c.reply.to_string()))
+                .collect();
+            (
+                Outcome::Sent(reply.to_string()),
+                Fate::Sent {
+                    reply: reply.to_string(),
+                    refused,
+                },
+                false,
+            )
+        }
+        Delivery::Rejected { reply, handed_over } if reply.is_transient() => {
+            let text = reply.to_string();
+            let next = now + deferral(attempt);
+            (
+                Outcome::Deferred {
+                    reply: text.clone(),
+                    next_attempt_at: next,
+                    handed_over,
+                },
+                Fate::Deferred(text),
+                true,
+            )
+        }
+        Delivery::Rejected { reply, handed_over } => {
+            let text = reply.to_string();
+            (
+                Outcome::Failed {
+                    reply: text.clone(),
+                    handed_over,
+                },
+                Fate::Failed(text),
+                false,
+            )
+        }
+        Delivery::Lost {
+            reason,
+            handed_over: true,
+        } => (Outcome::Unknown(reason.clone()), Fate::Unknown(reason), false),
+        Delivery::Lost {
+            reason,
+            handed_over: false,
+        } => {
+            let next = now + deferral(attempt);
+            (
+                Outcome::Deferred {
+                    reply: reason.clone(),
+                    next_attempt_at: next,
+                    handed_over: false,
+                },
+                Fate::Deferred(reason),
+                true,
+            )
+        }
     }
 }
 

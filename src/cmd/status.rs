@@ -11,6 +11,7 @@ use crate::census;
 use crate::exit::Exit;
 use crate::ledger::{Bounce, Ledger, State};
 use crate::report::{StatusCounts, out, thousands};
+use crate::ui::printable;
 
 /// Runs `mailer status [--json]`.
 pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
@@ -23,6 +24,7 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     let mut by_target: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut delivered: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
+    let mut copies = Vec::new();
     census::walk(campaign, ledger.as_ref(), |letter| {
         counts.total += 1;
         match letter.state {
@@ -54,6 +56,8 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
             problems.push((letter.state, letter.supporter, letter.target, reply));
+        } else if !letter.refused_copies.is_empty() {
+            copies.push((letter.supporter, letter.target, letter.refused_copies));
         }
     })?;
     if json {
@@ -88,7 +92,21 @@ pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     if !problems.is_empty() {
         let _ = writeln!(text, "\nNot delivered:");
         for (state, s, t, reply) in &problems {
-            let _ = writeln!(text, "  {:<8} {s} → {t}: {reply}", state.as_str());
+            // Escaped again: a ledger written by an older version may hold raw text.
+            let _ = writeln!(text, "  {:<8} {s} → {t}: {}", state.as_str(), printable(reply));
+        }
+    }
+    if !copies.is_empty() {
+        let n: usize = copies.iter().map(|(_, _, c)| c.len()).sum();
+        let _ = writeln!(
+            text,
+            "\nCopies refused: {} (the letters reached their targets and are not sent again)",
+            thousands(n as u64)
+        );
+        for (s, t, refused) in &copies {
+            for (to, reply) in refused {
+                let _ = writeln!(text, "  {s} → {t}: copy to {to} refused: {}", printable(reply));
+            }
         }
     }
     if let Some(ledger) = &ledger {

@@ -1020,6 +1020,7 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "last_reply",
             "sent_at",
             "message_id",
+            "refused_copies",
             "bounce_status",
             "bounce_diagnostic",
             "bounced_at"

@@ -5,7 +5,8 @@
 //! AUTH PLAIN/LOGIN, pipelining, MAIL/RCPT/DATA. Everything it reads is recorded
 //! (with the connection number and whether it was read inside TLS), every accepted
 //! message too, and a script hook can answer any step with a chosen reply, drop
-//! the connection or stall, to imitate failing relays. The server stops when dropped.
+//! the connection, stall, trickle a reply or write raw bytes, to imitate failing
+//! or hostile relays. The server stops when dropped.
 #![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -177,6 +178,12 @@ pub enum Action {
     Drop,
     /// Wait this long without replying, then close (like `Drop` for recording).
     Stall(Duration),
+    /// Send this reply line (CRLF added) one byte every `Duration`, then close
+    /// (like `Drop` for recording): a server that trickles.
+    Trickle(String, Duration),
+    /// Write these bytes exactly as given (no CRLF added), then close (like
+    /// `Drop` for recording): partial lines, junk, raw control bytes.
+    Raw(Vec<u8>),
 }
 
 impl Action {
@@ -641,15 +648,35 @@ impl Session {
         Ok(raw.map(|b| String::from_utf8_lossy(trim_eol(&b)).into_owned()))
     }
 
-    fn scripted(&self, step: &Step) -> io::Result<Option<String>> {
+    fn scripted(&mut self, step: &Step) -> io::Result<Option<String>> {
         match (self.sh.opts.script)(step) {
             Action::Default => Ok(None),
             Action::Reply(reply) => Ok(Some(reply)),
-            Action::Drop => Err(closed()),
-            Action::Stall(d) => {
-                self.stall(d);
+            action => {
+                self.misbehave(action);
                 Err(closed())
             }
+        }
+    }
+
+    /// Carries out `Drop`, `Stall`, `Trickle` or `Raw`; the caller then closes.
+    fn misbehave(&mut self, action: Action) {
+        match action {
+            Action::Stall(d) => self.stall(d),
+            Action::Trickle(reply, every) => {
+                for byte in format!("{reply}\r\n").bytes() {
+                    let io = self.io.get_mut();
+                    if self.sh.stop.load(SeqCst) || io.write_all(&[byte]).and_then(|()| io.flush()).is_err() {
+                        return;
+                    }
+                    self.stall(every);
+                }
+            }
+            Action::Raw(bytes) => {
+                let io = self.io.get_mut();
+                let _ = io.write_all(&bytes).and_then(|()| io.flush());
+            }
+            Action::Default | Action::Reply(_) | Action::Drop => {}
         }
     }
 
@@ -897,13 +924,9 @@ impl Session {
                 let ok = reply.starts_with('2');
                 (reply, ok)
             }
-            Action::Drop => {
+            action => {
                 lock(&self.sh.log).dropped.push(msg);
-                return Err(closed());
-            }
-            Action::Stall(d) => {
-                lock(&self.sh.log).dropped.push(msg);
-                self.stall(d);
+                self.misbehave(action);
                 return Err(closed());
             }
         };

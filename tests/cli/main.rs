@@ -5,6 +5,7 @@
 mod support;
 
 mod delivery;
+mod edges_run;
 mod inputs;
 mod security;
 mod terminal;

@@ -737,7 +737,7 @@ fn worker(
 /// Sleeps between retries unless the run is stopping.
 fn pause(shared: &Shared, d: Duration) {
     let clock = shared.clock.as_ref();
-    sleep_until(clock, clock.now() + d, &|| shared.halted());
+    sleep_until(clock, clock.instant() + d, &|| shared.halted());
 }
 
 /// Pause between in-run retries: 0.2 s, 0.4 s, 0.8 s … at most 5 s.
@@ -810,7 +810,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             .throttle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .reserve(clock.now());
+            .reserve(clock.instant());
         if !sleep_until(clock, slot, &|| shared.halted()) {
             return Fate::NotSent;
         }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use lettre::message::dkim::DkimConfig;
 
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::clock::Clock;
@@ -134,6 +135,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         ledger: SharedLedger::new(ledger),
         connector,
         clock: Arc::clone(clock),
+        dkim: campaign.dkim(),
         retries: config.delivery.retries,
         stop: Arc::clone(&interrupt.stop),
         halt: AtomicBool::new(false),
@@ -162,11 +164,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     let went = shared.handed_over.load(Ordering::SeqCst);
     let interrupted = shared.stop.load(Ordering::SeqCst);
     // Pass 1 counted letters that pass 2 did not find: the file changed.
-    let missing = if pass2.exhausted && dispatched.is_ok() && halt.is_none() && !interrupted {
-        to_send.saturating_sub(pass2.dispatched)
-    } else {
-        0
-    };
+    let missing = pass2.missing(to_send, halt.is_some() || interrupted);
     summary.elapsed = started.elapsed();
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
     summary.stopped = halt.is_some() || interrupted || missing > 0;
@@ -319,6 +317,18 @@ struct Pass2 {
     unrendered: u64,
     /// The whole file was read (not stopped by the budget or a halt).
     exhausted: bool,
+}
+
+impl Pass2 {
+    /// Letters pass 1 counted that this pass did not find in the file (it
+    /// changed), unless the run stopped early.
+    fn missing(&self, to_send: u64, stopped: bool) -> u64 {
+        if self.exhausted && !stopped {
+            to_send.saturating_sub(self.dispatched)
+        } else {
+            0
+        }
+    }
 }
 
 /// Pass 2: streams the rows again, records skipped ones, and feeds due
@@ -676,6 +686,8 @@ struct Shared {
     ledger: SharedLedger,
     connector: Connector,
     clock: Arc<dyn Clock>,
+    /// Signs each letter again once it is dated at hand-over.
+    dkim: Option<Arc<DkimConfig>>,
     retries: u32,
     stop: Arc<AtomicBool>,
     halt: AtomicBool,
@@ -714,11 +726,11 @@ fn worker(
 ) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { break };
+        let Ok(mut job) = job else { break };
         let result = if shared.halted() {
             Fate::NotSent
         } else {
-            deliver(shared, &mut conn, &job)
+            deliver(shared, &mut conn, &mut job)
         };
         let event = Event {
             supporter: job.supporter,
@@ -797,9 +809,8 @@ fn first_connection(shared: &Shared) -> Option<Connection> {
 }
 
 /// Delivers one letter with in-run retries; records every attempt.
-fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
+fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &mut Job) -> Fate {
     let clock = shared.clock.as_ref();
-    let key = job.key();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -823,6 +834,10 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             Connected::Halted => return Fate::NotSent,
         }
         let c = conn.as_mut().expect("connected above");
+        // Dated (and signed) now, as it is handed over: a paced run's letters
+        // do not carry the hour the run started.
+        job.built.stamp(clock.now(), shared.dkim.as_deref());
+        let key = job.key();
         let mut claimed = false;
         let delivery = c.deliver(&job.built, || {
             shared.ledger.claim(&key, clock.unix())?;

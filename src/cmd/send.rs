@@ -822,6 +822,11 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &mut Job) -> Fat
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .reserve(clock.instant());
+        // Dated (and signed) for the moment its slot comes, as it is handed
+        // over: a paced run's letters do not carry the hour the run started.
+        // Done before the wait, so the work does not delay the slot.
+        let at = clock.now() + slot.saturating_duration_since(clock.instant());
+        job.built.stamp(at, shared.dkim.as_deref());
         if !sleep_until(clock, slot, &|| shared.halted()) {
             return Fate::NotSent;
         }
@@ -834,9 +839,6 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &mut Job) -> Fat
             Connected::Halted => return Fate::NotSent,
         }
         let c = conn.as_mut().expect("connected above");
-        // Dated (and signed) now, as it is handed over: a paced run's letters
-        // do not carry the hour the run started.
-        job.built.stamp(clock.now(), shared.dkim.as_deref());
         let key = job.key();
         let mut claimed = false;
         let delivery = c.deliver(&job.built, || {

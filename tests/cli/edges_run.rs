@@ -413,7 +413,7 @@ fn issue9_policy_breaker_holds_letters_in_flight_at_concurrency_4() {
 
 /// A campaign whose pass 1 takes seconds (many rows to render).
 fn big_campaign(server: &Server) -> Campaign {
-    campaign(server, "retries = 0\n").file("supporters.csv", supporters(60_000))
+    campaign(server, "retries = 0\n").file("supporters.csv", supporters(30_000))
 }
 
 fn interrupted_in_pass_one(sig: &str) {

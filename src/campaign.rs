@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Result, bail};
@@ -36,7 +37,8 @@ pub struct Campaign {
     /// The compiled templates.
     pub letter: Letter,
     globals: Globals,
-    dkim: Option<DkimConfig>,
+    dkim: Option<Arc<DkimConfig>>,
+    /// The `Date` of messages built here; `send` dates each again at hand-over.
     date: SystemTime,
 }
 
@@ -67,7 +69,12 @@ impl Campaign {
     /// Compiles the letter for an already loaded config.
     pub fn new(config: Config, now: SystemTime) -> Result<Campaign> {
         let letter = Letter::load(&config)?;
-        let dkim = config.dkim.as_ref().map(crate::dkim::load).transpose()?;
+        let dkim = config
+            .dkim
+            .as_ref()
+            .map(crate::dkim::load)
+            .transpose()?
+            .map(Arc::new);
         let globals = Globals {
             campaign: BTreeMap::from([
                 ("id", config.campaign.id.clone()),
@@ -167,7 +174,7 @@ impl Campaign {
             campaign_id: &self.config.campaign.id,
             cc_supporter: self.config.sender.cc_supporter,
             bcc: &self.config.sender.bcc,
-            dkim: self.dkim.as_ref(),
+            dkim: self.dkim.as_deref(),
             encode,
         };
         let mut letters = Vec::with_capacity(self.config.targets.len());
@@ -193,6 +200,12 @@ impl Campaign {
             }
         }
         Ok(Prepared::Letters { supporter, letters })
+    }
+
+    /// The DKIM signing key, if configured (`send` signs again at hand-over).
+    #[must_use]
+    pub fn dkim(&self) -> Option<Arc<DkimConfig>> {
+        self.dkim.clone()
     }
 
     /// The number of targets (letters per supporter).

@@ -2,15 +2,19 @@
 //!
 //! Everything that reads the wall clock or sleeps goes through [`Clock`], so
 //! the throttle and the ledger's time rules can be tested without waiting.
+//! Two clocks: the wall clock (`now`: dates, the ledger) and a monotonic one
+//! (`instant`: pacing and waits), which a wall-clock step never moves.
 
 use std::process::{Child, ExitStatus};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Reads the time and sleeps.
 pub trait Clock: Send + Sync {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
+    /// The monotonic clock: for spacing and waiting, never for dates.
+    fn instant(&self) -> Instant;
     /// Blocks the calling thread for `d`.
     fn sleep(&self, d: Duration);
 
@@ -36,6 +40,10 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
     #[allow(clippy::disallowed_methods)] // the one place that may really sleep
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
@@ -44,24 +52,49 @@ impl Clock for SystemClock {
 
 /// A clock that only moves when slept on or advanced: for tests.
 #[derive(Debug)]
-pub struct ManualClock(Mutex<SystemTime>);
+pub struct ManualClock(Mutex<Manual>);
+
+#[derive(Debug)]
+struct Manual {
+    wall: SystemTime,
+    /// Where the monotonic clock started, and how far it went since.
+    base: Instant,
+    elapsed: Duration,
+}
 
 impl ManualClock {
     /// A clock stopped at `start`.
     #[must_use]
     pub fn new(start: SystemTime) -> Self {
-        ManualClock(Mutex::new(start))
+        ManualClock(Mutex::new(Manual {
+            wall: start,
+            base: Instant::now(),
+            elapsed: Duration::ZERO,
+        }))
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock (wall and monotonic) forward.
     pub fn advance(&self, d: Duration) {
-        *self.0.lock().expect("clock lock") += d;
+        let mut m = self.0.lock().expect("clock lock");
+        m.wall += d;
+        m.elapsed += d;
+    }
+
+    /// Sets the wall clock (as NTP or an administrator might, also
+    /// backwards); the monotonic clock does not move.
+    pub fn set_wall(&self, t: SystemTime) {
+        self.0.lock().expect("clock lock").wall = t;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.0.lock().expect("clock lock")
+        self.0.lock().expect("clock lock").wall
+    }
+
+    fn instant(&self) -> Instant {
+        let m = self.0.lock().expect("clock lock");
+        m.base + m.elapsed
     }
 
     fn sleep(&self, d: Duration) {

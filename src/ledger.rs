@@ -454,13 +454,13 @@ impl Ledger {
         }
     }
 
-    /// Puts a `failed` letter back to `deferred` (a run-wide policy stop was
-    /// not the letter's fault).
-    pub fn requeue(&self, supporter: &str, target: &str, now: i64) -> Result<()> {
+    /// Puts a `failed` letter back to `deferred`, due again at unix second
+    /// `next_attempt_at` (a run-wide policy stop was not the letter's fault).
+    pub fn requeue(&self, supporter: &str, target: &str, next_attempt_at: i64, now: i64) -> Result<()> {
         self.conn.execute(
-            "UPDATE letters SET state = 'deferred', next_attempt_at = ?3, updated_at = ?3
+            "UPDATE letters SET state = 'deferred', next_attempt_at = ?3, updated_at = ?4
              WHERE supporter = ?1 AND target = ?2 AND state = 'failed'",
-            params![supporter, target, now],
+            params![supporter, target, next_attempt_at, now],
         )?;
         Ok(())
     }

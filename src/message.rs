@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use lettre::address::Envelope;
 use lettre::message::dkim::DkimConfig;
+use lettre::message::header::Date;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
@@ -54,6 +55,25 @@ pub struct Built {
     pub text: String,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
     pub bytes: Vec<u8>,
+    /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
+    unsigned: Option<Message>,
+}
+
+impl Built {
+    /// Dates the message `date` (when it is handed over) and signs it again,
+    /// so its `Date` and the DKIM `t=` say when it went, not when the run
+    /// started. The Message-ID stays. No-op for a message built without `encode`.
+    pub fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
+        let Some(unsigned) = &self.unsigned else {
+            return;
+        };
+        let mut message = unsigned.clone();
+        message.headers_mut().set(Date::new(date));
+        if let Some(dkim) = dkim {
+            message.sign(dkim);
+        }
+        self.bytes = message.formatted();
+    }
 }
 
 /// The Message-ID SPEC.md defines: stable per (campaign, supporter, target).
@@ -248,6 +268,7 @@ pub fn build(
             summary,
             text,
             bytes: Vec::new(),
+            unsigned: None,
         });
     }
     let message = match &rendered.html {
@@ -258,7 +279,8 @@ pub fn build(
         ),
         None => builder.singlepart(SinglePart::plain(text.clone())),
     };
-    let mut message = message.map_err(|e| format!("cannot build the message: {e}"))?;
+    let unsigned = message.map_err(|e| format!("cannot build the message: {e}"))?;
+    let mut message = unsigned.clone();
     if let Some(dkim) = settings.dkim {
         message.sign(dkim);
     }
@@ -269,6 +291,7 @@ pub fn build(
         summary,
         text,
         bytes: message.formatted(),
+        unsigned: Some(unsigned),
     })
 }
 
@@ -421,6 +444,22 @@ mod tests {
         assert_ne!(a, message_id("c", "ana@x.org", "cfo@corp.example", "org.example"));
         assert_ne!(a, message_id("d", "ana@x.org", "ceo@corp.example", "org.example"));
         assert_eq!(a.len(), 1 + 32 + 1 + "org.example".len() + 1);
+    }
+
+    #[test]
+    fn stamp_dates_the_message_again_and_keeps_its_id() {
+        let mut b = build_one("Ana", "s").unwrap();
+        let later = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let id = b.message_id.clone();
+        b.stamp(later, None);
+        let text = String::from_utf8(b.bytes.clone()).unwrap();
+        assert!(
+            text.contains("Date: Fri, 15 Jan 2027 08:00:00 +0000\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("1970"), "{text}");
+        assert!(text.contains(&format!("Message-ID: {id}\r\n")), "{text}");
+        assert_eq!(text.matches("Date: ").count(), 1, "{text}");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! The schedule is pure ([`Throttle::reserve`] hands out start times); the
 //! caller sleeps through the injected clock with [`sleep_until`], which a
-//! signal can cut short.
+//! signal can cut short. Both run on the monotonic clock: a wall-clock step
+//! (NTP, a suspended laptop's catch-up) neither stalls nor bursts the run.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::config::Rate;
@@ -13,7 +14,7 @@ use crate::config::Rate;
 #[derive(Debug, Clone)]
 pub struct Throttle {
     interval: Option<Duration>,
-    next: Option<SystemTime>,
+    next: Option<Instant>,
 }
 
 impl Throttle {
@@ -27,7 +28,7 @@ impl Throttle {
     }
 
     /// Takes the next free slot at or after `now`: when the next letter may start.
-    pub fn reserve(&mut self, now: SystemTime) -> SystemTime {
+    pub fn reserve(&mut self, now: Instant) -> Instant {
         let slot = self.next.map_or(now, |n| n.max(now));
         if let Some(i) = self.interval {
             self.next = Some(slot + i);
@@ -38,13 +39,13 @@ impl Throttle {
 
 /// Sleeps until `when` in short steps, giving up early once `cancel()` is true.
 /// Returns false if cancelled.
-pub fn sleep_until(clock: &dyn Clock, when: SystemTime, cancel: &dyn Fn() -> bool) -> bool {
+pub fn sleep_until(clock: &dyn Clock, when: Instant, cancel: &dyn Fn() -> bool) -> bool {
     const STEP: Duration = Duration::from_millis(50);
     loop {
         if cancel() {
             return false;
         }
-        let left = when.duration_since(clock.now()).unwrap_or(Duration::ZERO);
+        let left = when.saturating_duration_since(clock.instant());
         if left.is_zero() {
             return true;
         }
@@ -56,19 +57,17 @@ pub fn sleep_until(clock: &dyn Clock, when: SystemTime, cancel: &dyn Fn() -> boo
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use std::time::SystemTime;
 
     /// Takes the next slot and sleeps until it, as a worker does.
     fn wait(t: &mut Throttle, clock: &ManualClock) {
-        let slot = t.reserve(clock.now());
+        let slot = t.reserve(clock.instant());
         sleep_until(clock, slot, &|| false);
     }
 
     /// How long the next letter would wait at `now`.
-    fn delay(t: &Throttle, now: SystemTime) -> Duration {
-        t.clone()
-            .reserve(now)
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO)
+    fn delay(t: &Throttle, now: Instant) -> Duration {
+        t.clone().reserve(now).saturating_duration_since(now)
     }
 
     #[test]
@@ -91,31 +90,38 @@ mod tests {
         wait(&mut t, &clock);
         clock.advance(Duration::from_secs(10)); // a slow letter
         wait(&mut t, &clock);
-        assert_eq!(delay(&t, clock.now()), Duration::from_secs(1));
+        assert_eq!(delay(&t, clock.instant()), Duration::from_secs(1));
     }
 
     #[test]
     fn reserved_slots_are_spaced_for_concurrent_workers() {
         let mut t = Throttle::new(Some("4/second".parse().unwrap()));
-        let t0 = SystemTime::UNIX_EPOCH;
+        let t0 = ManualClock::new(SystemTime::UNIX_EPOCH).instant();
         let slots: Vec<_> = (0..3).map(|_| t.reserve(t0)).collect();
-        assert_eq!(
-            slots[1].duration_since(slots[0]).unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            slots[2].duration_since(slots[1]).unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!(slots[1] - slots[0], Duration::from_millis(250));
+        assert_eq!(slots[2] - slots[1], Duration::from_millis(250));
     }
 
     #[test]
     fn sleep_until_can_be_cancelled() {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
-        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+        let later = clock.instant() + Duration::from_secs(60);
         assert!(!sleep_until(&clock, later, &|| true));
         assert!(sleep_until(&clock, later, &|| false));
-        assert!(clock.now() >= later);
+        assert!(clock.instant() >= later);
+    }
+
+    #[test]
+    fn a_wall_clock_step_back_does_not_stall_pacing() {
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
+        let clock = ManualClock::new(day);
+        let mut t = Throttle::new(Some("1/second".parse().unwrap()));
+        wait(&mut t, &clock);
+        let before = clock.instant();
+        // NTP steps the wall clock back an hour between two letters.
+        clock.set_wall(day - Duration::from_secs(3600));
+        wait(&mut t, &clock);
+        assert_eq!(clock.instant() - before, Duration::from_secs(1));
     }
 
     #[test]
@@ -123,6 +129,6 @@ mod tests {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
         let mut t = Throttle::new(None);
         wait(&mut t, &clock);
-        assert_eq!(delay(&t, clock.now()), Duration::ZERO);
+        assert_eq!(delay(&t, clock.instant()), Duration::ZERO);
     }
 }

@@ -200,6 +200,7 @@ impl Connector {
             last_used: Instant::now(),
             timeout: s.timeout,
             secrets: Vec::new(),
+            awaiting_outcome: false,
         };
         if s.security == Security::Tls {
             conn.upgrade(&self.tls)?;
@@ -334,6 +335,8 @@ pub struct Connection {
     /// What this session sent that the server must never get shown back:
     /// the password in every form AUTH carried it (see [`Connection::shown`]).
     secrets: Vec<String>,
+    /// A body went and its reply is awaited: a signal must not abandon it.
+    awaiting_outcome: bool,
 }
 
 impl Connection {
@@ -590,7 +593,10 @@ impl Connection {
         if let Err(e) = self.send_all_bytes(&dot_stuff(&built.bytes)) {
             return lost(self, e, false);
         }
-        match self.reply() {
+        self.awaiting_outcome = true;
+        let outcome = self.reply();
+        self.awaiting_outcome = false;
+        match outcome {
             Ok(r) if r.is_positive() => Ok(Delivery::Accepted { reply: r, refused }),
             Ok(r) => {
                 if r.code == 421 {
@@ -728,7 +734,16 @@ impl Connection {
             self.set_timeout(deadline, true)?;
             let n = match self.stream.read(&mut chunk) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // NOTE: only our SIGINT/SIGTERM handlers interrupt a read (a
+                // socket with a timeout returns EINTR despite SA_RESTART). The
+                // run is stopping: wait on only for the reply to a body that
+                // went, so that letter's outcome is recorded; anything else
+                // (a greeting, a login, MAIL/RCPT/DATA) is abandoned at once
+                // and is safe to try again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && self.awaiting_outcome => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+                }
                 Err(e) => return Err(timeout_as(e, "the server did not reply in time")),
             };
             if n == 0 {
@@ -930,6 +945,7 @@ mod tests {
             last_used: Instant::now(),
             timeout: Duration::from_secs(1),
             secrets: vec!["AGEAaHVudGVyMg".into(), "aHVudGVyMg".into(), "hunter2".into()],
+            awaiting_outcome: false,
         };
         assert_eq!(
             conn.shown(b"5x5 echo hunter2 AGEAaHVudGVyMg== aHVudGVyMg\x1b[2J\r\n"),

@@ -5,14 +5,17 @@
 //! letters to `concurrency` workers, each owning one reused SMTP connection.
 //! The ledger decides what is due; the transport says how each letter went.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use lettre::message::dkim::DkimConfig;
 
-use crate::campaign::{Campaign, Prepared};
+use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::clock::Clock;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{Key, Ledger, Outcome, Record, SharedLedger, State};
@@ -38,7 +41,8 @@ pub struct Options {
     pub resend_unknown: bool,
 }
 
-/// Consecutive 5.7.x rejections that stop the run as a policy problem.
+/// Distinct supporters whose letters the server refused for policy (5.7.x),
+/// with no letter delivered in between, that stop the run as a sender problem.
 const POLICY_STREAK: usize = 3;
 
 /// Whether a letter goes this run, given its ledger row.
@@ -73,9 +77,13 @@ pub fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
 }
 
 /// Runs `mailer send`.
+// NOTE: long until the engine moves out of this command (issue 13).
+#[allow(clippy::too_many_lines)]
 pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
+    // From the first moment: a signal in any phase ends the run with 130.
+    let interrupt = Interrupt::register()?;
     if opts.dry_run {
-        return dry_run(campaign, opts, ui, clock.as_ref());
+        return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
     }
     let config = &campaign.config;
     let started = Instant::now();
@@ -101,7 +109,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
 
     // Pass 1: render everything, count what is due.
     let now = clock.unix();
-    let plan = scan(campaign, Some(&ledger), opts, now, ui)?;
+    let (plan, scanned) = scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
     let budget = budget(campaign, &ledger, opts, now)?;
     let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
     ui.detail(&format!(
@@ -117,24 +125,27 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         report::print_summary(&summary, budget, ui);
         return Ok(Exit::Done);
     }
-    if ui.interactive() && !opts.yes && !confirm(campaign, &summary.plan, to_send, &connector, ui) {
+    if ui.interactive()
+        && !opts.yes
+        && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
+    {
         ui.note("Nothing sent.");
         return Ok(Exit::Done);
     }
+    interrupt.check()?;
 
     // Pass 2: deliver.
-    let stop = Arc::new(AtomicBool::new(false));
-    register_signals(&stop)?;
     let shared = Arc::new(Shared {
         ledger: SharedLedger::new(ledger),
         connector,
         clock: Arc::clone(clock),
+        dkim: campaign.dkim(),
         retries: config.delivery.retries,
-        stop,
+        stop: Arc::clone(&interrupt.stop),
         halt: AtomicBool::new(false),
         reason: Mutex::new(None),
-        handed_over: AtomicBool::new(false),
-        streak: Mutex::new(Vec::new()),
+        handed_over: AtomicU64::new(0),
+        policy: Mutex::new(Breaker::default()),
         throttle: Mutex::new(Throttle::new(config.delivery.rate)),
         stalls: AtomicU32::new(0),
         ui: ui.clone(),
@@ -142,41 +153,147 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         // shows its time passing and each retry.
         bar: ui.progress(to_send),
     });
-    let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, ui);
+    let mut pass2 = Pass2 {
+        scanned,
+        ..Pass2::default()
+    };
+    let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, &mut pass2, ui);
     let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
     let ledger = shared.ledger.into_inner();
     let _ = ledger.checkpoint();
     let halt = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if let Some(Halt::Policy { requeued, .. }) = &halt {
-        // Those letters were reported failed, then kept for a later run.
-        summary.failed = summary.failed.saturating_sub(*requeued);
-        summary.deferred += requeued;
-    }
+    let requeued = shared
+        .policy
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .requeued;
+    // Those letters were reported failed, then kept for a later run.
+    summary.failed = summary.failed.saturating_sub(requeued);
+    summary.deferred += requeued;
+    let went = shared.handed_over.load(Ordering::SeqCst);
+    let interrupted = shared.stop.load(Ordering::SeqCst);
+    // Pass 1 counted letters that pass 2 did not find: the file changed.
+    let missing = pass2.missing(to_send, halt.is_some() || interrupted);
     summary.elapsed = started.elapsed();
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
-    summary.stopped = halt.is_some() || shared.stop.load(Ordering::SeqCst);
+    summary.stopped = halt.is_some() || interrupted || missing > 0;
     report::print_summary(&summary, budget, ui);
+    verdict(
+        campaign,
+        Ended {
+            dispatched,
+            halt,
+            went,
+            interrupted,
+            unrendered: pass2.unrendered,
+            missing,
+        },
+        &summary,
+        ui,
+    )
+}
 
-    dispatched.context("the run stopped")?;
-    if shared.stop.load(Ordering::SeqCst) {
-        ui.error("interrupted: the letters in flight were recorded");
+/// How pass 2 ended, for [`verdict`].
+struct Ended {
+    /// The dispatcher's own error (the file, the ledger).
+    dispatched: Result<()>,
+    halt: Option<Halt>,
+    /// Letters handed to the server this run.
+    went: u64,
+    interrupted: bool,
+    /// See [`Pass2::unrendered`].
+    unrendered: u64,
+    /// Letters pass 1 counted that pass 2 did not find.
+    missing: u64,
+}
+
+/// The exit code and the closing error. From the first hand-over on, no
+/// error may say "nothing was sent" (exit 1): the run ends with 3, or 130
+/// when a signal stopped it.
+fn verdict(campaign: &Campaign, ended: Ended, summary: &Summary, ui: &Ui) -> Result<Exit> {
+    let Ended {
+        dispatched,
+        halt,
+        went,
+        interrupted,
+        unrendered,
+        missing,
+    } = ended;
+    if let Err(e) = dispatched {
+        let e = e.context("the run stopped");
+        return Err(match (went > 0, interrupted) {
+            (false, false) => e,
+            (false, true) => Failure::error(Exit::Interrupted, format!("{e:#}")),
+            (true, _) => Failure::error(
+                if interrupted {
+                    Exit::Interrupted
+                } else {
+                    Exit::Partial
+                },
+                letters_went(&format!("{e:#}"), went),
+            ),
+        });
+    }
+    if interrupted {
+        ui.error(if went > 0 {
+            "interrupted: the letters in flight were recorded"
+        } else {
+            "interrupted before any letter went: nothing was sent"
+        });
         return Ok(Exit::Interrupted);
     }
     if let Some(halt) = halt {
-        let exit = match (&halt, shared.handed_over.load(Ordering::SeqCst)) {
+        let (exit, text) = match (&halt, went > 0) {
             // Nothing went: "try later" if the server was away, else the
             // setup (TLS, login, policy) needs a person.
-            (Halt::Unreachable(_), false) => Exit::TryLater,
-            (_, false) => Exit::BadInput,
-            (_, true) => Exit::Partial,
+            (Halt::Unreachable(_), false) => (Exit::TryLater, halt.to_string()),
+            (_, false) => (Exit::BadInput, halt.to_string()),
+            // The policy stop says itself what became of the letters.
+            (Halt::Policy { .. }, true) => (Exit::Partial, halt.to_string()),
+            (_, true) => (Exit::Partial, letters_went(&halt.to_string(), went)),
         };
-        return Err(Failure::error(exit, halt.to_string()));
+        return Err(Failure::error(exit, text));
+    }
+    if unrendered > 0 || missing > 0 {
+        let file = campaign.config.supporters_file.display();
+        let mut text = format!("the supporters file `{file}` changed during the run:");
+        if unrendered > 0 {
+            let _ = write!(
+                text,
+                " {unrendered} letter(s) of rows added or changed since it started cannot be rendered \
+                 (listed above) and were not sent;"
+            );
+        }
+        if missing > 0 {
+            let _ = write!(
+                text,
+                " {missing} letter(s) counted when it started were no longer in the file;"
+            );
+        }
+        text.push_str(
+            " everything else went as reported\n\nhint: run `mailer check`, fix what it shows, \
+             then `mailer send` again: it sends only the letters still due",
+        );
+        return Err(Failure::error(Exit::Partial, text));
     }
     Ok(if summary.deferred + summary.failed + summary.unknown > 0 {
         Exit::Partial
     } else {
         Exit::Done
     })
+}
+
+/// An error after letters went: says so and what to do (exit 1 would
+/// claim nothing was sent).
+fn letters_went(text: &str, handed_over: u64) -> String {
+    let (main, hint) = text
+        .split_once("\n\nhint: ")
+        .unwrap_or((text, "fix the problem above, then run `mailer send` again"));
+    format!(
+        "{main}\nletters already went: {handed_over} were handed to the server this run, and each \
+         is recorded in the ledger (none is sent twice)\n\nhint: {hint}; it sends only the letters \
+         still due"
+    )
 }
 
 /// The terminal prompt; true to go on.
@@ -197,16 +314,44 @@ fn confirm(campaign: &Campaign, plan: &Plan, to_send: u64, connector: &Connector
     ))
 }
 
+/// What pass 2 found in the file.
+#[derive(Debug, Default)]
+struct Pass2 {
+    /// The last line pass 1 read: rows past it were added during the run.
+    scanned: u64,
+    /// Letters handed to the workers.
+    dispatched: u64,
+    /// Letters of rows that pass 1 did not render (added or changed since)
+    /// and that cannot be rendered: reported, not sent.
+    unrendered: u64,
+    /// The whole file was read (not stopped by the budget or a halt).
+    exhausted: bool,
+}
+
+impl Pass2 {
+    /// Letters pass 1 counted that this pass did not find in the file (it
+    /// changed), unless the run stopped early.
+    fn missing(&self, to_send: u64, stopped: bool) -> u64 {
+        if self.exhausted && !stopped {
+            to_send.saturating_sub(self.dispatched)
+        } else {
+            0
+        }
+    }
+}
+
 /// Pass 2: streams the rows again, records skipped ones, and feeds due
 /// letters to the workers (which pace themselves through the shared
 /// throttle) until `to_send` went out or the run halts. Counts every worker
 /// event into `summary`.
+#[allow(clippy::too_many_lines)]
 fn dispatch(
     campaign: &Campaign,
     opts: &Options,
     shared: &Arc<Shared>,
     to_send: u64,
     summary: &mut Summary,
+    pass2: &mut Pass2,
     ui: &Ui,
 ) -> Result<()> {
     let config = &campaign.config;
@@ -231,20 +376,52 @@ fn dispatch(
         })
         .collect();
     drop(event_tx);
-    let mut dispatched = 0u64;
     let file = config.supporters_file.display().to_string();
     let mut feed = || -> Result<()> {
         for row in campaign.roster()? {
-            let (supporter, letters) = match campaign.prepare(row?, &file, true)? {
+            // A file that cannot be read any more stops the feed; `run`
+            // says what already went.
+            let row = row?;
+            let line = row.line();
+            // Pass 1 reported the rows it read; rows added since are new.
+            let new_row = line > pass2.scanned;
+            let prepared = match campaign.prepare(row, &file, true) {
+                Ok(p) => p,
+                // Pass 1 rendered every row it read, so this one was added
+                // or changed since: its problem, not the whole run's.
+                Err(e) if e.is::<TemplateError>() => {
+                    pass2.unrendered += config.targets.len() as u64;
+                    bar.suspend(|| ui.failure(&format!("{file}:{line}: not sent: {e:#}")));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (supporter, letters) = match prepared {
                 Prepared::Letters { supporter, letters } => (supporter, letters),
                 Prepared::Skipped(Skip { line, key, reason }) => {
+                    if new_row {
+                        bar.suspend(|| ui.problem(&format!("{file}:{line}: {reason} (skipped)")));
+                    }
                     let ledger = shared.ledger();
                     for t in &config.targets {
                         ledger.skip(&key, &t.key(), line, &reason, clock.unix())?;
                     }
                     continue;
                 }
-                Prepared::Duplicate(Repeat { .. }) => continue,
+                Prepared::Duplicate(Repeat {
+                    line,
+                    email,
+                    first_line,
+                }) => {
+                    if new_row {
+                        bar.suspend(|| {
+                            ui.problem(&format!(
+                                "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
+                            ));
+                        });
+                    }
+                    continue;
+                }
             };
             for (target, mut built) in config.targets.iter().zip(letters) {
                 let target_key = target.key();
@@ -252,7 +429,7 @@ fn dispatch(
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
                     continue;
                 }
-                if dispatched >= to_send || shared.halted() {
+                if pass2.dispatched >= to_send || shared.halted() {
                     return Ok(());
                 }
                 if let Some(verp) = &verp {
@@ -262,17 +439,19 @@ fn dispatch(
                     supporter: supporter.key.clone(),
                     target: target_key,
                     line: supporter.line,
+                    held: record.as_ref().is_some_and(held_by_breaker),
                     built,
                 };
                 if job_tx.send(job).is_err() {
                     return Ok(());
                 }
-                dispatched += 1;
+                pass2.dispatched += 1;
                 while let Ok(event) = event_rx.try_recv() {
                     summary.count(&event, ui, &bar);
                 }
             }
         }
+        pass2.exhausted = true;
         Ok(())
     };
     let result = feed();
@@ -306,14 +485,31 @@ fn budget(campaign: &Campaign, ledger: &Ledger, opts: &Options, now: i64) -> Res
 }
 
 /// Pass 1: renders every letter, reports row problems, counts what is due.
-fn scan(campaign: &Campaign, ledger: Option<&Ledger>, opts: &Options, now: i64, ui: &Ui) -> Result<Plan> {
+/// Also returns the last line read. A signal (`stop`) ends it with 130.
+fn scan(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    now: i64,
+    ui: &Ui,
+    stop: &AtomicBool,
+) -> Result<(Plan, u64)> {
     let file = campaign.config.supporters_file.display().to_string();
     let mut plan = Plan {
         per_target: vec![0; campaign.target_count()],
         ..Plan::default()
     };
+    let mut last_line = 0;
     for prepared in campaign.prepared(false)? {
-        match prepared? {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted_early());
+        }
+        let prepared = prepared?;
+        last_line = match &prepared {
+            Prepared::Letters { supporter, .. } => supporter.line,
+            Prepared::Skipped(Skip { line, .. }) | Prepared::Duplicate(Repeat { line, .. }) => *line,
+        };
+        match prepared {
             Prepared::Skipped(Skip { line, reason, .. }) => {
                 plan.skipped_rows += 1;
                 ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
@@ -352,14 +548,23 @@ fn scan(campaign: &Campaign, ledger: Option<&Ledger>, opts: &Options, now: i64, 
             }
         }
     }
-    Ok(plan)
+    if stop.load(Ordering::Relaxed) {
+        return Err(interrupted_early());
+    }
+    Ok((plan, last_line))
 }
 
-fn dry_run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &dyn Clock) -> Result<Exit> {
+fn dry_run(
+    campaign: &Campaign,
+    opts: &Options,
+    ui: &Ui,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+) -> Result<Exit> {
     let config = &campaign.config;
     let now = clock.unix();
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
-    let plan = scan(campaign, ledger.as_ref(), opts, now, ui)?;
+    let (plan, _) = scan(campaign, ledger.as_ref(), opts, now, ui, stop)?;
     let budget = match &ledger {
         Some(l) => budget(campaign, l, opts, now)?,
         None => opts
@@ -371,15 +576,56 @@ fn dry_run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &dyn Clock) -> R
     Ok(Exit::Done)
 }
 
-fn register_signals(stop: &Arc<AtomicBool>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for sig in [SIGINT, SIGTERM] {
-        // A second signal while the first is being honoured exits at once;
-        // the letter in flight stays `sending` and becomes `unknown` next run.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(stop))?;
-        signal_hook::flag::register(sig, Arc::clone(stop))?;
+/// SIGINT and SIGTERM, for the whole of `send`: each phase checks `stop`
+/// (pass 1 per row, pass 2 before each letter and in every wait) and ends
+/// with exit 130.
+struct Interrupt {
+    /// Set by the first signal.
+    stop: Arc<AtomicBool>,
+    /// While set, a signal ends the process at once with 130: for blocking
+    /// waits (the prompt) when nothing is in flight and nothing is written.
+    at_once: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    fn register() -> Result<Interrupt> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let stop = Arc::new(AtomicBool::new(false));
+        let at_once = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            // A second signal while the first is being honoured exits at once;
+            // the letter in flight stays `sending` and becomes `unknown` next run.
+            signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))?;
+            signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&at_once))?;
+            signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        }
+        Ok(Interrupt { stop, at_once })
     }
-    Ok(())
+
+    /// `Err` (exit 130) if a signal came.
+    fn check(&self) -> Result<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(interrupted_early());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` (a blocking wait that a signal would not cut short) so that
+    /// a signal ends the process at once with 130.
+    fn at_once<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.at_once.store(true, Ordering::SeqCst);
+        let result = self.check().map(|()| f());
+        self.at_once.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+/// A signal came before any letter went.
+fn interrupted_early() -> anyhow::Error {
+    Failure::error(
+        Exit::Interrupted,
+        "interrupted before any letter went: nothing was sent",
+    )
 }
 
 /// One letter for a worker.
@@ -387,6 +633,8 @@ struct Job {
     supporter: String,
     target: String,
     line: u64,
+    /// The policy breaker held it back once already: a refusal now is its own.
+    held: bool,
     built: Built,
 }
 
@@ -428,10 +676,9 @@ pub(crate) enum Fate {
 enum Halt {
     Unreachable(String),
     Refused(String),
-    /// `requeued` letters went back from `failed` to `deferred`.
+    /// The policy breaker tripped.
     Policy {
         reply: Reply,
-        requeued: u64,
     },
     Ledger(anyhow::Error),
 }
@@ -444,11 +691,12 @@ impl std::fmt::Display for Halt {
                 "{m}\n\nhint: the server may be down; run `mailer send` again later"
             ),
             Halt::Refused(m) => write!(f, "{m}"),
-            Halt::Policy { reply: r, .. } => write!(
+            Halt::Policy { reply: r } => write!(
                 f,
-                "the server rejected {POLICY_STREAK} letters in a row for policy reasons ({r}); stopped \
-                 the run and kept those letters for a later run\n\nhint: check the sender address, SPF/DKIM \
-                 and your relay's sending rights, then run `mailer send` again"
+                "the server rejected the letters of {POLICY_STREAK} different supporters in a row for \
+                 policy reasons ({r}); stopped the run and kept those letters for a later run (after \
+                 the usual backoff; refused again then, they fail)\n\nhint: check the sender address, \
+                 SPF/DKIM and your relay's sending rights, then run `mailer send` again"
             ),
             Halt::Ledger(e) => write!(f, "{e:#}"),
         }
@@ -459,13 +707,16 @@ struct Shared {
     ledger: SharedLedger,
     connector: Connector,
     clock: Arc<dyn Clock>,
+    /// Signs each letter again once it is dated at hand-over.
+    dkim: Option<Arc<DkimConfig>>,
     retries: u32,
     stop: Arc<AtomicBool>,
     halt: AtomicBool,
     reason: Mutex<Option<Halt>>,
-    handed_over: AtomicBool,
-    /// Consecutive 5.7.x refusals: (supporter, target).
-    streak: Mutex<Vec<(String, String)>>,
+    /// Letters handed to the server this run.
+    handed_over: AtomicU64,
+    /// The policy breaker.
+    policy: Mutex<Breaker>,
     /// Shared by the workers: spaces the starts of letters (and retries).
     throttle: Mutex<Throttle>,
     /// Connection setups in a row that timed out after the server answered.
@@ -502,11 +753,11 @@ fn worker(
 ) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { break };
+        let Ok(mut job) = job else { break };
         let result = if shared.halted() {
             Fate::NotSent
         } else {
-            deliver(shared, &mut conn, &job)
+            deliver(shared, &mut conn, &mut job)
         };
         let event = Event {
             supporter: job.supporter,
@@ -525,7 +776,7 @@ fn worker(
 /// Sleeps between retries unless the run is stopping.
 fn pause(shared: &Shared, d: Duration) {
     let clock = shared.clock.as_ref();
-    sleep_until(clock, clock.now() + d, &|| shared.halted());
+    sleep_until(clock, clock.instant() + d, &|| shared.halted());
 }
 
 /// Pause between in-run retries: 0.2 s, 0.4 s, 0.8 s … at most 5 s.
@@ -604,9 +855,8 @@ fn first_connection(shared: &Shared) -> Option<Connection> {
 }
 
 /// Delivers one letter with in-run retries; records every attempt.
-fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
+fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &mut Job) -> Fate {
     let clock = shared.clock.as_ref();
-    let key = job.key();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -617,7 +867,12 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             .throttle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .reserve(clock.now());
+            .reserve(clock.instant());
+        // Dated (and signed) for the moment its slot comes, as it is handed
+        // over: a paced run's letters do not carry the hour the run started.
+        // Done before the wait, so the work does not delay the slot.
+        let at = clock.now() + slot.saturating_duration_since(clock.instant());
+        job.built.stamp(at, shared.dkim.as_deref());
         if !sleep_until(clock, slot, &|| shared.halted()) {
             return Fate::NotSent;
         }
@@ -630,16 +885,18 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             Connected::Halted => return Fate::NotSent,
         }
         let c = conn.as_mut().expect("connected above");
+        let key = job.key();
         let mut claimed = false;
         let delivery = c.deliver(&job.built, || {
             shared.ledger.claim(&key, clock.unix())?;
             claimed = true;
-            shared.handed_over.store(true, Ordering::SeqCst);
+            shared.handed_over.fetch_add(1, Ordering::SeqCst);
             Ok(())
         });
         let now = clock.unix();
+        // A letter the breaker held once counts no more: refused again, it fails.
         let policy = match &delivery {
-            Ok(Delivery::Rejected { reply, .. }) if reply.is_policy() => Some(reply.clone()),
+            Ok(Delivery::Rejected { reply, .. }) if reply.is_policy() && !job.held => Some(reply.clone()),
             _ => None,
         };
         let delivery = match delivery {
@@ -661,7 +918,7 @@ fn deliver(shared: &Shared, conn: &mut Option<Connection>, job: &Job) -> Fate {
             shared.halt(Halt::Ledger(e));
             return result;
         }
-        track_policy(shared, job, policy, &outcome);
+        track_policy(shared, job, policy, &outcome, now + deferral(attempt));
         if retry && may_retry {
             pause(shared, retry_pause(attempt));
             continue;
@@ -734,31 +991,72 @@ fn judge(delivery: Delivery, attempt: u32, now: i64) -> (Outcome, Fate, bool) {
     }
 }
 
-/// Stops the run when the server keeps refusing letters for policy (5.7.x):
-/// that is a sender problem, so those letters go back to `deferred`.
-fn track_policy(shared: &Shared, job: &Job, policy: Option<Reply>, outcome: &Outcome) {
-    let mut streak = shared.streak.lock().unwrap_or_else(PoisonError::into_inner);
+/// The policy breaker's state.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Consecutive 5.7.x refusals: (supporter, target, when to retry).
+    streak: Vec<(String, String, i64)>,
+    /// It tripped: later policy refusals (letters in flight) are held too.
+    tripped: bool,
+    /// Letters put back from `failed` to `deferred`.
+    requeued: u64,
+}
+
+impl Breaker {
+    fn supporters(&self) -> usize {
+        self.streak
+            .iter()
+            .map(|(s, _, _)| s)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+/// Stops the run when the server keeps refusing the letters of several
+/// supporters for policy (5.7.x): that is a sender problem, not theirs, so
+/// those letters go back to `deferred` with the usual backoff (`next`). One
+/// supporter's letters to many targets are that supporter's problem.
+fn track_policy(shared: &Shared, job: &Job, policy: Option<Reply>, outcome: &Outcome, next: i64) {
+    let mut breaker = shared.policy.lock().unwrap_or_else(PoisonError::into_inner);
     match (policy, outcome) {
         (Some(reply), _) => {
-            streak.push((job.supporter.clone(), job.target.clone()));
-            if streak.len() >= POLICY_STREAK {
+            breaker
+                .streak
+                .push((job.supporter.clone(), job.target.clone(), next));
+            let trips = !breaker.tripped && breaker.supporters() >= POLICY_STREAK;
+            // After the trip, letters other workers had in flight are held the same way.
+            if trips || breaker.tripped {
                 let now = shared.clock.unix();
+                let held = std::mem::take(&mut breaker.streak);
                 let ledger = shared.ledger();
-                for (s, t) in streak.iter() {
-                    let _ = ledger.requeue(s, t, now);
+                for (s, t, next) in &held {
+                    match ledger.requeue(s, t, *next, now) {
+                        Ok(()) => breaker.requeued += 1,
+                        Err(e) => shared.halt(Halt::Ledger(e)),
+                    }
                 }
                 drop(ledger);
-                streak.clear();
-                shared.halt(Halt::Policy {
-                    reply,
-                    requeued: POLICY_STREAK as u64,
-                });
+                breaker.tripped = true;
+                if trips {
+                    shared.halt(Halt::Policy { reply });
+                }
             }
         }
         // Other refusals neither extend nor break a streak.
         (None, Outcome::Failed { .. } | Outcome::Deferred { .. }) => {}
-        (None, _) => streak.clear(),
+        (None, _) if breaker.tripped => {}
+        (None, _) => breaker.streak.clear(),
     }
+}
+
+/// A `deferred` letter whose last reply is a 5xx: only the policy breaker
+/// defers a permanent refusal.
+fn held_by_breaker(r: &Record) -> bool {
+    r.state == State::Deferred
+        && r.reply
+            .as_deref()
+            .and_then(|t| t.get(..3))
+            .is_some_and(|code| code.starts_with('5') && code.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod delivery;
 mod edges_files;
 mod edges_letters;
 mod edges_roster;
+mod edges_run;
 mod edges_wire;
 mod inputs;
 mod security;

@@ -20,7 +20,7 @@ use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
 /// A letter template failed to render for a row: a bug in the letter or
 /// config, not in the data. Typed so `check` can list each and go on.
 #[derive(Debug)]
-pub struct TemplateError(pub String);
+pub(crate) struct TemplateError(pub String);
 
 impl std::fmt::Display for TemplateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,11 +31,11 @@ impl std::fmt::Display for TemplateError {
 impl std::error::Error for TemplateError {}
 
 /// A loaded campaign, ready to prepare letters.
-pub struct Campaign {
+pub(crate) struct Campaign {
     /// The validated config.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The compiled templates.
-    pub letter: Letter,
+    pub(crate) letter: Letter,
     globals: Globals,
     dkim: Option<Arc<DkimConfig>>,
     /// The `Date` of messages built here; `send` dates each again at hand-over.
@@ -44,7 +44,7 @@ pub struct Campaign {
 
 /// What one CSV row yields.
 #[derive(Debug)]
-pub enum Prepared {
+pub(crate) enum Prepared {
     /// The supporter's letters, one per target in config order.
     Letters {
         /// The supporter.
@@ -61,13 +61,13 @@ pub enum Prepared {
 
 impl Campaign {
     /// Loads the config file, the letter and the DKIM key.
-    pub fn load(config_path: &Path, now: SystemTime) -> Result<Campaign> {
+    pub(crate) fn load(config_path: &Path, now: SystemTime) -> Result<Campaign> {
         let config = Config::load(config_path)?;
         Campaign::new(config, now)
     }
 
     /// Compiles the letter for an already loaded config.
-    pub fn new(config: Config, now: SystemTime) -> Result<Campaign> {
+    pub(crate) fn new(config: Config, now: SystemTime) -> Result<Campaign> {
         let letter = Letter::load(&config)?;
         let dkim = config
             .dkim
@@ -149,7 +149,7 @@ impl Campaign {
     }
 
     /// Opens the supporters file.
-    pub fn roster(&self) -> Result<Roster> {
+    pub(crate) fn roster(&self) -> Result<Roster> {
         Roster::open(&self.config.supporters_file)
     }
 
@@ -157,14 +157,14 @@ impl Campaign {
     /// or the letter cannot render (a template bug, not a data problem).
     /// `encode`: also MIME-encode each message (`Built::bytes`); validation,
     /// Message-IDs and previews of headers and text do not need it.
-    pub fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
+    pub(crate) fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
         let roster = self.roster()?;
         let file = roster.path().display().to_string();
         Ok(roster.map(move |row| self.prepare(row?, &file, encode)))
     }
 
     /// Renders and builds one row's letters.
-    pub fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
+    pub(crate) fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
             Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
@@ -204,13 +204,13 @@ impl Campaign {
 
     /// The DKIM signing key, if configured (`send` signs again at hand-over).
     #[must_use]
-    pub fn dkim(&self) -> Option<Arc<DkimConfig>> {
+    pub(crate) fn dkim(&self) -> Option<Arc<DkimConfig>> {
         self.dkim.clone()
     }
 
     /// The number of targets (letters per supporter).
     #[must_use]
-    pub fn target_count(&self) -> usize {
+    pub(crate) fn target_count(&self) -> usize {
         self.config.targets.len()
     }
 }

@@ -12,26 +12,26 @@ use crate::roster::{Repeat, Skip, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Normalized supporter email (or `line:N` for a row without one).
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Normalized target email.
-    pub target: String,
+    pub(crate) target: String,
     /// State now: ledger state, else `pending` (or `skipped` for invalid rows).
-    pub state: State,
+    pub(crate) state: State,
     /// The ledger row, if any.
-    pub record: Option<Record>,
+    pub(crate) record: Option<Record>,
     /// Message-ID (known for every valid letter, sent or not).
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// Why a skipped letter is skipped.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// For a sent letter: the Cc/Bcc copies the server refused, as
     /// `(recipient, reply)`.
-    pub refused_copies: Vec<(String, String)>,
+    pub(crate) refused_copies: Vec<(String, String)>,
 }
 
 /// Calls `visit` for every letter: CSV order first, then departed ones.
-pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
+pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
     let mut seen = HashSet::new();
     let lookup = |s: &str, t: &str| -> Result<Option<Record>> {
         match ledger {

@@ -20,89 +20,89 @@ use crate::secret::{Password, Secret};
 
 /// A validated campaign config.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The config file, as given.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `[campaign]`
-    pub campaign: Campaign,
+    pub(crate) campaign: CampaignSection,
     /// `[sender]`
-    pub sender: Sender,
+    pub(crate) sender: Sender,
     /// `[[targets]]`, at least one.
-    pub targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     /// `[supporters] file`, resolved.
-    pub supporters_file: PathBuf,
+    pub(crate) supporters_file: PathBuf,
     /// `[smtp]`, needed only to send.
-    pub smtp: Option<Smtp>,
+    pub(crate) smtp: Option<Smtp>,
     /// `[delivery]`
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
     /// `[ledger] path`, resolved (default `.mailer/<id>.sqlite3`).
-    pub ledger_path: PathBuf,
+    pub(crate) ledger_path: PathBuf,
     /// `[dkim]`
-    pub dkim: Option<Dkim>,
+    pub(crate) dkim: Option<Dkim>,
     /// `[bounces]`
-    pub bounces: Option<Bounces>,
+    pub(crate) bounces: Option<Bounces>,
 }
 
 /// `[campaign]`
 #[derive(Debug, Clone)]
-pub struct Campaign {
+pub(crate) struct CampaignSection {
     /// Keys the ledger; `[a-z0-9-]+`.
-    pub id: String,
+    pub(crate) id: String,
     /// Human name (`campaign.name`).
-    pub name: String,
+    pub(crate) name: String,
     /// Organization (`campaign.org`).
-    pub org: String,
+    pub(crate) org: String,
     /// The letter template, resolved.
-    pub letter: PathBuf,
+    pub(crate) letter: PathBuf,
     /// `FILE:LINE` of the `letter` key, for error messages.
-    pub letter_at: String,
+    pub(crate) letter_at: String,
     /// Subject template.
-    pub subject: Source,
+    pub(crate) subject: Source,
 }
 
 /// A template string from the config, with where it came from.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// The template text.
-    pub text: String,
+    pub(crate) text: String,
     /// `FILE:LINE` of the value, for error messages.
-    pub location: String,
+    pub(crate) location: String,
 }
 
 /// `[sender]`
 #[derive(Debug, Clone)]
-pub struct Sender {
+pub(crate) struct Sender {
     /// From template, e.g. `{{ supporter.name }} via Org <letters@org.example>`.
-    pub from: Source,
+    pub(crate) from: Source,
     /// Reply-To template (optional).
-    pub reply_to: Option<Source>,
+    pub(crate) reply_to: Option<Source>,
     /// Cc the supporter (default false).
-    pub cc_supporter: bool,
+    pub(crate) cc_supporter: bool,
     /// Extra Bcc recipients (default none).
-    pub bcc: Vec<Mailbox>,
+    pub(crate) bcc: Vec<Mailbox>,
 }
 
 /// One `[[targets]]` entry.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Display name, if given.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Where the letter goes.
-    pub email: Address,
+    pub(crate) email: Address,
     /// Every key of the entry, for the template's `target.*`.
-    pub fields: toml::Table,
+    pub(crate) fields: toml::Table,
 }
 
 impl Target {
     /// The target's address, lower-cased: its identity in the ledger.
     #[must_use]
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.email.to_string().to_lowercase()
     }
 
     /// The `To` mailbox.
     #[must_use]
-    pub fn mailbox(&self) -> Mailbox {
+    pub(crate) fn mailbox(&self) -> Mailbox {
         Mailbox::new(self.name.clone(), self.email.clone())
     }
 }
@@ -110,7 +110,7 @@ impl Target {
 /// `[smtp] security`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Security {
+pub(crate) enum Security {
     /// Plain connect, then a mandatory STARTTLS upgrade (default).
     #[default]
     Starttls,
@@ -123,7 +123,7 @@ pub enum Security {
 impl Security {
     /// The port this mode uses when `port` is absent.
     #[must_use]
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Security::Starttls => 587,
             Security::Tls => 465,
@@ -144,89 +144,89 @@ impl fmt::Display for Security {
 
 /// `[smtp]`, validated.
 #[derive(Debug, Clone)]
-pub struct Smtp {
+pub(crate) struct Smtp {
     /// Server host name or IP.
-    pub host: String,
+    pub(crate) host: String,
     /// Port (default by `security`).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Transport security.
-    pub security: Security,
+    pub(crate) security: Security,
     /// AUTH user; no AUTH when absent.
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Where the password comes from.
-    pub password: Secret,
+    pub(crate) password: Secret,
     /// Extra trusted root(s), PEM.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Connect and per-reply timeout.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// `[delivery]`
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Spacing between letters (absent = as fast as allowed).
-    pub rate: Option<Rate>,
+    pub(crate) rate: Option<Rate>,
     /// Letters per rolling 24 h, counted from the ledger.
-    pub daily_limit: Option<u64>,
+    pub(crate) daily_limit: Option<u64>,
     /// Letters per run (`send --limit` overrides).
-    pub max_per_run: Option<u64>,
+    pub(crate) max_per_run: Option<u64>,
     /// SMTP connections at once (default 1).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Immediate retries of a transient failure within a run (default 3).
-    pub retries: u32,
+    pub(crate) retries: u32,
 }
 
 /// `[dkim]`
 #[derive(Debug, Clone)]
-pub struct Dkim {
+pub(crate) struct Dkim {
     /// The signing domain (`d=`).
-    pub domain: String,
+    pub(crate) domain: String,
     /// The selector (`s=`).
-    pub selector: String,
+    pub(crate) selector: String,
     /// The private key PEM file, resolved.
-    pub private_key_file: PathBuf,
+    pub(crate) private_key_file: PathBuf,
 }
 
 /// `[bounces]`: VERP return paths and the mailbox their DSNs land in.
 #[derive(Debug, Clone)]
-pub struct Bounces {
+pub(crate) struct Bounces {
     /// The envelope sender with `{token}` in it (absent: MAIL FROM stays From).
-    pub return_path: Option<ReturnPath>,
+    pub(crate) return_path: Option<ReturnPath>,
     /// Where DSNs arrive (needed by `mailer bounces` only).
-    pub mailbox: Option<BounceMailbox>,
+    pub(crate) mailbox: Option<BounceMailbox>,
     /// `FILE:LINE` of `[bounces]`, for errors.
-    pub at: String,
+    pub(crate) at: String,
     /// IMAP login name (default: the `return_path` address without its token).
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// The IMAP password's source (default env `MAILER_BOUNCES_PASSWORD`).
-    pub password: Secret,
+    pub(crate) password: Secret,
     /// IMAP folder (default `INBOX`).
-    pub folder: String,
+    pub(crate) folder: String,
     /// Extra trusted root(s) for the IMAP server, PEM.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Connect and per-reply timeout for IMAP (default 30 s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// `[bounces] return_path`, split around its `{token}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReturnPath {
+pub(crate) struct ReturnPath {
     /// The text before `{token}` (e.g. `bounces+`).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The text after it (e.g. `@org.example`).
-    pub suffix: String,
+    pub(crate) suffix: String,
 }
 
 impl ReturnPath {
     /// The address for one letter's token.
     #[must_use]
-    pub fn with_token(&self, token: &str) -> String {
+    pub(crate) fn with_token(&self, token: &str) -> String {
         format!("{}{token}{}", self.prefix, self.suffix)
     }
 
     /// The token in `address`, if it is one of ours (compared ignoring case).
     #[must_use]
-    pub fn token_of(&self, address: &str) -> Option<String> {
+    pub(crate) fn token_of(&self, address: &str) -> Option<String> {
         let a = address.trim().to_ascii_lowercase();
         let rest = a.strip_prefix(&self.prefix.to_ascii_lowercase())?;
         let token = rest.strip_suffix(&self.suffix.to_ascii_lowercase())?;
@@ -235,14 +235,14 @@ impl ReturnPath {
 
     /// The domain after `@`.
     #[must_use]
-    pub fn domain(&self) -> &str {
+    pub(crate) fn domain(&self) -> &str {
         self.suffix.rsplit_once('@').map_or("", |(_, d)| d)
     }
 }
 
 /// `[bounces] mailbox`
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BounceMailbox {
+pub(crate) enum BounceMailbox {
     /// `imaps://host[:port]` (port 993 by default).
     Imap {
         /// Server host name or IP.
@@ -265,17 +265,17 @@ impl fmt::Display for BounceMailbox {
 
 /// A sending rate such as `30/minute`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
+pub(crate) struct Rate {
     /// Letters per `per`.
-    pub count: u32,
+    pub(crate) count: u32,
     /// The period.
-    pub per: Duration,
+    pub(crate) per: Duration,
 }
 
 impl Rate {
     /// The spacing between two letters.
     #[must_use]
-    pub fn interval(self) -> Duration {
+    pub(crate) fn interval(self) -> Duration {
         self.per / self.count
     }
 }
@@ -446,14 +446,14 @@ fn default_folder() -> String {
 }
 
 /// The default bounce mailbox password variable.
-pub const DEFAULT_BOUNCES_PASSWORD_ENV: &str = "MAILER_BOUNCES_PASSWORD";
+pub(crate) const DEFAULT_BOUNCES_PASSWORD_ENV: &str = "MAILER_BOUNCES_PASSWORD";
 
 /// The default SMTP password variable.
-pub const DEFAULT_PASSWORD_ENV: &str = "MAILER_SMTP_PASSWORD";
+pub(crate) const DEFAULT_PASSWORD_ENV: &str = "MAILER_SMTP_PASSWORD";
 
 impl Config {
     /// Reads and validates a config file. Relative paths resolve against its folder.
-    pub fn load(path: &Path) -> Result<Config> {
+    pub(crate) fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {
                 "\n\nhint: run `mailer init` to create one, or pass --config PATH"
@@ -482,7 +482,7 @@ impl Config {
     }
 
     /// Parses config text. `path` names the file in errors and anchors relative paths.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Config> {
+    pub(crate) fn from_toml(text: &str, path: &Path) -> Result<Config> {
         let file = path.display().to_string();
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e
@@ -521,7 +521,7 @@ impl Config {
         {
             bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
         }
-        let campaign = Campaign {
+        let campaign = CampaignSection {
             id: id.clone(),
             name: raw.campaign.name,
             org: raw.campaign.org,
@@ -580,7 +580,7 @@ impl Config {
     }
 
     /// `[smtp]`, or an error saying it is needed.
-    pub fn smtp(&self) -> Result<&Smtp> {
+    pub(crate) fn smtp(&self) -> Result<&Smtp> {
         self.smtp.as_ref().ok_or_else(|| {
             anyhow!(
                 "{}: no [smtp] section: add host, security and username to send",
@@ -828,7 +828,7 @@ fn parse_mailbox(text: &str, dir: &Path) -> Result<BounceMailbox> {
 
 /// Whether `host` names this machine (`localhost`, 127.0.0.0/8, `::1`).
 #[must_use]
-pub fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -860,7 +860,7 @@ fn ensure_private(_: &Path) -> Result<()> {
 
 /// 1-based line of byte `offset` in `text`.
 #[must_use]
-pub fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|b| **b == b'\n')

@@ -25,7 +25,7 @@ const REPLY_ADDR: &str = "config:reply_to.address";
 
 /// Which header part a config template fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     /// `[campaign] subject`.
     Subject,
     /// The display name of `[sender] from`.
@@ -52,7 +52,7 @@ impl Part {
 
     /// The config key it comes from, for hints.
     #[must_use]
-    pub fn config_key(self) -> &'static str {
+    pub(crate) fn config_key(self) -> &'static str {
         match self {
             Part::Subject => "[campaign] subject",
             Part::FromName | Part::FromAddress => "[sender] from",
@@ -63,18 +63,18 @@ impl Part {
 
 /// One header template from the config.
 #[derive(Debug, Clone)]
-pub struct HeaderTemplate {
+pub(crate) struct HeaderTemplate {
     /// What it fills.
-    pub part: Part,
+    pub(crate) part: Part,
     /// Its Tera source.
-    pub text: String,
+    pub(crate) text: String,
     /// `FILE:LINE` of the config value.
-    pub location: String,
+    pub(crate) location: String,
 }
 
 /// How the letter is sent, chosen by its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `.txt`: text/plain only.
     Text,
     /// `.md`: text/plain as written, plus text/html rendered from Markdown.
@@ -82,7 +82,7 @@ pub enum Format {
 }
 
 /// The compiled letter and header templates.
-pub struct Letter {
+pub(crate) struct Letter {
     /// Renders everything unescaped: text part and headers.
     plain: Tera,
     /// `.md` only: renders the letter with values Markdown-escaped, for HTML.
@@ -90,8 +90,6 @@ pub struct Letter {
     /// The letter's template name (its file name within its folder).
     name: String,
     dir: PathBuf,
-    /// How the letter is sent.
-    pub format: Format,
     reply_to: bool,
     from_has_name: bool,
     reply_has_name: bool,
@@ -105,41 +103,41 @@ pub struct Letter {
 
 /// The per-letter values a template sees besides supporter and target.
 #[derive(Debug, Clone)]
-pub struct Globals {
+pub(crate) struct Globals {
     /// `campaign.id`, `campaign.name`, `campaign.org`.
-    pub campaign: BTreeMap<&'static str, String>,
+    pub(crate) campaign: BTreeMap<&'static str, String>,
     /// `today`, YYYY-MM-DD.
-    pub today: String,
+    pub(crate) today: String,
 }
 
 /// A mailbox as rendered: optional display name and the address text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderedMailbox {
+pub(crate) struct RenderedMailbox {
     /// Display name, if the template has one.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// The address, not yet validated.
-    pub address: String,
+    pub(crate) address: String,
 }
 
 /// One letter, rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// Subject line.
-    pub subject: String,
+    pub(crate) subject: String,
     /// From.
-    pub from: RenderedMailbox,
+    pub(crate) from: RenderedMailbox,
     /// Reply-To.
-    pub reply_to: Option<RenderedMailbox>,
+    pub(crate) reply_to: Option<RenderedMailbox>,
     /// text/plain body.
-    pub text: String,
+    pub(crate) text: String,
     /// text/html body (`.md` letters).
-    pub html: Option<String>,
+    pub(crate) html: Option<String>,
 }
 
 impl Letter {
     /// Loads the letter named in the config (with its folder, for includes)
     /// and compiles the subject / from / reply-to templates.
-    pub fn load(config: &Config) -> Result<Letter> {
+    pub(crate) fn load(config: &Config) -> Result<Letter> {
         let path = &config.campaign.letter;
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("md") => Format::Markdown,
@@ -200,7 +198,6 @@ impl Letter {
             markdown: None,
             name,
             dir,
-            format,
             reply_to: config.sender.reply_to.is_some(),
             from_has_name,
             reply_has_name,
@@ -236,7 +233,7 @@ impl Letter {
 
     /// Turns a Tera error into `FILE:LINE:COL: message`.
     #[must_use]
-    pub fn explain(&self, err: &tera::Error) -> anyhow::Error {
+    pub(crate) fn explain(&self, err: &tera::Error) -> anyhow::Error {
         let place = |template: &str| -> String {
             self.sources.get(template).map_or_else(
                 || self.dir.join(template).display().to_string(),
@@ -306,13 +303,13 @@ impl Letter {
 
     /// The config's header templates (subject, from and reply-to parts).
     #[must_use]
-    pub fn header_templates(&self) -> &[HeaderTemplate] {
+    pub(crate) fn header_templates(&self) -> &[HeaderTemplate] {
         &self.headers
     }
 
     /// Renders one header template with no supporter values at all (every
     /// `supporter.*` undefined): for templates that never mention them.
-    pub fn render_header(&self, part: Part, target: &Target, globals: &Globals) -> Result<String> {
+    pub(crate) fn render_header(&self, part: Part, target: &Target, globals: &Globals) -> Result<String> {
         let ctx = context_with(&BTreeMap::new(), target, globals);
         Ok(self
             .plain
@@ -325,7 +322,7 @@ impl Letter {
     /// Renders one letter. Errors are template errors (the caller adds the row).
     /// `html`: also render the HTML part of a `.md` letter (same template and
     /// values, so it cannot fail where the text part did not).
-    pub fn render(
+    pub(crate) fn render(
         &self,
         supporter: &Supporter,
         target: &Target,
@@ -519,7 +516,7 @@ fn unclosed_block(source: &str) -> Option<(usize, usize, String)> {
 /// whole context, a component, another template). Conservative: the word
 /// `supporter` anywhere, even in plain text, counts as a mention.
 #[must_use]
-pub fn same_for_every_supporter(text: &str) -> bool {
+pub(crate) fn same_for_every_supporter(text: &str) -> bool {
     !text.contains("{{<")
         && !text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| {
             matches!(
@@ -534,7 +531,7 @@ pub fn same_for_every_supporter(text: &str) -> bool {
 /// is output whatever its `{{ }}` expressions give (they only add text),
 /// less the whitespace that `{{-` / `-}}` or the final trim may remove.
 #[must_use]
-pub fn always_rendered(text: &str) -> Option<Vec<&str>> {
+pub(crate) fn always_rendered(text: &str) -> Option<Vec<&str>> {
     if text.contains("{%") {
         return None;
     }
@@ -647,7 +644,7 @@ fn escape_markdown(value: &str, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// Markdown → HTML, with raw HTML in the source shown as text, not passed through.
 #[must_use]
-pub fn markdown_to_html(md: &str) -> String {
+pub(crate) fn markdown_to_html(md: &str) -> String {
     let parser = Parser::new_ext(md, Options::ENABLE_STRIKETHROUGH).map(|event| match event {
         Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
         other => other,

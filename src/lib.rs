@@ -1,38 +1,46 @@
 //! mailer: deliver a campaign's personalized letters over SMTP, exactly once.
 //!
-//! Architecture, from the edges in:
+//! The pipeline, from the edges in:
 //! - `cli` parses the command line; `run` turns it into plain options.
-//! - `cmd/*` orchestrate one subcommand each: load → plan → act → report.
+//! - `cmd/*` orchestrate one subcommand each: load → plan → confirm → run → report.
 //! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
 //!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
-//! - `send` alone adds `ledger` (`SQLite`, crash-safe states and the run lock),
-//!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
-//!   failures) and `throttle` (rate).
-//! - `census` joins CSV and ledger for `status` and `export`.
-//! - `bounces` reads the bounce mailbox (Maildir, mbox, IMAP) and ties each
-//!   delivery status notification to its letter (VERP token or Message-ID).
+//! - `send` hands the prepared letters to `delivery`, the engine: `plan`
+//!   (resume rules, budget), `dispatch` (pass 2), `worker` (sessions,
+//!   retries, pacing via `throttle`), `breaker` (policy stops), the verdict.
+//! - `delivery` talks to the relay through `smtp`'s `Dialer`/`Session` seam:
+//!   `session` (TCP, TLS, STARTTLS, AUTH, pipelining) over `wire` (replies,
+//!   deadlines, dot-stuffing, redaction); each letter's exchange ends as one
+//!   `Attempt`, classified once, which `ledger` (`SQLite`, crash-safe states,
+//!   the run lock) records and `report` counts.
+//! - `census` joins CSV and ledger for `status` and `export`; `bounces`
+//!   ties each delivery status notification to its letter (VERP, Message-ID).
 //! - `report` formats data for stdout; `ui` talks to the person on stderr;
 //!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
 //!   `secret` keep time and passwords behind small seams.
 
-pub mod bounces;
-pub mod campaign;
-pub mod census;
+mod bounces;
+mod campaign;
+mod census;
 pub mod cli;
-pub mod clock;
-pub mod cmd;
-pub mod config;
-pub mod dkim;
-pub mod exit;
-pub mod ledger;
-pub mod letter;
-pub mod message;
-pub mod report;
-pub mod roster;
-pub mod secret;
-pub mod throttle;
-pub mod transport;
-pub mod ui;
+mod clock;
+mod cmd;
+mod config;
+mod delivery;
+mod dkim;
+mod exit;
+mod ledger;
+mod letter;
+mod message;
+mod report;
+mod roster;
+mod secret;
+mod smtp;
+mod throttle;
+mod ui;
+
+pub use crate::exit::{Exit, exit_for};
+pub use crate::ui::Ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,8 +51,6 @@ use clap::CommandFactory as _;
 use crate::campaign::Campaign;
 use crate::cli::{Cli, Command};
 use crate::clock::{Clock, SystemClock};
-use crate::exit::Exit;
-use crate::ui::Ui;
 
 /// Runs one command line to its exit code. Errors carry their own code (see `exit`).
 pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {

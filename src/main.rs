@@ -3,8 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use mailer::cli::Cli;
-use mailer::exit::exit_for;
-use mailer::ui::Ui;
+use mailer::{Ui, exit_for};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -20,41 +20,41 @@ use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
 /// RFC 5322's 998 octets even when lettre encodes it as one word.
-pub const MAX_SUBJECT_CHARS: usize = 250;
+pub(crate) const MAX_SUBJECT_CHARS: usize = 250;
 /// Longest display name accepted, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// Campaign-wide message settings.
-pub struct Envelopes<'a> {
+pub(crate) struct Envelopes<'a> {
     /// `campaign.id`, part of the Message-ID.
-    pub campaign_id: &'a str,
+    pub(crate) campaign_id: &'a str,
     /// Cc the supporter.
-    pub cc_supporter: bool,
+    pub(crate) cc_supporter: bool,
     /// Extra Bcc recipients.
-    pub bcc: &'a [Mailbox],
+    pub(crate) bcc: &'a [Mailbox],
     /// DKIM signing, if configured.
-    pub dkim: Option<&'a DkimConfig>,
+    pub(crate) dkim: Option<&'a DkimConfig>,
     /// Encode the message (`bytes`). `check`, `status` and plans only need
     /// the validation, the Message-ID and the summary: skipping MIME
     /// encoding makes them several times faster.
-    pub encode: bool,
+    pub(crate) encode: bool,
 }
 
 /// A finished message and its SMTP envelope.
 #[derive(Debug, Clone)]
-pub struct Built {
+pub(crate) struct Built {
     /// `<HEX@DOMAIN>`.
-    pub message_id: String,
+    pub(crate) message_id: String,
     /// MAIL FROM.
-    pub from: Address,
+    pub(crate) from: Address,
     /// RCPT TO, the target first.
-    pub recipients: Vec<Address>,
+    pub(crate) recipients: Vec<Address>,
     /// The main headers, readable (not MIME-encoded), for previews.
-    pub summary: Vec<(&'static str, String)>,
+    pub(crate) summary: Vec<(&'static str, String)>,
     /// The text/plain body as rendered.
-    pub text: String,
+    pub(crate) text: String,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
     unsigned: Option<Message>,
 }
@@ -63,7 +63,7 @@ impl Built {
     /// Dates the message `date` (when it is handed over) and signs it again,
     /// so its `Date` and the DKIM `t=` say when it went, not when the run
     /// started. The Message-ID stays. No-op for a message built without `encode`.
-    pub fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
+    pub(crate) fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
         let Some(unsigned) = &self.unsigned else {
             return;
         };
@@ -76,9 +76,26 @@ impl Built {
     }
 }
 
+#[cfg(test)]
+impl Built {
+    /// A letter with this Message-ID from `from@example.org` to `to`, for
+    /// tests that need a letter but not its making.
+    pub(crate) fn sample(message_id: &str, to: &str) -> Built {
+        Built {
+            message_id: message_id.into(),
+            from: "from@example.org".parse().expect("address"),
+            recipients: vec![to.parse().expect("address")],
+            summary: Vec::new(),
+            text: "text\n".into(),
+            bytes: b"Subject: s\r\n\r\ntext\r\n".to_vec(),
+            unsigned: None,
+        }
+    }
+}
+
 /// The Message-ID SPEC.md defines: stable per (campaign, supporter, target).
 #[must_use]
-pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, domain: &str) -> String {
+pub(crate) fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, domain: &str) -> String {
     let mut h = Sha256::new();
     for part in [campaign_id, supporter_key, target_key] {
         h.update(part.as_bytes());
@@ -105,7 +122,7 @@ fn describe(part: Part) -> (&'static str, usize) {
 
 /// Checks a header value that is the same for every supporter, as
 /// [`build`] would: an `Err` means no letter could ever be built.
-pub fn check_part(part: Part, value: &str) -> Result<(), String> {
+pub(crate) fn check_part(part: Part, value: &str) -> Result<(), String> {
     let (what, max) = describe(part);
     Headers(None).value(what, value, max)?;
     if matches!(part, Part::FromAddress | Part::ReplyToAddress) {
@@ -119,7 +136,7 @@ pub fn check_part(part: Part, value: &str) -> Result<(), String> {
 /// Checks the text every rendering of a header contains (its literal
 /// `pieces`, in order): what [`build`] would refuse in any of them, or in
 /// their total length, it refuses for every supporter.
-pub fn check_part_floor(part: Part, pieces: &[&str]) -> Result<(), String> {
+pub(crate) fn check_part_floor(part: Part, pieces: &[&str]) -> Result<(), String> {
     let (what, max) = describe(part);
     // Joined by a space so that no piece's end and the next one's start make
     // a pattern (`=?`) that a rendering would not contain.
@@ -203,7 +220,7 @@ impl Headers<'_> {
 }
 
 /// Builds one message. An `Err` is a reason the supporter's row cannot be sent.
-pub fn build(
+pub(crate) fn build(
     rendered: &Rendered,
     supporter: &Supporter,
     target: &Target,

@@ -9,104 +9,68 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::campaign::Campaign;
-use crate::cmd::send::{Event, Fate};
 use crate::message::Built;
 use crate::ui::Ui;
 
 /// What `send` found due (pass 1).
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Valid supporters.
-    pub supporters: u64,
+    pub(crate) supporters: u64,
     /// Letters due now.
-    pub due: u64,
+    pub(crate) due: u64,
     /// Due letters per target, in config order.
-    pub per_target: Vec<u64>,
+    pub(crate) per_target: Vec<u64>,
     /// Already delivered.
-    pub already_sent: u64,
+    pub(crate) already_sent: u64,
     /// Deferred, waiting for their backoff.
-    pub waiting: u64,
+    pub(crate) waiting: u64,
     /// Failed, held for `--retry-failed`.
-    pub held_failed: u64,
+    pub(crate) held_failed: u64,
     /// Unknown, held for `--resend-unknown`.
-    pub held_unknown: u64,
+    pub(crate) held_unknown: u64,
     /// Invalid rows.
-    pub skipped_rows: u64,
+    pub(crate) skipped_rows: u64,
     /// Repeated rows.
-    pub duplicates: u64,
+    pub(crate) duplicates: u64,
     /// The first due letter, shown in full by `--dry-run`.
-    pub first: Option<Built>,
+    pub(crate) first: Option<Built>,
 }
 
 /// How a `send` run went.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// What was due.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Delivered this run.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Deferred this run.
-    pub deferred: u64,
+    pub(crate) deferred: u64,
     /// Failed this run.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Unknown this run.
-    pub unknown: u64,
+    pub(crate) unknown: u64,
     /// Cc/Bcc copies the server refused with letters it took this run.
-    pub refused_copies: u64,
+    pub(crate) refused_copies: u64,
     /// Due but left for a later run (limits, a stop).
-    pub not_reached: u64,
+    pub(crate) not_reached: u64,
     /// Wall time.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// The run ended early (a signal or a run-wide error), not by its limits.
-    pub stopped: bool,
+    pub(crate) stopped: bool,
 }
 
 impl Summary {
     /// Letters that reached an outcome this run.
     #[must_use]
-    pub fn attempted(&self) -> u64 {
+    pub(crate) fn attempted(&self) -> u64 {
         self.sent + self.deferred + self.failed + self.unknown
-    }
-
-    /// Counts a worker's event; prints a failure line; moves the bar.
-    pub(crate) fn count(&mut self, event: &Event, ui: &Ui, bar: &indicatif::ProgressBar) {
-        let line = |what: &str| format!("{} → {}: {what}", event.supporter, event.target);
-        match &event.result {
-            Fate::Sent { reply, refused } => {
-                self.sent += 1;
-                self.refused_copies += refused.len() as u64;
-                bar.suspend(|| {
-                    ui.detail(&line(&format!("sent: {reply}")));
-                    // The letter went; its copy did not. Shown even with -q:
-                    // nothing will retry it.
-                    for (to, why) in refused {
-                        ui.failure(&line(&format!("sent, but the copy to {to} was refused: {why}")));
-                    }
-                });
-            }
-            Fate::Deferred(r) => {
-                self.deferred += 1;
-                bar.suspend(|| ui.failure(&line(&format!("deferred: {r}"))));
-            }
-            Fate::Failed(r) => {
-                self.failed += 1;
-                bar.suspend(|| ui.failure(&line(&format!("failed: {r}"))));
-            }
-            Fate::Unknown(r) => {
-                self.unknown += 1;
-                bar.suspend(|| ui.failure(&line(&format!("unknown: {r}"))));
-            }
-            Fate::NotSent => return,
-        }
-        bar.inc(1);
-        let failures = self.deferred + self.failed + self.unknown;
-        bar.set_message(format!("{failures} not delivered"));
     }
 }
 
 /// Writes data to stdout. A reader that went away (`mailer preview | head`)
 /// comes back as a `BrokenPipe` error, which `main` ends quietly.
-pub fn out(text: &str) -> std::io::Result<()> {
+pub(crate) fn out(text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
@@ -115,7 +79,7 @@ pub fn out(text: &str) -> std::io::Result<()> {
 
 /// `1234567` → `1,234,567`.
 #[must_use]
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -128,7 +92,7 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// The end-of-run report: a table on a terminal, one line otherwise.
-pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
+pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     if ui.quiet {
         return;
     }
@@ -200,7 +164,7 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
 }
 
 /// `send --dry-run`: letters per target, the limits, the first letter.
-pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io::Result<()> {
+pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io::Result<()> {
     let mut text = String::new();
     let _ = writeln!(text, "Dry run: nothing will be sent and nothing recorded.\n");
     let _ = writeln!(
@@ -254,7 +218,7 @@ pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io
 
 /// A message as a person reads it: main headers unencoded, then the text.
 #[must_use]
-pub fn preview_text(b: &Built) -> String {
+pub(crate) fn preview_text(b: &Built) -> String {
     let mut out = String::new();
     for (name, value) in &b.summary {
         let _ = writeln!(out, "{name}: {value}");
@@ -269,25 +233,25 @@ pub fn preview_text(b: &Built) -> String {
 
 /// `status --json`, exactly as SPEC.md fixes it.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct StatusCounts {
+pub(crate) struct StatusCounts {
     /// `campaign.id`
-    pub campaign: String,
+    pub(crate) campaign: String,
     /// Letters implied by today's CSV × targets, plus ledger letters whose row left the CSV.
-    pub total: u64,
+    pub(crate) total: u64,
     /// Delivered.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Not yet attempted.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Waiting for a retry.
-    pub deferred: u64,
+    pub(crate) deferred: u64,
     /// Rejected.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// May have been delivered.
-    pub unknown: u64,
+    pub(crate) unknown: u64,
     /// Invalid rows.
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// Sent, then refused by the target's mail system (a DSN came back).
-    pub bounced: u64,
+    pub(crate) bounced: u64,
 }
 
 #[cfg(test)]

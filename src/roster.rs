@@ -17,7 +17,7 @@ use anyhow::{Result, anyhow, bail};
 use lettre::Address;
 
 /// The longest value a cell may hold; a longer one skips its row.
-pub const MAX_FIELD_CHARS: usize = 10_000;
+pub(crate) const MAX_FIELD_CHARS: usize = 10_000;
 
 /// The most bytes of one value the reader takes in: the longest that
 /// [`MAX_FIELD_CHARS`] characters can be in UTF-8. A longer value cannot be
@@ -34,25 +34,25 @@ const MAX_COLUMNS: u64 = 1_000;
 
 /// One supporter, valid for sending.
 #[derive(Debug, Clone)]
-pub struct Supporter {
+pub(crate) struct Supporter {
     /// 1-based line of the row in the CSV file.
-    pub line: u64,
+    pub(crate) line: u64,
     /// The address as written (trimmed).
-    pub email: Address,
+    pub(crate) email: Address,
     /// The address lower-cased: the supporter's identity in the ledger.
-    pub key: String,
+    pub(crate) key: String,
     /// Display name: the `name` column, else `first_name` + `last_name`.
-    pub name: String,
+    pub(crate) name: String,
     /// Column names, normalized (lower-case, spaces as `_`).
-    pub headers: Arc<[String]>,
+    pub(crate) headers: Arc<[String]>,
     /// Cell values in column order.
-    pub values: Vec<String>,
+    pub(crate) values: Vec<String>,
 }
 
 impl Supporter {
     /// A column's value by normalized header name.
-    #[must_use]
-    pub fn get(&self, column: &str) -> Option<&str> {
+    #[cfg(test)]
+    fn get(&self, column: &str) -> Option<&str> {
         self.headers
             .iter()
             .position(|h| h == column)
@@ -62,29 +62,29 @@ impl Supporter {
 
 /// A row that cannot be sent: reported, and recorded as `skipped` by `send`.
 #[derive(Debug, Clone)]
-pub struct Skip {
+pub(crate) struct Skip {
     /// 1-based line.
-    pub line: u64,
+    pub(crate) line: u64,
     /// Ledger key: the lower-cased email as written, or `line:N` when empty.
-    pub key: String,
+    pub(crate) key: String,
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// A later row repeating an earlier email; only the first counts.
 #[derive(Debug, Clone)]
-pub struct Repeat {
+pub(crate) struct Repeat {
     /// 1-based line.
-    pub line: u64,
+    pub(crate) line: u64,
     /// The repeated address.
-    pub email: String,
+    pub(crate) email: String,
     /// The line that holds it first.
-    pub first_line: u64,
+    pub(crate) first_line: u64,
 }
 
 /// What one CSV row turned out to be.
 #[derive(Debug, Clone)]
-pub enum Row {
+pub(crate) enum Row {
     /// A supporter whose letters can be built.
     Valid(Supporter),
     /// A row that cannot be sent.
@@ -96,7 +96,7 @@ pub enum Row {
 impl Row {
     /// The row's 1-based line.
     #[must_use]
-    pub fn line(&self) -> u64 {
+    pub(crate) fn line(&self) -> u64 {
         match self {
             Row::Valid(s) => s.line,
             Row::Invalid(Skip { line, .. }) | Row::Duplicate(Repeat { line, .. }) => *line,
@@ -105,7 +105,7 @@ impl Row {
 }
 
 /// A streaming reader over the supporters file.
-pub struct Roster {
+pub(crate) struct Roster {
     path: PathBuf,
     reader: csv::Reader<Scanned<File>>,
     headers: Arc<[String]>,
@@ -122,7 +122,7 @@ enum NameCols {
 
 impl Roster {
     /// Opens the file and reads its header row.
-    pub fn open(path: &Path) -> Result<Roster> {
+    pub(crate) fn open(path: &Path) -> Result<Roster> {
         let shown = path.display();
         let open = || {
             File::open(path).map_err(|e| {
@@ -193,13 +193,13 @@ impl Roster {
 
     /// The file, as given.
     #[must_use]
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// `FILE:LINE` for messages.
     #[must_use]
-    pub fn at(&self, line: u64) -> String {
+    pub(crate) fn at(&self, line: u64) -> String {
         format!("{}:{line}", self.path.display())
     }
 
@@ -319,7 +319,7 @@ impl Iterator for Roster {
 
 /// `First Name` → `first_name`.
 #[must_use]
-pub fn normalize_header(h: &str) -> String {
+pub(crate) fn normalize_header(h: &str) -> String {
     h.trim_start_matches('\u{feff}')
         .trim()
         .to_lowercase()
@@ -327,7 +327,7 @@ pub fn normalize_header(h: &str) -> String {
 }
 
 /// A supporter's address: ASCII, parseable, with a dotted domain.
-pub fn validate_email(raw: &str) -> std::result::Result<Address, String> {
+pub(crate) fn validate_email(raw: &str) -> std::result::Result<Address, String> {
     if raw.is_empty() {
         return Err("the email is empty".into());
     }
@@ -374,11 +374,11 @@ pub(crate) fn fingerprint(parts: &[&str]) -> u128 {
 /// what follows cannot be trusted to be rows. `check` lists it as a problem,
 /// every other command stops with it (exit 1) before anything is sent.
 #[derive(Debug)]
-pub struct Malformed {
+pub(crate) struct Malformed {
     /// `FILE:LINE: reason`.
-    pub at: String,
+    pub(crate) at: String,
     /// What to do about it.
-    pub hint: &'static str,
+    pub(crate) hint: &'static str,
 }
 
 impl std::fmt::Display for Malformed {

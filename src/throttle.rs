@@ -12,7 +12,7 @@ use crate::config::Rate;
 
 /// Spaces letters `rate.interval()` apart.
 #[derive(Debug, Clone)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     interval: Option<Duration>,
     next: Option<Instant>,
 }
@@ -20,7 +20,7 @@ pub struct Throttle {
 impl Throttle {
     /// No rate: never waits.
     #[must_use]
-    pub fn new(rate: Option<Rate>) -> Throttle {
+    pub(crate) fn new(rate: Option<Rate>) -> Throttle {
         Throttle {
             interval: rate.map(Rate::interval),
             next: None,
@@ -28,7 +28,7 @@ impl Throttle {
     }
 
     /// Takes the next free slot at or after `now`: when the next letter may start.
-    pub fn reserve(&mut self, now: Instant) -> Instant {
+    pub(crate) fn reserve(&mut self, now: Instant) -> Instant {
         let slot = self.next.map_or(now, |n| n.max(now));
         if let Some(i) = self.interval {
             self.next = Some(slot + i);
@@ -39,7 +39,7 @@ impl Throttle {
 
 /// Sleeps until `when` in short steps, giving up early once `cancel()` is true.
 /// Returns false if cancelled.
-pub fn sleep_until(clock: &dyn Clock, when: Instant, cancel: &dyn Fn() -> bool) -> bool {
+pub(crate) fn sleep_until(clock: &dyn Clock, when: Instant, cancel: &dyn Fn() -> bool) -> bool {
     const STEP: Duration = Duration::from_millis(50);
     loop {
         if cancel() {

@@ -5,8 +5,8 @@
 //! each message (`dsn` parses it). The ledger records the outcome;
 //! `cmd/bounces` orchestrates and reports.
 
-pub mod dsn;
-pub mod imap;
+pub(crate) mod dsn;
+pub(crate) mod imap;
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -25,7 +25,7 @@ const TOKEN_BYTES: usize = 10;
 /// secret) of the campaign and the letter's identity, base32 lower-case.
 /// Stable across resends; not guessable without the secret.
 #[must_use]
-pub fn token(secret: &[u8], campaign_id: &str, supporter: &str, target: &str) -> String {
+pub(crate) fn token(secret: &[u8], campaign_id: &str, supporter: &str, target: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let mut ctx = ring::hmac::Context::with_key(&key);
     for part in [campaign_id, supporter, target] {
@@ -55,7 +55,7 @@ fn base32(bytes: &[u8]) -> String {
 }
 
 /// Per-letter return paths for a send run.
-pub struct Verp {
+pub(crate) struct Verp {
     return_path: ReturnPath,
     secret: Vec<u8>,
     campaign_id: String,
@@ -64,7 +64,7 @@ pub struct Verp {
 impl Verp {
     /// VERP for this run, when `[bounces] return_path` is set. Reads the
     /// ledger's secret (`send` creates it when it opens the ledger).
-    pub fn new(config: &Config, ledger: &Ledger) -> Result<Option<Verp>> {
+    pub(crate) fn new(config: &Config, ledger: &Ledger) -> Result<Option<Verp>> {
         let Some(return_path) = config.bounces.as_ref().and_then(|b| b.return_path.clone()) else {
             return Ok(None);
         };
@@ -79,7 +79,7 @@ impl Verp {
     }
 
     /// The MAIL FROM address of one letter.
-    pub fn address(&self, supporter: &str, target: &str) -> Result<Address> {
+    pub(crate) fn address(&self, supporter: &str, target: &str) -> Result<Address> {
         let t = token(&self.secret, &self.campaign_id, supporter, target);
         let text = self.return_path.with_token(&t);
         text.parse()
@@ -88,7 +88,7 @@ impl Verp {
 }
 
 /// Which letter a notification is about: by VERP token, else by Message-ID.
-pub struct Index {
+pub(crate) struct Index {
     return_path: Option<ReturnPath>,
     by_token: HashMap<String, (String, String)>,
     by_message_id: HashMap<String, (String, String)>,
@@ -98,7 +98,7 @@ pub struct Index {
 impl Index {
     /// Indexes every letter the ledger holds.
     #[must_use]
-    pub fn new(config: &Config, records: &[Record], secret: Option<&[u8]>) -> Index {
+    pub(crate) fn new(config: &Config, records: &[Record], secret: Option<&[u8]>) -> Index {
         let return_path = config.bounces.as_ref().and_then(|b| b.return_path.clone());
         let mut by_token = HashMap::new();
         let mut by_message_id = HashMap::new();
@@ -145,7 +145,7 @@ impl Index {
 
 /// How a notification was tied to its letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Matched {
+pub(crate) enum Matched {
     /// The VERP token in the address it was delivered to.
     Token,
     /// The Message-ID of the returned headers.
@@ -154,7 +154,7 @@ pub enum Matched {
 
 /// What one message from the mailbox is, for the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A notification about one of our letters (a failure or a delay).
     Letter(Bounce, Matched),
     /// A notification about our letter, but only about a copy (the
@@ -170,7 +170,7 @@ pub enum Verdict {
 
 /// Judges one raw message. `now` dates notifications that carry no date.
 #[must_use]
-pub fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
+pub(crate) fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
     let read = dsn::read(raw);
     let d = match &read.kind {
         dsn::Kind::Dsn(d) => d,
@@ -222,7 +222,7 @@ pub fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
 
 /// The messages of a local mailbox: a Maildir folder (`new/` and `cur/`)
 /// or an mbox file. Each comes with a name for messages.
-pub fn local_messages(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn local_messages(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
             "cannot read the bounce mailbox `{}`\n\nhint: set [bounces] mailbox to a Maildir folder, an mbox file \

@@ -9,7 +9,7 @@ use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
-use crate::transport::{ConnectError, Connector};
+use crate::smtp::{ConnectError, Connector};
 use crate::ui::Ui;
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
@@ -31,7 +31,7 @@ const FREE_MAIL: [&str; 14] = [
 ];
 
 /// Runs `mailer check`.
-pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();

@@ -31,7 +31,7 @@ impl Default for Answers {
 }
 
 /// Runs `mailer init`.
-pub fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
+pub(crate) fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let files = [
         dir.join("mailer.toml"),

@@ -1,11 +1,11 @@
 //! One module per subcommand: load → plan → act → report.
-pub mod bounces;
-pub mod check;
-pub mod export;
-pub mod init;
-pub mod preview;
-pub mod send;
-pub mod status;
+pub(crate) mod bounces;
+pub(crate) mod check;
+pub(crate) mod export;
+pub(crate) mod init;
+pub(crate) mod preview;
+pub(crate) mod send;
+pub(crate) mod status;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;

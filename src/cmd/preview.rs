@@ -13,19 +13,19 @@ use crate::ui::Ui;
 
 /// `preview` flags, free of clap.
 #[derive(Debug, Clone, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only this supporter (case-insensitive).
-    pub supporter: Option<String>,
+    pub(crate) supporter: Option<String>,
     /// Only this target (case-insensitive).
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// At most this many messages.
-    pub limit: Option<u64>,
+    pub(crate) limit: Option<u64>,
     /// Write .eml files here.
-    pub out: Option<std::path::PathBuf>,
+    pub(crate) out: Option<std::path::PathBuf>,
 }
 
 /// Runs `mailer preview`.
-pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     let file = campaign.config.supporters_file.display().to_string();
     let want_s = opts.supporter.as_deref().map(str::to_lowercase);
     let want_t = opts.target.as_deref().map(str::to_lowercase);

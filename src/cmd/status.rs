@@ -14,7 +14,7 @@ use crate::report::{StatusCounts, out, thousands};
 use crate::ui::printable;
 
 /// Runs `mailer status [--json]`.
-pub fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, json: bool) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let mut counts = StatusCounts {

@@ -1,0 +1,218 @@
+//! What a run is to do: the ledger's resume rules ([`decide`]), pass 1
+//! ([`scan`]: render everything, count what is due) and the budget (the
+//! per-run and daily limits), the same for a real run and `--dry-run`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+
+use crate::campaign::{Campaign, Prepared};
+use crate::delivery::{Options, interrupted_early};
+use crate::ledger::{Ledger, Record, State};
+use crate::report::Plan;
+use crate::roster::{Repeat, Skip};
+use crate::ui::Ui;
+
+/// Whether a letter goes this run, given its ledger row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Send it.
+    Due,
+    /// Already delivered.
+    Sent,
+    /// Deferred, and its backoff has not passed.
+    Waiting,
+    /// Failed: needs `--retry-failed`.
+    HeldFailed,
+    /// Unknown: needs `--resend-unknown`.
+    HeldUnknown,
+}
+
+/// The ledger's resume rules.
+pub(crate) fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
+    let Some(r) = record else { return Decision::Due };
+    match r.state {
+        State::Pending | State::Skipped => Decision::Due,
+        State::Sent | State::Bounced => Decision::Sent,
+        State::Deferred if r.next_attempt_at.is_none_or(|t| t <= now) => Decision::Due,
+        State::Deferred => Decision::Waiting,
+        State::Failed if opts.retry_failed => Decision::Due,
+        State::Failed => Decision::HeldFailed,
+        State::Unknown if opts.resend_unknown => Decision::Due,
+        State::Unknown | State::Sending => Decision::HeldUnknown,
+    }
+}
+
+/// How many letters this run may send: `--limit`/`max_per_run` and what is
+/// left of `daily_limit` (`handed_over_today`: letters handed over in the
+/// last 24 hours; 0 without a ledger). `None`: no limit.
+pub(crate) fn budget(per_run: Option<u64>, daily_limit: Option<u64>, handed_over_today: u64) -> Option<u64> {
+    let daily = daily_limit.map(|limit| limit.saturating_sub(handed_over_today));
+    match (per_run, daily) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// [`budget`] for this campaign, from its ledger if there is one.
+pub(crate) fn campaign_budget(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    now: i64,
+) -> Result<Option<u64>> {
+    let d = &campaign.config.delivery;
+    let today = match (ledger, d.daily_limit) {
+        (Some(l), Some(_)) => l.handed_over_since(now - 86_400)?,
+        _ => 0,
+    };
+    Ok(budget(opts.limit.or(d.max_per_run), d.daily_limit, today))
+}
+
+/// Pass 1: renders every letter, reports row problems, counts what is due.
+/// Also returns the last line read. A signal (`stop`) ends it with 130.
+pub(crate) fn scan(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    now: i64,
+    ui: &Ui,
+    stop: &AtomicBool,
+) -> Result<(Plan, u64)> {
+    let file = campaign.config.supporters_file.display().to_string();
+    let mut plan = Plan {
+        per_target: vec![0; campaign.target_count()],
+        ..Plan::default()
+    };
+    let mut last_line = 0;
+    for prepared in campaign.prepared(false)? {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted_early());
+        }
+        let prepared = prepared?;
+        last_line = match &prepared {
+            Prepared::Letters { supporter, .. } => supporter.line,
+            Prepared::Skipped(Skip { line, .. }) | Prepared::Duplicate(Repeat { line, .. }) => *line,
+        };
+        match prepared {
+            Prepared::Skipped(Skip { line, reason, .. }) => {
+                plan.skipped_rows += 1;
+                ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
+            }
+            Prepared::Duplicate(Repeat {
+                line,
+                email,
+                first_line,
+            }) => {
+                plan.duplicates += 1;
+                ui.problem(&format!(
+                    "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
+                ));
+            }
+            Prepared::Letters { supporter, letters } => {
+                plan.supporters += 1;
+                for (i, (target, built)) in campaign.config.targets.iter().zip(letters).enumerate() {
+                    let record = match ledger {
+                        Some(l) => l.get(&supporter.key, &target.key())?,
+                        None => None,
+                    };
+                    match decide(record.as_ref(), opts, now) {
+                        Decision::Due => {
+                            plan.due += 1;
+                            plan.per_target[i] += 1;
+                            if plan.first.is_none() {
+                                plan.first = Some(built);
+                            }
+                        }
+                        Decision::Sent => plan.already_sent += 1,
+                        Decision::Waiting => plan.waiting += 1,
+                        Decision::HeldFailed => plan.held_failed += 1,
+                        Decision::HeldUnknown => plan.held_unknown += 1,
+                    }
+                }
+            }
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Err(interrupted_early());
+    }
+    Ok((plan, last_line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: State, next: Option<i64>) -> Record {
+        Record {
+            supporter: "a@x.org".into(),
+            target: "t@x.org".into(),
+            state,
+            attempts: 1,
+            line: Some(2),
+            message_id: None,
+            reply: None,
+            next_attempt_at: next,
+            sent_at: None,
+        }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let plain = Options::default();
+        let all = Options {
+            retry_failed: true,
+            resend_unknown: true,
+            ..Options::default()
+        };
+        assert_eq!(decide(None, &plain, 0), Decision::Due);
+        assert_eq!(decide(Some(&record(State::Sent, None)), &all, 0), Decision::Sent);
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 99),
+            Decision::Waiting
+        );
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 100),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Failed, None)), &plain, 0),
+            Decision::HeldFailed
+        );
+        assert_eq!(decide(Some(&record(State::Failed, None)), &all, 0), Decision::Due);
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &plain, 0),
+            Decision::HeldUnknown
+        );
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &all, 0),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Skipped, None)), &plain, 0),
+            Decision::Due
+        );
+    }
+
+    #[test]
+    fn one_budget_rule() {
+        // (per run, daily limit, handed over today) -> budget
+        let table = [
+            (None, None, 0, None),
+            (Some(10), None, 5, Some(10)),
+            // A fresh campaign (no ledger) still has its daily limit.
+            (None, Some(3), 0, Some(3)),
+            (None, Some(3), 2, Some(1)),
+            (None, Some(3), 9, Some(0)),
+            (Some(10), Some(3), 1, Some(2)),
+            (Some(1), Some(3), 0, Some(1)),
+        ];
+        for (per_run, daily, today, want) in table {
+            assert_eq!(
+                budget(per_run, daily, today),
+                want,
+                "{per_run:?} {daily:?} {today}"
+            );
+        }
+    }
+}

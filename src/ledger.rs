@@ -354,7 +354,6 @@ impl Ledger {
         claimed: bool,
         now: i64,
     ) -> Result<()> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (state, next, sent_at) = match attempt {
             Attempt::Sent { .. } => (State::Sent, None, Some(now)),
             Attempt::Deferred { .. } => (State::Deferred, Some(next_attempt_at), None),
@@ -370,40 +369,45 @@ impl Ledger {
                 .collect(),
             _ => Vec::new(),
         };
-        let tx = self.conn.unchecked_transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
-                sent_at, updated_at)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
-                message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
-                updated_at = ?9
-             WHERE state NOT IN ('sent', 'bounced')",
-        )?
-        .execute(params![
-            letter.supporter,
-            letter.target,
-            state.as_str(),
-            letter.line as i64,
-            letter.message_id,
-            reply,
-            next,
-            sent_at,
-            now,
-            i64::from(!claimed),
-        ])?;
-        tx.prepare_cached(
-            "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
-        for (recipient, reply) in refused {
+        // Every failure names the ledger (a busy or full disk included).
+        let write = || -> rusqlite::Result<()> {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let tx = self.conn.unchecked_transaction()?;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
+                    sent_at, updated_at)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
+                    message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
+                    updated_at = ?9
+                 WHERE state NOT IN ('sent', 'bounced')",
             )?
-            .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
-        }
-        tx.commit().map_err(|e| disk_error(e, &self.path))
+            .execute(params![
+                letter.supporter,
+                letter.target,
+                state.as_str(),
+                letter.line as i64,
+                letter.message_id,
+                reply,
+                next,
+                sent_at,
+                now,
+                i64::from(!claimed),
+            ])?;
+            tx.prepare_cached(
+                "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
+            for (recipient, reply) in refused {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
+            }
+            tx.commit()
+        };
+        write().map_err(|e| disk_error(e, &self.path))
     }
 
     /// The Cc/Bcc copies of a letter the server refused, as `(recipient,

@@ -27,6 +27,11 @@ impl Throttle {
         }
     }
 
+    /// Whether letters are spaced at all (a `rate` is set).
+    pub(crate) fn is_paced(&self) -> bool {
+        self.interval.is_some()
+    }
+
     /// Takes the next free slot at or after `now`: when the next letter may start.
     pub(crate) fn reserve(&mut self, now: Instant) -> Instant {
         let slot = self.next.map_or(now, |n| n.max(now));

@@ -14,7 +14,7 @@ use crate::delivery::breaker::Breaker;
 use crate::delivery::{Event, Halt};
 use crate::ledger::{Key, Ledger, SharedLedger};
 use crate::message::Built;
-use crate::smtp::{Attempt, ConnectError, Dialer, Session};
+use crate::smtp::{Attempt, ConnectError, Dialer, Envelope, Session};
 use crate::throttle::{Throttle, sleep_until};
 use crate::ui::Ui;
 
@@ -83,19 +83,25 @@ impl Shared {
 }
 
 /// A worker: takes jobs until the dispatcher stops, reports each letter.
+/// When another letter is ready as one goes, it takes that one too, so its
+/// envelope can ride with this body (see [`Session::send`]).
 pub(crate) fn worker(
     shared: &Shared,
     jobs: &Mutex<Receiver<Job>>,
     events: &Sender<Event>,
     mut conn: Option<Box<dyn Session>>,
 ) {
+    let mut ahead: Option<Job> = None;
     loop {
-        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let job = match ahead.take() {
+            Some(job) => Ok(job),
+            None => jobs.lock().unwrap_or_else(PoisonError::into_inner).recv(),
+        };
         let Ok(mut job) = job else { break };
         let attempt = if shared.halted() {
             None
         } else {
-            deliver(shared, &mut conn, &mut job)
+            deliver(shared, &mut conn, &mut job, &mut ahead, Some(jobs))
         };
         let event = Event {
             supporter: job.supporter,
@@ -109,6 +115,23 @@ pub(crate) fn worker(
     if let Some(c) = conn {
         c.quit();
     }
+}
+
+/// A job the dispatcher has ready now, never waiting for one: only for an
+/// unpaced run (a paced letter's envelope would hold the session open
+/// until its slot).
+fn next_ready(shared: &Shared, jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
+    let paced = shared
+        .throttle
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_paced();
+    if paced || shared.halted() {
+        return None;
+    }
+    // Another worker waiting for a job holds the lock: then none is ready.
+    let rx = jobs.try_lock().ok()?;
+    rx.try_recv().ok()
 }
 
 /// Sleeps between retries unless the run is stopping.
@@ -193,11 +216,15 @@ pub(crate) fn first_connection(shared: &Shared) -> Option<Box<dyn Session>> {
 }
 
 /// Delivers one letter with in-run retries; records every attempt. `None`:
-/// not attempted (the run is stopping).
+/// not attempted (the run is stopping). `ahead`: the letter this worker
+/// sends next, if it has one; when it has none and `jobs` has one ready as
+/// this body goes, it is taken there, so its envelope can ride along.
 pub(crate) fn deliver(
     shared: &Shared,
     conn: &mut Option<Box<dyn Session>>,
     job: &mut Job,
+    ahead: &mut Option<Job>,
+    jobs: Option<&Mutex<Receiver<Job>>>,
 ) -> Option<Attempt> {
     let clock = shared.clock.as_ref();
     let mut tries = 0u32;
@@ -219,6 +246,14 @@ pub(crate) fn deliver(
         if !sleep_until(clock, slot, &|| shared.halted()) {
             return None;
         }
+        // A session primed for another letter (this one is being retried)
+        // waits for that letter's body: start afresh.
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.primed().is_some_and(|id| id != job.built.message_id))
+        {
+            conn.take().expect("checked above").quit();
+        }
         match ensure_connected(shared, conn, may_retry) {
             Connected::Ready => {}
             Connected::Retry => {
@@ -234,7 +269,10 @@ pub(crate) fn deliver(
             shared.ledger.claim(&key, clock.unix())?;
             claimed = true;
             shared.handed_over.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            if ahead.is_none() {
+                *ahead = jobs.and_then(|jobs| next_ready(shared, jobs));
+            }
+            Ok(ahead.as_ref().map(|j| Envelope::from(&j.built)))
         });
         let attempt = match attempt {
             Ok(a) => a,
@@ -345,7 +383,7 @@ pub(crate) mod tests {
         fake.answer(Answer::Envelope(451, "4.3.0 later"));
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
         assert_eq!(state(a.as_ref()), "sent");
         assert_eq!(fake.bodies(), ["<a@x.org>"]);
         let r = row(&sh, "a@x.org");
@@ -360,7 +398,7 @@ pub(crate) mod tests {
         }
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
         assert_eq!(state(a.as_ref()), "deferred");
         assert!(fake.bodies().is_empty());
         let r = row(&sh, "a@x.org");
@@ -375,7 +413,7 @@ pub(crate) mod tests {
         fake.answer(Answer::LostAfter);
         let (_d, sh) = shared(&fake, 5);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
         assert_eq!(state(a.as_ref()), "unknown");
         assert_eq!(fake.bodies().len(), 1);
         assert_eq!(row(&sh, "a@x.org").state, State::Unknown);
@@ -388,7 +426,7 @@ pub(crate) mod tests {
         fake.answer(Answer::LostBefore);
         let (_d, sh) = shared(&fake, 1);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
         assert_eq!(state(a.as_ref()), "sent");
         assert_eq!(fake.connections(), 2);
     }
@@ -434,7 +472,7 @@ pub(crate) mod tests {
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
         for s in ["a@x.org", "b@x.org", "c@x.org"] {
-            let a = deliver(&sh, &mut conn, &mut job(s));
+            let a = deliver(&sh, &mut conn, &mut job(s), &mut None, None);
             assert_eq!(state(a.as_ref()), "failed");
         }
         assert!(sh.halted());
@@ -444,6 +482,46 @@ pub(crate) mod tests {
         }
         assert_eq!(sh.policy.lock().unwrap().requeued, 3);
         // Once halted, nothing more goes.
-        assert!(deliver(&sh, &mut conn, &mut job("d@x.org")).is_none());
+        assert!(deliver(&sh, &mut conn, &mut job("d@x.org"), &mut None, None).is_none());
+    }
+
+    #[test]
+    fn the_next_letter_rides_with_the_body_and_goes_on_that_session() {
+        let fake = Fake::default();
+        let (_d, sh) = shared(&fake, 2);
+        let mut conn = first_connection(&sh);
+        let mut ahead = Some(job("b@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, None);
+        let mut b = ahead.take().unwrap();
+        assert_eq!(state(a.as_ref()), "sent");
+        assert_eq!(conn.as_ref().unwrap().primed(), Some("<b@x.org>"));
+        // Primed, but not claimed: its `sending` waits for its own 354.
+        assert!(sh.ledger().get("b@x.org", "t@corp.example").unwrap().is_none());
+        let a = deliver(&sh, &mut conn, &mut b, &mut None, None);
+        assert_eq!(state(a.as_ref()), "sent");
+        assert_eq!(
+            (fake.primed(), fake.connections(), fake.mixed_up()),
+            (1, 1, false)
+        );
+    }
+
+    #[test]
+    fn a_retry_never_uses_a_session_primed_for_another_letter() {
+        let fake = Fake::default();
+        fake.answer(Answer::Body(451, "4.3.0 try again"));
+        let (_d, sh) = shared(&fake, 2);
+        let mut conn = first_connection(&sh);
+        let mut ahead = Some(job("b@x.org"));
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, None);
+        let mut b = ahead.take().unwrap();
+        assert_eq!(state(a.as_ref()), "sent");
+        let a = deliver(&sh, &mut conn, &mut b, &mut None, None);
+        assert_eq!(state(a.as_ref()), "sent");
+        // The retry of a went on a fresh session, b's envelope with it again.
+        assert_eq!(
+            (fake.primed(), fake.connections(), fake.mixed_up()),
+            (2, 2, false)
+        );
+        assert_eq!(fake.bodies(), ["<a@x.org>", "<a@x.org>", "<b@x.org>"]);
     }
 }

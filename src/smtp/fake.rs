@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::Result;
 
 use crate::message::Built;
-use crate::smtp::{Attempt, ConnectError, Dialer, End, Reply, Session, classify};
+use crate::smtp::{Attempt, ConnectError, Dialer, End, Envelope, Reply, Session, classify};
 
 /// What one letter gets from the fake.
 #[derive(Debug, Clone)]
@@ -30,6 +30,10 @@ struct Script {
     /// Message-IDs of letters whose body went, in order.
     bodies: Vec<String>,
     connections: usize,
+    /// Letters whose envelope rode with an earlier body.
+    primed: usize,
+    /// A session primed for one letter was handed another.
+    mixed_up: bool,
 }
 
 /// The fake relay: `Clone` shares its script.
@@ -58,6 +62,16 @@ impl Fake {
         self.script().bodies.clone()
     }
 
+    /// Letters whose envelope rode with an earlier body.
+    pub(crate) fn primed(&self) -> usize {
+        self.script().primed
+    }
+
+    /// Whether a session primed for one letter was handed another.
+    pub(crate) fn mixed_up(&self) -> bool {
+        self.script().mixed_up
+    }
+
     /// Connections opened.
     pub(crate) fn connections(&self) -> usize {
         self.script().connections
@@ -74,6 +88,7 @@ impl Dialer for Fake {
         Ok(Box::new(FakeSession {
             fake: self.clone(),
             open: true,
+            primed: None,
         }))
     }
 
@@ -85,6 +100,8 @@ impl Dialer for Fake {
 struct FakeSession {
     fake: Fake,
     open: bool,
+    /// The letter whose envelope rode with the last body.
+    primed: Option<String>,
 }
 
 fn reply(code: u16, text: &str) -> End {
@@ -99,7 +116,14 @@ impl Session for FakeSession {
         self.open
     }
 
-    fn send(&mut self, letter: &Built, before_body: &mut dyn FnMut() -> Result<()>) -> Result<Attempt> {
+    fn send(
+        &mut self,
+        letter: &Built,
+        before_body: &mut dyn FnMut() -> Result<Option<Envelope>>,
+    ) -> Result<Attempt> {
+        if self.primed.take().is_some_and(|id| id != letter.message_id) {
+            self.fake.script().mixed_up = true;
+        }
         let answer = self.fake.script().letters.pop_front();
         let answer = answer.unwrap_or(Answer::Body(250, "2.0.0 ok"));
         let (end, body_went) = match answer {
@@ -108,14 +132,24 @@ impl Session for FakeSession {
             Answer::Body(code, text) => (reply(code, text), true),
             Answer::LostAfter => (End::Lost("the server closed the connection".into()), true),
         };
+        let mut next = None;
         if body_went {
-            before_body()?;
+            next = before_body()?;
             self.fake.script().bodies.push(letter.message_id.clone());
         }
         if matches!(end, End::Lost(_)) {
             self.open = false;
+        } else if body_went {
+            self.primed = next.map(|n| n.message_id);
+            if self.primed.is_some() {
+                self.fake.script().primed += 1;
+            }
         }
         Ok(classify(end, body_went, Vec::new()))
+    }
+
+    fn primed(&self) -> Option<&str> {
+        self.primed.as_deref()
     }
 
     fn quit(self: Box<Self>) {}

@@ -18,7 +18,7 @@ use crate::config::{Security, Smtp};
 use crate::message::Built;
 use crate::smtp::attempt::{Attempt, End, RefusedCopy, classify};
 use crate::smtp::wire::{Reply, Timed, Wire, describe_io, dot_stuff, is_timeout, joined, timeout_as, until};
-use crate::smtp::{Dialer, Session};
+use crate::smtp::{Dialer, Envelope, Session};
 use crate::ui::printable;
 
 /// Letters per connection before a fresh one (relays often cap this).
@@ -102,6 +102,7 @@ impl Connector {
             letters: 0,
             usable: true,
             host: s.host.clone(),
+            primed: None,
         };
         if s.security == Security::Tls {
             conn.upgrade(&self.tls)?;
@@ -256,6 +257,18 @@ pub(crate) struct Connection {
     letters: usize,
     usable: bool,
     host: String,
+    /// The next letter's envelope went with the last body (see [`Session::send`]).
+    primed: Option<Primed>,
+}
+
+/// A letter whose MAIL, RCPT and DATA went in the previous letter's flight,
+/// with the replies they got (after a `354` the server waits for its body),
+/// or why they did not come (the session is closed).
+struct Primed {
+    message_id: String,
+    /// Commands sent (MAIL, each RCPT, DATA).
+    sent: usize,
+    replies: Result<Vec<Reply>, io::Error>,
 }
 
 impl Connection {
@@ -425,13 +438,19 @@ impl Connection {
         self.wire.stream = Stream::Closed;
     }
 
-    /// MAIL, one RCPT per recipient, DATA: in one write with PIPELINING,
-    /// else one at a time, stopping at a refused MAIL or target RCPT.
-    fn envelope(&mut self, built: &Built) -> io::Result<(usize, Vec<Reply>)> {
+    /// A letter's MAIL, one RCPT per recipient, and DATA.
+    fn commands(&self, built: &Envelope) -> Vec<String> {
         let body_param = if self.caps.eightbit { " BODY=8BITMIME" } else { "" };
         let mut commands = vec![format!("MAIL FROM:<{}>{body_param}\r\n", built.from)];
         commands.extend(built.recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
         commands.push("DATA\r\n".into());
+        commands
+    }
+
+    /// The envelope: in one write with PIPELINING, else one command at a
+    /// time, stopping at a refused MAIL or target RCPT.
+    fn envelope(&mut self, built: &Built) -> io::Result<(usize, Vec<Reply>)> {
+        let commands = self.commands(&Envelope::from(built));
         if self.caps.pipelining {
             self.wire.send(commands.concat().as_bytes())?;
             return Ok((commands.len(), self.wire.replies(commands.len())?));
@@ -449,11 +468,28 @@ impl Connection {
     }
 
     /// Sends one letter (see [`Session::send`]).
-    fn deliver(&mut self, built: &Built, before_body: &mut dyn FnMut() -> Result<()>) -> Result<Attempt> {
+    fn deliver(
+        &mut self,
+        built: &Built,
+        before_body: &mut dyn FnMut() -> Result<Option<Envelope>>,
+    ) -> Result<Attempt> {
         self.letters += 1;
-        let (sent, replies) = match self.envelope(built) {
-            Ok(r) => r,
-            Err(e) => return Ok(self.lost(&e, false)),
+        let (sent, replies) = match self.primed.take() {
+            Some(p) if p.message_id == built.message_id => match p.replies {
+                Ok(replies) => (p.sent, replies),
+                Err(e) => return Ok(self.lost(&e, false)),
+            },
+            // The server waits for another letter's body: this one must not
+            // become it. (The engine quits such a session first.)
+            Some(_) => {
+                self.close();
+                let why = "the session was waiting for another letter".to_string();
+                return Ok(classify(End::Lost(why), false, Vec::new()));
+            }
+            None => match self.envelope(built) {
+                Ok(r) => r,
+                Err(e) => return Ok(self.lost(&e, false)),
+            },
         };
         if replies.iter().any(|r| r.code == 421) {
             self.usable = false;
@@ -493,15 +529,29 @@ impl Connection {
             }
             return Ok(classify(End::Reply(reply), false, Vec::new()));
         }
-        if let Err(e) = before_body() {
-            self.close();
-            return Err(e);
-        }
-        // NOTE: if writing fails, the final ".\r\n" (the last bytes) did not
-        // all leave this process, so the server cannot have accepted it: safe
-        // to retry. Only a missing reply after a complete write is unknown.
-        if let Err(e) = self.wire.send(&dot_stuff(&built.bytes)) {
-            return Ok(self.lost(&e, false));
+        let next = match before_body() {
+            Ok(next) => next,
+            Err(e) => {
+                self.close();
+                return Err(e);
+            }
+        };
+        // The next letter's envelope rides with this body (RFC 2920 §3.1).
+        let ahead =
+            next.filter(|_| self.caps.pipelining && self.usable && self.letters < LETTERS_PER_CONNECTION);
+        let mut flight = dot_stuff(&built.bytes);
+        let body_len = flight.len();
+        let ahead = ahead.map(|n| {
+            let commands = self.commands(&n);
+            flight.extend_from_slice(commands.concat().as_bytes());
+            (n, commands.len())
+        });
+        // NOTE: if writing fails before the body's final ".\r\n" all left
+        // this process, the server cannot have accepted it: safe to retry.
+        // Only a missing reply after the dot left is unknown.
+        let mut written = 0;
+        if let Err(e) = self.wire.send_counted(&flight, &mut written) {
+            return Ok(self.lost(&e, ahead.is_some() && written >= body_len));
         }
         self.wire.awaiting_outcome = true;
         let outcome = self.wire.reply();
@@ -510,11 +560,28 @@ impl Connection {
             Ok(r) => {
                 if r.code == 421 {
                     self.usable = false;
+                } else if let Some((next, sent)) = ahead {
+                    self.prime(next, sent);
                 }
                 Ok(classify(End::Reply(r), true, refused))
             }
             Err(e) => Ok(self.lost(&e, true)),
         }
+    }
+
+    /// Reads the replies to the next letter's envelope, which went with the
+    /// last body. A connection lost here is that letter's attempt, lost
+    /// before its body: its `send` says so.
+    fn prime(&mut self, next: Envelope, sent: usize) {
+        let replies = self.wire.replies(sent);
+        if replies.is_err() {
+            self.close();
+        }
+        self.primed = Some(Primed {
+            message_id: next.message_id,
+            sent,
+            replies,
+        });
     }
 
     fn rset(&mut self) {
@@ -526,7 +593,9 @@ impl Connection {
 
     /// Ends the session politely.
     pub(crate) fn quit(mut self) {
-        if self.usable {
+        // A primed session's server may be reading a body: a QUIT would
+        // become its text. Closing without the final dot discards it.
+        if self.usable && self.primed.is_none() {
             let _ = self.wire.command("QUIT\r\n");
         }
         if let Stream::Tls(s) = &mut self.wire.stream {
@@ -538,11 +607,21 @@ impl Connection {
 
 impl Session for Connection {
     fn is_ready(&self) -> bool {
-        self.is_usable() && self.is_alive()
+        // A primed session is ready for its letter, even closed: `send`
+        // then tells that letter how its envelope went.
+        self.primed.is_some() || (self.is_usable() && self.is_alive())
     }
 
-    fn send(&mut self, letter: &Built, before_body: &mut dyn FnMut() -> Result<()>) -> Result<Attempt> {
+    fn send(
+        &mut self,
+        letter: &Built,
+        before_body: &mut dyn FnMut() -> Result<Option<Envelope>>,
+    ) -> Result<Attempt> {
         self.deliver(letter, before_body)
+    }
+
+    fn primed(&self) -> Option<&str> {
+        self.primed.as_ref().map(|p| p.message_id.as_str())
     }
 
     fn quit(self: Box<Self>) {

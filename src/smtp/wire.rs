@@ -91,6 +91,12 @@ impl<S: Timed> Wire<S> {
 
     /// Writes `bytes`, each [`WRITE_CHUNK`] within the timeout.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.send_counted(bytes, &mut 0)
+    }
+
+    /// [`Wire::send`], counting into `written` the bytes the stream took,
+    /// so a failed write can say whether a given prefix left.
+    pub(crate) fn send_counted(&mut self, bytes: &[u8], written: &mut usize) -> io::Result<()> {
         for chunk in bytes.chunks(WRITE_CHUNK) {
             let deadline = Instant::now() + self.timeout;
             let mut rest = chunk;
@@ -98,7 +104,10 @@ impl<S: Timed> Wire<S> {
                 self.set_timeout(deadline, false)?;
                 match self.stream.write(rest) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => rest = &rest[n..],
+                    Ok(n) => {
+                        *written += n;
+                        rest = &rest[n..];
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(timeout_as(e, "the server did not take the data in time")),
                 }

@@ -59,7 +59,8 @@ pub(crate) fn dispatch(
     let reader = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?
         .context("the ledger disappeared during the run")?;
     let verp = crate::bounces::Verp::new(config, &reader)?;
-    let (job_tx, job_rx) = sync_channel::<Job>(0);
+    // One letter ready per worker: it can ride with the body before it.
+    let (job_tx, job_rx) = sync_channel::<Job>(config.delivery.concurrency);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (event_tx, event_rx) = std::sync::mpsc::channel::<Event>();
     let bar = shared.bar.clone();

@@ -261,14 +261,14 @@ pub(crate) struct Connection {
     primed: Option<Primed>,
 }
 
-/// A letter whose MAIL, RCPT and DATA went in the previous letter's flight,
-/// with the replies they got (after a `354` the server waits for its body),
-/// or why they did not come (the session is closed).
+/// A letter whose MAIL, RCPT and DATA went in the previous letter's
+/// flight. Their replies are read when that letter is sent, so the previous
+/// letter's outcome is recorded first. (After a `354` the server waits for
+/// its body.)
 struct Primed {
     message_id: String,
     /// Commands sent (MAIL, each RCPT, DATA).
     sent: usize,
-    replies: Result<Vec<Reply>, io::Error>,
 }
 
 impl Connection {
@@ -475,7 +475,8 @@ impl Connection {
     ) -> Result<Attempt> {
         self.letters += 1;
         let (sent, replies) = match self.primed.take() {
-            Some(p) if p.message_id == built.message_id => match p.replies {
+            // Lost here, the letter's attempt was lost before its body.
+            Some(p) if p.message_id == built.message_id => match self.wire.replies(p.sent) {
                 Ok(replies) => (p.sent, replies),
                 Err(e) => return Ok(self.lost(&e, false)),
             },
@@ -561,27 +562,15 @@ impl Connection {
                 if r.code == 421 {
                     self.usable = false;
                 } else if let Some((next, sent)) = ahead {
-                    self.prime(next, sent);
+                    self.primed = Some(Primed {
+                        message_id: next.message_id,
+                        sent,
+                    });
                 }
                 Ok(classify(End::Reply(r), true, refused))
             }
             Err(e) => Ok(self.lost(&e, true)),
         }
-    }
-
-    /// Reads the replies to the next letter's envelope, which went with the
-    /// last body. A connection lost here is that letter's attempt, lost
-    /// before its body: its `send` says so.
-    fn prime(&mut self, next: Envelope, sent: usize) {
-        let replies = self.wire.replies(sent);
-        if replies.is_err() {
-            self.close();
-        }
-        self.primed = Some(Primed {
-            message_id: next.message_id,
-            sent,
-            replies,
-        });
     }
 
     fn rset(&mut self) {
@@ -607,8 +596,8 @@ impl Connection {
 
 impl Session for Connection {
     fn is_ready(&self) -> bool {
-        // A primed session is ready for its letter, even closed: `send`
-        // then tells that letter how its envelope went.
+        // A primed session is ready for its letter: `send` reads how its
+        // envelope went (the replies, or that the server went away).
         self.primed.is_some() || (self.is_usable() && self.is_alive())
     }
 

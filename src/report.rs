@@ -58,6 +58,8 @@ pub(crate) struct Summary {
     pub(crate) elapsed: Duration,
     /// The run ended early (a signal or a run-wide error), not by its limits.
     pub(crate) stopped: bool,
+    /// `the relay throttled us at 14:02; slowed to 12/minute`, if it did.
+    pub(crate) throttled: Option<String>,
 }
 
 impl Summary {
@@ -124,6 +126,9 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
                 thousands(s.not_reached)
             );
         }
+        if let Some(throttled) = &s.throttled {
+            let _ = writeln!(t, "  {throttled}");
+        }
         let _ = writeln!(t, "  elapsed    {secs:>8.1}s  ({rate:.1} letters/s)");
         // The run is over; its exit code matters more than a closed stdout.
         let _ = out(&t);
@@ -133,8 +138,9 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         } else {
             String::new()
         };
+        let throttled = s.throttled.as_ref().map_or(String::new(), |t| format!("; {t}"));
         let _ = out(&format!(
-            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s){copies}\n",
+            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s){copies}{throttled}\n",
             s.sent, s.deferred, s.failed, s.unknown, p.skipped_rows, s.not_reached
         ));
     }

@@ -21,7 +21,7 @@ use crate::exit::{Exit, Failure};
 use crate::ledger::{Ledger, SharedLedger};
 use crate::report::Summary;
 use crate::smtp::{Attempt, Dialer, Reply};
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, per_minute};
 use crate::ui::Ui;
 
 pub(crate) use plan::{campaign_budget, scan};
@@ -172,6 +172,7 @@ pub(crate) fn run(
         // Shown before the first connection, so a slow or stalled server
         // shows its time passing and each retry.
         bar: ui.progress(to_send),
+        throttled: Mutex::default(),
     });
     let mut pass2 = Pass2 {
         scanned,
@@ -190,6 +191,17 @@ pub(crate) fn run(
     // Those letters were reported failed, then kept for a later run.
     summary.failed = summary.failed.saturating_sub(requeued);
     summary.deferred += requeued;
+    let throttled = shared
+        .throttled
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    summary.throttled = throttled.map(|(first, pace)| {
+        format!(
+            "the relay throttled us at {}; slowed to {}",
+            worker::clock_time(first),
+            per_minute(pace)
+        )
+    });
     let went = shared.handed_over.load(Ordering::SeqCst);
     let interrupted = shared.stop.load(Ordering::SeqCst);
     // Pass 1 counted letters that pass 2 did not find: the file changed.

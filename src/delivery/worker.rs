@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lettre::message::dkim::DkimConfig;
 
@@ -15,7 +15,7 @@ use crate::delivery::{Event, Halt};
 use crate::ledger::{Key, Ledger, SharedLedger};
 use crate::message::Built;
 use crate::smtp::{Attempt, ConnectError, Dialer, Envelope, Session};
-use crate::throttle::{Throttle, sleep_until};
+use crate::throttle::{Throttle, per_minute, sleep_until};
 use crate::ui::Ui;
 
 /// One letter for a worker.
@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) ui: Ui,
     /// The progress bar (hidden off a terminal), also for retry notices.
     pub(crate) bar: indicatif::ProgressBar,
+    /// When the relay first throttled this run, and the pace it left.
+    pub(crate) throttled: Mutex<Option<(SystemTime, Duration)>>,
 }
 
 impl Shared {
@@ -117,9 +119,9 @@ pub(crate) fn worker(
     }
 }
 
-/// A job the dispatcher has ready now, never waiting for one: only for an
+/// A job the dispatcher has ready now, or within [`READY`]: only for an
 /// unpaced run (a paced letter's envelope would hold the session open
-/// until its slot).
+/// until its slot). A dispatcher that has finished answers at once.
 fn next_ready(shared: &Shared, jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
     let paced = shared
         .throttle
@@ -131,8 +133,12 @@ fn next_ready(shared: &Shared, jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
     }
     // Another worker waiting for a job holds the lock: then none is ready.
     let rx = jobs.try_lock().ok()?;
-    rx.try_recv().ok()
+    rx.recv_timeout(READY).ok()
 }
+
+/// How long a body waits for the dispatcher's next letter to ride with it:
+/// a dispatcher slower than this is the bottleneck anyway.
+const READY: Duration = Duration::from_millis(10);
 
 /// Sleeps between retries unless the run is stopping.
 fn pause(shared: &Shared, d: Duration) {
@@ -144,6 +150,11 @@ fn pause(shared: &Shared, d: Duration) {
 pub(crate) fn retry_pause(attempt: u32) -> Duration {
     Duration::from_millis(200u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(5))
 }
+
+/// Attempts of one letter the relay may throttle in a run, beyond its
+/// `retries`: each halves the pace, so the run slows until the relay takes
+/// it; past this the letter waits for a later run (deferred, never failed).
+const THROTTLED_TRIES: u32 = 10;
 
 /// When a deferred letter may be tried again by a later run: 1 min, 2, 4 … at most 1 h.
 pub(crate) fn deferral(attempts: u32) -> i64 {
@@ -228,9 +239,11 @@ pub(crate) fn deliver(
 ) -> Option<Attempt> {
     let clock = shared.clock.as_ref();
     let mut tries = 0u32;
+    // Throttled attempts do not use up the letter's retries.
+    let mut throttles = 0u32;
     loop {
         tries += 1;
-        let may_retry = tries <= shared.retries && !shared.halted();
+        let may_retry = tries - throttles <= shared.retries && !shared.halted();
         // Pace the starts of letters across all workers; a signal or a
         // run-wide stop cuts the wait short.
         let slot = shared
@@ -288,12 +301,55 @@ pub(crate) fn deliver(
             return Some(attempt);
         }
         track_policy(shared, job, &attempt, next);
-        if matches!(attempt, Attempt::Deferred { .. }) && may_retry {
-            pause(shared, retry_pause(tries));
+        let again = if let Some(reply) = attempt.throttled() {
+            throttles += 1;
+            slow_down(shared, reply);
+            throttles <= THROTTLED_TRIES && !shared.halted()
+        } else {
+            matches!(attempt, Attempt::Deferred { .. }) && may_retry
+        };
+        if again {
+            pause(shared, retry_pause((tries - throttles).max(1)));
             continue;
         }
         return Some(attempt);
     }
+}
+
+/// The relay throttled us: halve the run's pace (the next slot moves out,
+/// so this connection pauses too) and say so under `-v`.
+fn slow_down(shared: &Shared, reply: &crate::smtp::Reply) {
+    let clock = shared.clock.as_ref();
+    let pace = shared
+        .throttle
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .slow_down(clock.instant());
+    let now = clock.now();
+    let mut throttled = shared.throttled.lock().unwrap_or_else(PoisonError::into_inner);
+    let first = throttled.map_or(now, |(first, _)| first);
+    *throttled = Some((first, pace));
+    drop(throttled);
+    shared.bar.set_message(format!("slowed to {}", per_minute(pace)));
+    shared.bar.suspend(|| {
+        shared.ui.detail(&format!(
+            "the relay throttled us at {} ({reply}); slowed to {}",
+            clock_time(now),
+            per_minute(pace)
+        ));
+    });
+}
+
+/// HH:MM in the machine's time zone.
+pub(crate) fn clock_time(at: SystemTime) -> String {
+    jiff::Timestamp::try_from(at).map_or_else(
+        |_| "--:--".into(),
+        |t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%H:%M")
+                .to_string()
+        },
+    )
 }
 
 /// Feeds the policy breaker; requeues what it holds and stops the run
@@ -349,6 +405,7 @@ pub(crate) mod tests {
             stalls: AtomicU32::new(0),
             ui: Ui::new(true, false, ColorChoice::Never),
             bar: indicatif::ProgressBar::hidden(),
+            throttled: Mutex::default(),
         };
         (dir, shared)
     }
@@ -523,5 +580,37 @@ pub(crate) mod tests {
             (2, 2, false)
         );
         assert_eq!(fake.bodies(), ["<a@x.org>", "<a@x.org>", "<b@x.org>"]);
+    }
+
+    #[test]
+    fn a_throttled_letter_slows_the_run_and_does_not_use_up_its_retries() {
+        let fake = Fake::default();
+        for _ in 0..4 {
+            fake.answer(Answer::Envelope(
+                454,
+                "Throttling failure: Maximum sending rate exceeded.",
+            ));
+        }
+        let (_d, sh) = shared(&fake, 0);
+        let mut conn = first_connection(&sh);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        assert_eq!(state(a.as_ref()), "sent");
+        assert!(sh.throttle.lock().unwrap().is_paced());
+        assert!(sh.throttled.lock().unwrap().is_some());
+        let r = row(&sh, "a@x.org");
+        assert_eq!((r.state, r.attempts), (State::Sent, 5));
+    }
+
+    #[test]
+    fn a_relay_that_never_stops_throttling_defers_the_letter_never_fails_it() {
+        let fake = Fake::default();
+        for _ in 0..=THROTTLED_TRIES {
+            fake.answer(Answer::Envelope(421, "4.7.0 Too many messages, slow down"));
+        }
+        let (_d, sh) = shared(&fake, 0);
+        let mut conn = first_connection(&sh);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        assert_eq!(state(a.as_ref()), "deferred");
+        assert_eq!(row(&sh, "a@x.org").state, State::Deferred);
     }
 }

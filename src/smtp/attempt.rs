@@ -67,6 +67,18 @@ impl Attempt {
         }
     }
 
+    /// The relay asked us to slow down (see [`Reply::is_throttle`]): the
+    /// letter is deferred, never failed, for it.
+    pub(crate) fn throttled(&self) -> Option<&Reply> {
+        match self {
+            Attempt::Deferred {
+                end: End::Reply(reply),
+                ..
+            } if reply.is_throttle() => Some(reply),
+            _ => None,
+        }
+    }
+
     /// A refusal for policy (5.7.x): what the breaker counts.
     pub(crate) fn policy(&self) -> Option<&Reply> {
         match self {

@@ -37,6 +37,16 @@ impl Reply {
     pub(crate) fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
     }
+    /// The relay asks us to slow down: a `421` (service closing, often
+    /// "too many connections/messages"), a 4xx with enhanced status 4.7.x
+    /// (Gmail's 4.7.28, M365's 4.7.x) or 4.3.2 ("system not accepting
+    /// messages"), or SES's `454 Throttling failure`.
+    pub(crate) fn is_throttle(&self) -> bool {
+        let enhanced = |prefix: &str| self.text.starts_with(prefix);
+        self.code == 421
+            || (self.is_transient() && (enhanced("4.7.") || enhanced("4.3.2")))
+            || (self.code == 454 && self.text.to_ascii_lowercase().contains("throttling"))
+    }
     /// A 5.7.x enhanced status: a policy rejection (auth, relaying, spam).
     pub(crate) fn is_policy(&self) -> bool {
         self.code >= 500 && self.text.starts_with("5.7.")
@@ -413,6 +423,32 @@ pub(crate) mod tests {
         assert!(r(451, "4.3.0 later").is_transient());
         assert!(r(554, "5.7.1 spam").is_policy());
         assert!(!r(550, "5.1.1 no such user").is_policy());
+    }
+
+    #[test]
+    fn throttling_replies() {
+        let r = |code, text: &str| Reply {
+            code,
+            text: text.into(),
+        };
+        // (reply, a request to slow down)
+        let table = [
+            (r(421, "4.7.0 Too many connections"), true),
+            (r(421, "Service not available"), true),
+            (r(421, "4.7.28 Gmail has detected an unusual rate"), true),
+            (r(451, "4.7.1 Rate limit exceeded"), true),
+            (r(452, "4.3.2 System not accepting network messages"), true),
+            (r(454, "Throttling failure: Maximum sending rate exceeded."), true),
+            (r(451, "4.3.0 Temporary failure"), false),
+            (r(452, "4.2.2 Mailbox full"), false),
+            (r(454, "4.7.0 TLS not available"), true),
+            (r(454, "Temporary authentication failure"), false),
+            (r(554, "5.7.1 Rate limited"), false),
+            (r(250, "2.0.0 Ok"), false),
+        ];
+        for (reply, throttle) in table {
+            assert_eq!(reply.is_throttle(), throttle, "{reply}");
+        }
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! letter, a sender that adapts to the relay.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::support::campaign::Campaign;
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
@@ -148,4 +148,57 @@ fn issue13_a_refused_rcpt_in_the_combined_flight_fails_that_letter_only() {
         c.states(),
         vec![("failed".to_string(), 1), ("sent".to_string(), 2)]
     );
+}
+
+/// A relay that takes at most one letter per `gap` (counted at MAIL) and
+/// answers faster ones as Amazon SES does; counts its refusals.
+fn throttling_relay(gap: Duration, refused: &Arc<AtomicUsize>) -> ServerOptions {
+    let last = Mutex::new(None::<Instant>);
+    let refused = Arc::clone(refused);
+    ServerOptions::new(Security::Plain).with_script(move |step| {
+        if let Step::Mail { .. } = step {
+            let mut last = last.lock().unwrap();
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < gap) {
+                refused.fetch_add(1, SeqCst);
+                return Action::reply("454 Throttling failure: Maximum sending rate exceeded.");
+            }
+            *last = Some(now);
+        }
+        Action::Default
+    })
+}
+
+#[test]
+fn issue13_a_relay_that_throttles_slows_the_run_and_every_letter_goes_once() {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let server = Server::start(throttling_relay(Duration::from_millis(150), &refused));
+    // No rate configured, two connections, no retries: throttling alone
+    // must not fail or defer a letter.
+    let c = campaign(&server, "concurrency = 2\nretries = 0\n").file("supporters.csv", supporters(6));
+    let run = c.run(&["-v", "send", "--yes"]);
+    idle(&server);
+    run.code(0)
+        .stdout_has("sent 6 deferred 0 failed 0")
+        .stdout_has("; the relay throttled us at ")
+        .stderr_has("(454 Throttling failure: Maximum sending rate exceeded.); slowed to ");
+    assert!(refused.load(SeqCst) > 0, "the relay throttled");
+    let sent = ids(&server.received());
+    let distinct: std::collections::BTreeSet<_> = sent.iter().collect();
+    assert_eq!((sent.len(), distinct.len()), (6, 6), "each letter exactly once");
+    assert_eq!(c.states(), vec![("sent".to_string(), 6)]);
+}
+
+#[test]
+fn issue13_a_throttled_run_never_goes_faster_than_the_configured_rate() {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let server = Server::start(throttling_relay(Duration::from_millis(150), &refused));
+    // 10/second is too fast for this relay: slowed, never above it.
+    let c = campaign(&server, "rate = \"10/second\"\nretries = 0\n").file("supporters.csv", supporters(4));
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stdout_has("sent 4 deferred 0 failed 0")
+        .stdout_has("slowed to 5/second");
+    idle(&server);
+    assert_eq!(server.received().len(), 4);
 }

@@ -83,6 +83,39 @@ pub enum Command {
     /// Asks for confirmation on a terminal. A letter recorded as sent is never
     /// sent again. Failed and unknown letters wait for the flags below.
     Send(SendArgs),
+    /// Hold a supporter's letters back until `mailer requeue`
+    ///
+    /// The letters become `skipped` with the reason, and no `mailer send`
+    /// sends them (nor any other letter of that supporter) until requeued.
+    /// A letter already sent is never changed.
+    ///
+    /// Example: mailer skip --supporter ana@example.org --reason "asked to wait"
+    Skip {
+        /// The supporter's email address
+        #[arg(long, value_name = "EMAIL")]
+        supporter: String,
+        /// Only the letter to this target [default: every target]
+        #[arg(long, value_name = "EMAIL")]
+        target: Option<String>,
+        /// Why (kept in the ledger; shown by `status` and `export`)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Put a supporter's failed, unknown or skipped letters back in the queue
+    ///
+    /// Ends a hold from `mailer skip`; the next `mailer send` sends them
+    /// (an unknown letter with the same Message-ID). A sent letter is never
+    /// sent again.
+    ///
+    /// Example: mailer requeue --supporter ana@example.org
+    Requeue {
+        /// The supporter's email address
+        #[arg(long, value_name = "EMAIL")]
+        supporter: String,
+        /// Only the letter to this target [default: every target]
+        #[arg(long, value_name = "EMAIL")]
+        target: Option<String>,
+    },
     /// Counts by state, and every failure with the server's reply
     Status {
         /// Print one JSON object instead of a table

@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod config;
 pub mod dkim;
 pub mod exit;
+pub mod hold;
 pub mod ledger;
 pub mod letter;
 pub mod message;
@@ -48,6 +49,12 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
+    // `send`, `status` and `export` see letters held by hand (`mailer skip`).
+    let load_held = || -> Result<Campaign> {
+        let mut campaign = load()?;
+        hold::apply(&mut campaign)?;
+        Ok(campaign)
+    };
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
         Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
@@ -74,10 +81,26 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
             };
-            cmd::send::run(&load()?, &opts, ui, &clock)
+            cmd::send::run(&load_held()?, &opts, ui, &clock)
         }
-        Command::Status { json } => cmd::status::run(&load()?, json),
-        Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
+        Command::Skip {
+            supporter,
+            target,
+            reason,
+        } => {
+            let opts = cmd::skip::Options {
+                supporter,
+                target,
+                reason,
+            };
+            cmd::skip::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Requeue { supporter, target } => {
+            let opts = cmd::requeue::Options { supporter, target };
+            cmd::requeue::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Status { json } => cmd::status::run(&load_held()?, json),
+        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);

@@ -6,6 +6,7 @@ mod support;
 
 mod delivery;
 mod edges_roster;
+mod first_hour;
 mod inputs;
 mod security;
 mod terminal;

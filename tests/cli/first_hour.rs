@@ -1,0 +1,232 @@
+//! Issue 15, "the first hour": holding letters back by hand and putting them
+//! back, `check`'s exit codes, placeholders that must never reach a real
+//! relay, `init`'s questions and `preview` at a terminal.
+
+use std::time::Duration;
+
+use crate::support::campaign::Campaign;
+use crate::support::smtp::{Received, Security, Server, ServerOptions};
+
+const BOARD: &str = "[[targets]]\nname = \"Brad Smith\"\nemail = \"board@corp.example\"\n";
+
+fn idle(server: &Server) {
+    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
+}
+
+/// (supporter address from Reply-To, recipient) of each received message, sorted.
+fn letters(got: &[Received]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = got
+        .iter()
+        .map(|m| (m.header("Reply-To").unwrap(), m.rcpt_to.join(",")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One ledger row's (state, reply) for this letter.
+fn row(c: &Campaign, supporter: &str, target: &str) -> (String, String) {
+    let conn = rusqlite::Connection::open(c.ledger()).unwrap();
+    conn.query_row(
+        "SELECT state, coalesce(reply, '') FROM letters WHERE supporter = ?1 AND target = ?2",
+        [supporter, target],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+// ---------------------------------------------------------------- item 10: skip and requeue
+
+#[test]
+fn issue15_skip_holds_a_letter_across_sends_until_requeued() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    c.run(&[
+        "skip",
+        "--supporter",
+        "Sam@Mail.example",
+        "--reason",
+        "asked to wait",
+    ])
+    .code(0)
+    .stderr_has("skipped  sam@mail.example → ceo@corp.example (was pending)");
+    assert_eq!(
+        row(&c, "sam@mail.example", "ceo@corp.example"),
+        ("skipped".into(), "skipped by hand: asked to wait".into())
+    );
+    // The dry run and two real runs all leave Sam's letter alone.
+    c.run(&["send", "--dry-run"]).code(0);
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 2");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 0");
+    idle(&server);
+    assert_eq!(server.received().len(), 2);
+    assert!(server.received().iter().all(|m| !m.text().contains("Sam Okafor")));
+    // …and keep the reason, unlike a row skipped for its data.
+    assert_eq!(
+        row(&c, "sam@mail.example", "ceo@corp.example"),
+        ("skipped".into(), "skipped by hand: asked to wait".into())
+    );
+    let status = c.run(&["status", "--json"]);
+    status
+        .code(0)
+        .stdout_has("\"sent\":2")
+        .stdout_has("\"skipped\":1");
+    c.run(&["export"])
+        .code(0)
+        .stdout_has("skipped by hand: asked to wait");
+
+    c.run(&["requeue", "--supporter", "sam@mail.example"])
+        .code(0)
+        .stderr_has("requeued sam@mail.example → ceo@corp.example (was skipped)");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");
+    idle(&server);
+    assert_eq!(server.received().len(), 3);
+    assert!(server.received()[2].text().contains("I am Sam Okafor"));
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+}
+
+#[test]
+fn issue15_skip_and_requeue_never_touch_a_sent_letter() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 3");
+    let skip = c.run(&["skip", "--supporter", "ana@mail.example", "--reason", "oops"]);
+    skip.code(1)
+        .stderr_has("nothing to skip")
+        .stderr_has("a sent letter is never changed");
+    let requeue = c.run(&["requeue", "--supporter", "ana@mail.example"]);
+    requeue.code(1).stderr_has("nothing to requeue");
+    let (state, reply) = row(&c, "ana@mail.example", "ceo@corp.example");
+    assert_eq!(state, "sent");
+    assert!(reply.starts_with("250"), "{reply}");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 0");
+    idle(&server);
+    assert_eq!(server.received().len(), 3);
+}
+
+#[test]
+fn issue15_requeue_puts_a_failed_letter_back_without_retry_failed() {
+    use crate::support::smtp::{Action, Step};
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(|step| match step {
+            Step::Dot { nth: 1, .. } => Action::reply("550 5.1.1 mailbox unavailable"),
+            _ => Action::Default,
+        }),
+    );
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .section("[delivery]\nretries = 0\n");
+    c.run(&["send", "--yes"]).code(3);
+    assert_eq!(row(&c, "ana@mail.example", "ceo@corp.example").0, "failed");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 0");
+    c.run(&["requeue", "--supporter", "ana@mail.example"]).code(0);
+    assert_eq!(row(&c, "ana@mail.example", "ceo@corp.example").0, "pending");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+}
+
+#[test]
+fn issue15_a_hand_hold_outlives_a_fixed_row_but_a_data_skip_does_not() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server).file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+         ana@mail.example,Ana,López,Tucson,\n\
+         lee@mail,Lee,Park,Seattle,\n",
+    );
+    c.run(&[
+        "skip",
+        "--supporter",
+        "ana@mail.example",
+        "--reason",
+        "duplicate signup",
+    ])
+    .code(0);
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 0");
+    // Lee fixes the address; Ana's row is edited too: only Lee's letter goes.
+    let c = c.file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+         ana@mail.example,Ana,López,Phoenix,\n\
+         lee@mail.example,Lee,Park,Seattle,\n",
+    );
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 1");
+    idle(&server);
+    assert_eq!(
+        letters(&server.received()),
+        vec![("lee@mail.example".into(), "ceo@corp.example".into())]
+    );
+    assert_eq!(
+        row(&c, "ana@mail.example", "ceo@corp.example"),
+        ("skipped".into(), "skipped by hand: duplicate signup".into())
+    );
+}
+
+#[test]
+fn issue15_skip_one_target_holds_the_supporter_and_says_so() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server).section(BOARD);
+    c.run(&[
+        "skip",
+        "--supporter",
+        "lee@mail.example",
+        "--target",
+        "Board@Corp.example",
+        "--reason",
+        "board only later",
+    ])
+    .code(0)
+    .stderr_has("skipped  lee@mail.example → board@corp.example")
+    .stderr_has("their letters to `ceo@corp.example` wait too");
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 4");
+    idle(&server);
+    assert!(
+        letters(&server.received())
+            .iter()
+            .all(|(s, _)| s != "lee@mail.example")
+    );
+    assert_eq!(
+        row(&c, "lee@mail.example", "board@corp.example"),
+        ("skipped".into(), "skipped by hand: board only later".into())
+    );
+    c.run(&[
+        "requeue",
+        "--supporter",
+        "lee@mail.example",
+        "--target",
+        "board@corp.example",
+    ])
+    .code(0);
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 2");
+    idle(&server);
+    assert_eq!(server.received().len(), 6);
+}
+
+#[test]
+fn issue15_skip_names_an_unknown_supporter_or_target() {
+    let c = Campaign::new();
+    c.run(&["skip", "--supporter", "nobody@mail.example", "--reason", "x"])
+        .code(1)
+        .stderr_has("no supporter `nobody@mail.example`");
+    c.run(&[
+        "skip",
+        "--supporter",
+        "ana@mail.example",
+        "--target",
+        "cfo@corp.example",
+        "--reason",
+        "x",
+    ])
+    .code(1)
+    .stderr_has("`cfo@corp.example` is not a target")
+    .stderr_has("`ceo@corp.example`");
+    c.run(&[
+        "skip",
+        "--supporter",
+        "ana@mail.example",
+        "--reason",
+        "two\nlines",
+    ])
+    .code(1)
+    .stderr_has("one line");
+    c.run(&["skip", "--supporter", "ana@mail.example"]).code(2);
+}

@@ -58,10 +58,18 @@ pub enum Command {
     /// Validate the config, the letter and every supporter's letter
     ///
     /// Prints every problem, one per line with its `FILE:LINE`. Sends nothing.
+    /// Exits 1 when something would stop `mailer send` (config, letter, the
+    /// supporters file, a letter that cannot render); rows `send` would only
+    /// skip (invalid, duplicate) are listed but exit 0 unless `--strict`.
+    ///
+    /// Example: mailer check --strict --smtp
     Check {
         /// Also connect to the SMTP server, negotiate TLS, authenticate and quit
         #[arg(long)]
         smtp: bool,
+        /// Fail (exit 1) on rows `send` would skip, too
+        #[arg(long)]
+        strict: bool,
     },
     /// Show the rendered messages, without sending anything
     Preview {

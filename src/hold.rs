@@ -29,9 +29,18 @@ pub struct Selection {
 
 /// Reads the holds from the ledger (if any) into `campaign`, so that
 /// `send`, `status` and `export` see held supporters as skipped.
-pub fn apply(campaign: &mut Campaign) -> Result<()> {
+/// `writing`: the command goes on to write the ledger (a real `send`), so
+/// open it as that run will (a full disk is named as such); otherwise
+/// read-only, writing nothing.
+pub fn apply(campaign: &mut Campaign, writing: bool) -> Result<()> {
     let config = &campaign.config;
-    let Some(ledger) = Ledger::open_existing(&config.ledger_path, &config.campaign.id)? else {
+    let (path, id) = (&config.ledger_path, &config.campaign.id);
+    let ledger = if writing && path.exists() {
+        Some(Ledger::open(path, id)?)
+    } else {
+        Ledger::open_existing(path, id)?
+    };
+    let Some(ledger) = ledger else {
         return Ok(());
     };
     let mut holds = HashMap::new();

@@ -50,14 +50,16 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
     // `send`, `status` and `export` see letters held by hand (`mailer skip`).
-    let load_held = || -> Result<Campaign> {
+    let load_held = |writing: bool| -> Result<Campaign> {
         let mut campaign = load()?;
-        hold::apply(&mut campaign)?;
+        hold::apply(&mut campaign, writing)?;
         Ok(campaign)
     };
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
-        Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
+        Command::Check { smtp, strict } => {
+            cmd::check::run(&load()?, cmd::check::Options { smtp, strict }, ui)
+        }
         Command::Preview {
             supporter,
             target,
@@ -81,7 +83,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
             };
-            cmd::send::run(&load_held()?, &opts, ui, &clock)
+            cmd::send::run(&load_held(!opts.dry_run)?, &opts, ui, &clock)
         }
         Command::Skip {
             supporter,
@@ -99,8 +101,8 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json } => cmd::status::run(&load_held()?, json),
-        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
+        Command::Status { json } => cmd::status::run(&load_held(false)?, json),
+        Command::Export { out } => cmd::export::run(&load_held(false)?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);

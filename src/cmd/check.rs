@@ -30,10 +30,26 @@ const FREE_MAIL: [&str; 14] = [
     "gmx.com",
 ];
 
+/// `check` flags, free of clap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Also connect, negotiate TLS, authenticate and quit.
+    pub smtp: bool,
+    /// Rows `send` would skip are errors, not warnings.
+    pub strict: bool,
+}
+
 /// Runs `mailer check`.
-pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
+///
+/// Exit 1 for what would stop `send` (config, letter, the supporters file
+/// itself, a letter that cannot render); rows `send` would merely skip are
+/// listed too but only fail the check with `--strict` (SPEC "Commands").
+pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
+    let Options { smtp, strict } = opts;
     let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
+    // Problems that stop `send`, as opposed to rows it skips.
+    let mut blocking = 0u64;
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
     for prepared in campaign.prepared(false)? {
@@ -73,12 +89,14 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     }
                     *seen += 1;
                     problems += 1;
+                    blocking += 1;
                 }
                 Err(e) => match e.downcast::<Malformed>() {
                     // The file cannot be read past this line: list it with
                     // the rest, and stop reading rows.
                     Ok(Malformed { at, hint }) => {
                         problems += 1;
+                        blocking += 1;
                         out(&format!("{at}\n"))?;
                         ui.hint(hint);
                         break;
@@ -115,10 +133,21 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     if !ui.quiet {
         out(&format!("{summary}\n"))?;
     }
+    let rows = problems - blocking;
+    if rows > 0 && blocking == 0 && !strict {
+        ui.hint(&format!(
+            "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
+            if rows == 1 { "that row" } else { "those rows" }
+        ));
+    }
     if smtp {
         check_smtp(campaign, ui)?;
     }
-    Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
+    Ok(if blocking > 0 || (strict && rows > 0) {
+        Exit::BadInput
+    } else {
+        Exit::Done
+    })
 }
 
 /// The gist of a template error: without its location and the list of

@@ -230,3 +230,44 @@ fn issue15_skip_names_an_unknown_supporter_or_target() {
     .stderr_has("one line");
     c.run(&["skip", "--supporter", "ana@mail.example"]).code(2);
 }
+
+// ---------------------------------------------------------------- item 6: check's exit codes
+
+#[test]
+fn issue15_check_lists_rows_send_would_skip_as_warnings_and_strict_fails_them() {
+    let c = Campaign::new().file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+         ana@mail.example,Ana,López,Tucson,\n\
+         not-an-email,Bad,Row,Nowhere,\n\
+         ANA@mail.example,Ana,Again,Tucson,\n",
+    );
+    let run = c.run(&["check"]);
+    run.code(0)
+        .stdout_has("supporters.csv:3: ")
+        .stdout_has("supporters.csv:4: `ANA@mail.example` repeats line 2")
+        .stdout_has("1 supporter × 1 target = 1 letter ready; 2 problems")
+        .stderr_has("mailer check --strict");
+    let strict = c.run(&["check", "--strict"]);
+    strict
+        .code(1)
+        .stdout_has("supporters.csv:3: ")
+        .stdout_has("supporters.csv:4: ");
+    assert!(!strict.stderr.contains("--strict"), "{}", strict.stderr);
+}
+
+#[test]
+fn issue15_check_still_fails_on_a_letter_or_file_error() {
+    // A letter that cannot render stops `send`: exit 1 with or without --strict.
+    let c = Campaign::new().file("letters/letter.txt", "Dear {{ target.nmae }},\n");
+    c.run(&["check"]).code(1).stdout_has("nmae");
+    // So does a supporters file that cannot be read past a line.
+    let c = Campaign::new().file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\nana@mail.example,Ana,\"López,Tucson,\n",
+    );
+    c.run(&["check"]).code(1);
+    // A config error too.
+    let c = Campaign::new().section("[delivery]\nrtae = \"3/minute\"\n");
+    c.run(&["check"]).code(1).stderr_has("rtae");
+}

@@ -25,6 +25,7 @@ pub mod hold;
 pub mod ledger;
 pub mod letter;
 pub mod message;
+pub mod placeholder;
 pub mod report;
 pub mod roster;
 pub mod secret;
@@ -50,9 +51,9 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
     // `send`, `status` and `export` see letters held by hand (`mailer skip`).
-    let load_held = |writing: bool| -> Result<Campaign> {
+    let load_held = || -> Result<Campaign> {
         let mut campaign = load()?;
-        hold::apply(&mut campaign, writing)?;
+        hold::apply(&mut campaign, false)?;
         Ok(campaign)
     };
     match cli.command {
@@ -83,7 +84,12 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
             };
-            cmd::send::run(&load_held(!opts.dry_run)?, &opts, ui, &clock)
+            let mut campaign = load()?;
+            if !opts.dry_run {
+                placeholder::refuse_on_real_relay(&campaign)?;
+            }
+            hold::apply(&mut campaign, !opts.dry_run)?;
+            cmd::send::run(&campaign, &opts, ui, &clock)
         }
         Command::Skip {
             supporter,
@@ -101,8 +107,8 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json } => cmd::status::run(&load_held(false)?, json),
-        Command::Export { out } => cmd::export::run(&load_held(false)?, out.as_deref()),
+        Command::Status { json } => cmd::status::run(&load_held()?, json),
+        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);

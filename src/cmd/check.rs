@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
+use crate::placeholder;
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
@@ -52,9 +53,17 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     let mut blocking = 0u64;
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
+    // Placeholders matter only where a real relay would deliver them.
+    let mut placeholders = placeholder::real_relay(campaign).map(|_| placeholder::Scan::new(campaign));
     for prepared in campaign.prepared(false)? {
         match prepared {
-            Ok(Prepared::Letters { letters: built, .. }) => {
+            Ok(Prepared::Letters {
+                letters: built,
+                supporter,
+            }) => {
+                if let Some(scan) = &mut placeholders {
+                    scan.observe(&supporter, &built);
+                }
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
@@ -115,24 +124,15 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
             ));
         }
     }
+    if let Some(scan) = placeholders {
+        let n = report_placeholders(campaign, scan, ui)?;
+        problems += n;
+        blocking += n;
+    }
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
     }
-    let targets = campaign.target_count();
-    let s = |n: u64| if n == 1 { "" } else { "s" };
-    let summary = format!(
-        "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}",
-        thousands(supporters),
-        s(supporters),
-        s(targets as u64),
-        thousands(letters),
-        s(letters),
-        thousands(problems),
-        s(problems),
-    );
-    if !ui.quiet {
-        out(&format!("{summary}\n"))?;
-    }
+    print_summary(campaign, [supporters, letters, problems], ui)?;
     let rows = problems - blocking;
     if rows > 0 && blocking == 0 && !strict {
         ui.hint(&format!(
@@ -148,6 +148,40 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     } else {
         Exit::Done
     })
+}
+
+/// `N supporters × T targets = L letters ready; P problems` (hidden by `-q`).
+fn print_summary(campaign: &Campaign, [supporters, letters, problems]: [u64; 3], ui: &Ui) -> Result<()> {
+    let targets = campaign.target_count();
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    if !ui.quiet {
+        out(&format!(
+            "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}\n",
+            thousands(supporters),
+            s(supporters),
+            s(targets as u64),
+            thousands(letters),
+            s(letters),
+            thousands(problems),
+            s(problems),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Lists each placeholder address a real relay would get; returns how many.
+fn report_placeholders(campaign: &Campaign, scan: placeholder::Scan, ui: &Ui) -> Result<u64> {
+    let found = scan.finish();
+    for f in &found {
+        out(&format!("{f}\n"))?;
+    }
+    if let (false, Some(host)) = (found.is_empty(), placeholder::real_relay(campaign)) {
+        ui.hint(&format!(
+            "`mailer send` refuses to give `{host}` a letter with a placeholder address: \
+             put real ones in their place"
+        ));
+    }
+    Ok(found.len() as u64)
 }
 
 /// The gist of a template error: without its location and the list of

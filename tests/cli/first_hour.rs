@@ -271,3 +271,56 @@ fn issue15_check_still_fails_on_a_letter_or_file_error() {
     let c = Campaign::new().section("[delivery]\nrtae = \"3/minute\"\n");
     c.run(&["check"]).code(1).stderr_has("rtae");
 }
+
+// ---------------------------------------------------------------- item 2: placeholders
+
+/// `[smtp]` on a non-loopback address (TEST-NET-1: nothing answers there).
+const REAL_RELAY: &str = "[smtp]\nhost = \"192.0.2.1\"\nport = 587\ntimeout_secs = 2\n";
+
+#[test]
+fn issue15_a_real_relay_never_gets_a_placeholder_and_check_names_each() {
+    // The test campaign's From, Reply-To and target are all in `.example`.
+    let c = Campaign::new().section(REAL_RELAY);
+    let send = c.run(&["send", "--yes"]);
+    send.code(1)
+        .stderr_has("not sending through `192.0.2.1`")
+        .stderr_has("From `letters@org.example`")
+        .stderr_has("target `ceo@corp.example`");
+    assert!(!c.ledger().exists(), "nothing was recorded");
+    let check = c.run(&["check"]);
+    check
+        .code(1)
+        .stdout_has("mailer.toml: From `letters@org.example` is a placeholder address (`.example`")
+        .stdout_has("mailer.toml: target `ceo@corp.example` is a placeholder address")
+        .stdout_has("supporters.csv:2: Reply-To `ana@mail.example` is a placeholder address")
+        .stdout_has("supporters.csv:3: Reply-To `sam@mail.example`");
+    // The dry run still works.
+    c.run(&["send", "--dry-run"]).code(0);
+}
+
+#[test]
+fn issue15_real_addresses_on_a_real_relay_pass_check() {
+    let c = Campaign::new()
+        .head(
+            &Campaign::new()
+                .config_text()
+                .replace("letters@org.example", "letters@colorofchange.org")
+                .replace("ceo@corp.example", "ceo@microsoft.com"),
+        )
+        .section(REAL_RELAY)
+        .file(
+            "supporters.csv",
+            "email,first_name,last_name,city,note\nana@gmail.com,Ana,López,Tucson,\n",
+        );
+    let check = c.run(&["check"]);
+    check.code(0).stdout_has("0 problems");
+    assert!(!check.stdout.contains("placeholder"), "{}", check.stdout);
+}
+
+#[test]
+fn issue15_placeholders_on_loopback_are_fine() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    c.run(&["check"]).code(0);
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 3");
+}

@@ -975,9 +975,11 @@ fn init_writes_a_campaign_that_check_passes() {
     ] {
         assert!(c.join(file).is_file(), "{file} missing");
     }
+    // Its addresses are placeholders: `check` names them (issue 15 item 2).
     c.run(&["-c", "fresh/mailer.toml", "check"])
-        .code(0)
-        .stdout_has("0 problems");
+        .code(1)
+        .stdout_has("letters ready")
+        .stdout_has("placeholder");
     let config = c.join("fresh/mailer.toml");
     c.run(&["-c", config.to_str().unwrap(), "send", "--dry-run"])
         .code(0)
@@ -1039,10 +1041,13 @@ fn shipped_example_dry_run_plans_twelve_letters() {
 }
 
 #[test]
-fn shipped_example_passes_check() {
+fn shipped_example_check_renders_every_letter_and_names_its_placeholders() {
+    // Its relay is real and its addresses are `.example` placeholders, so
+    // `send` would refuse: `check` says so (issue 15 item 2).
     shipped_example(&["check"])
-        .code(0)
-        .stdout_has("12 supporters × 1 target = 12 letters ready; 0 problems");
+        .code(1)
+        .stdout_has("12 supporters × 1 target = 12 letters ready; 14 problems")
+        .stdout_has("From `letters@colorofchange.example` is a placeholder address");
 }
 
 // ---------------------------------------------------------------------------

@@ -79,9 +79,12 @@ pub enum Command {
         /// Only letters to this target
         #[arg(long, value_name = "EMAIL")]
         target: Option<String>,
-        /// At most N messages
-        #[arg(long, value_name = "N")]
+        /// At most N messages [default at a terminal: 3]
+        #[arg(long, value_name = "N", conflicts_with = "all")]
         limit: Option<u64>,
+        /// Every message, even at a terminal
+        #[arg(long)]
+        all: bool,
         /// Write one .eml file per message into DIR instead of printing them
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,

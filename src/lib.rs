@@ -65,6 +65,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             supporter,
             target,
             limit,
+            all,
             out,
         } => cmd::preview::run(
             &load()?,
@@ -73,6 +74,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 target,
                 limit,
                 out,
+                all,
             },
             ui,
         ),

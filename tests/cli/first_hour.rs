@@ -2,6 +2,7 @@
 //! back, `check`'s exit codes, placeholders that must never reach a real
 //! relay, `init`'s questions and `preview` at a terminal.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::support::campaign::Campaign;
@@ -323,4 +324,90 @@ fn issue15_placeholders_on_loopback_are_fine() {
     let c = Campaign::new().smtp_plain(&server);
     c.run(&["check"]).code(0);
     c.run(&["send", "--yes"]).code(0).stdout_has("sent 3");
+}
+
+// ---------------------------------------------------------------- item 7: preview at a terminal
+
+/// Runs `cmd` with stdin, stdout and stderr on a fresh pseudo-terminal and
+/// returns its exit code and everything the terminal showed.
+fn on_a_terminal(mut cmd: std::process::Command) -> (i32, String) {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .expect("open /dev/ptmx");
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let tty = || Stdio::from(slave.try_clone().unwrap());
+    cmd.env("TERM", "xterm-256color")
+        .stdin(tty())
+        .stdout(tty())
+        .stderr(tty());
+    let mut child = cmd.spawn().expect("spawn mailer on a pty");
+    drop(cmd);
+    drop(slave);
+    let mut reader = std::fs::File::from(master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            all.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send(all);
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the command ended within 20 s");
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&seen).replace("\r\n", "\n"))
+}
+
+fn many_supporters(n: usize) -> String {
+    let mut csv = String::from("email,first_name,last_name,city,note\n");
+    for i in 1..=n {
+        let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},");
+    }
+    csv
+}
+
+#[test]
+fn issue15_preview_at_a_terminal_shows_three_with_headers_and_says_how_many_more() {
+    let c = Campaign::new().file("supporters.csv", many_supporters(1_005));
+    let (code, text) = on_a_terminal(c.command(&["preview"]));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("# 1/1,005  supporters.csv:2 → Satya Nadella\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# 3/1,005  supporters.csv:4 → Satya Nadella\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# 4/1,005"), "{text}");
+    assert_eq!(text.matches("Subject: ").count(), 3, "{text}");
+    assert!(text.contains("… 1,002 more: --limit N or --all"), "{text}");
+
+    let (code, text) = on_a_terminal(c.command(&["preview", "--all", "--target", "ceo@corp.example"]));
+    assert_eq!(code, 0);
+    assert!(text.contains("# 1,005/1,005  supporters.csv:1006 → Satya Nadella"));
+    assert!(!text.contains("more: --limit"));
+
+    let (_, text) = on_a_terminal(c.command(&["preview", "--limit", "5"]));
+    assert!(text.contains("# 5/1,005 "));
+    assert!(!text.contains("# 6/1,005") && !text.contains("more: --limit"));
+
+    // On a pipe: every letter, as before, and no header lines.
+    let piped = c.run(&["preview"]);
+    piped.code(0);
+    assert_eq!(piped.stdout.matches("Subject: ").count(), 1_005);
+    assert!(!piped.stdout.contains("# 1/"));
 }

@@ -4,7 +4,7 @@
 //! hands the result to a transport. Rows stream: nothing grows with the file
 //! but the roster's duplicate set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -40,6 +40,8 @@ pub struct Campaign {
     dkim: Option<Arc<DkimConfig>>,
     /// The `Date` of messages built here; `send` dates each again at hand-over.
     date: SystemTime,
+    /// Supporters held back by hand (`mailer skip`): key → the reason shown.
+    holds: HashMap<String, String>,
 }
 
 /// What one CSV row yields.
@@ -89,6 +91,7 @@ impl Campaign {
             globals,
             dkim,
             date: now,
+            holds: HashMap::new(),
         };
         campaign.check_headers()?;
         Ok(campaign)
@@ -170,6 +173,13 @@ impl Campaign {
             Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
+        if let Some(reason) = self.holds.get(&supporter.key) {
+            return Ok(Prepared::Skipped(Skip {
+                line: supporter.line,
+                key: supporter.key,
+                reason: reason.clone(),
+            }));
+        }
         let settings = Envelopes {
             campaign_id: &self.config.campaign.id,
             cc_supporter: self.config.sender.cc_supporter,
@@ -206,6 +216,12 @@ impl Campaign {
     #[must_use]
     pub fn dkim(&self) -> Option<Arc<DkimConfig>> {
         self.dkim.clone()
+    }
+
+    /// Holds these supporters' rows back (`mailer skip`): each yields
+    /// [`Prepared::Skipped`] with its reason instead of letters.
+    pub fn hold(&mut self, holds: HashMap<String, String>) {
+        self.holds = holds;
     }
 
     /// The number of targets (letters per supporter).

@@ -58,10 +58,18 @@ pub enum Command {
     /// Validate the config, the letter and every supporter's letter
     ///
     /// Prints every problem, one per line with its `FILE:LINE`. Sends nothing.
+    /// Exits 1 when something would stop `mailer send` (config, letter, the
+    /// supporters file, a letter that cannot render); rows `send` would only
+    /// skip (invalid, duplicate) are listed but exit 0 unless `--strict`.
+    ///
+    /// Example: mailer check --strict --smtp
     Check {
         /// Also connect to the SMTP server, negotiate TLS, authenticate and quit
         #[arg(long)]
         smtp: bool,
+        /// Fail (exit 1) on rows `send` would skip, too
+        #[arg(long)]
+        strict: bool,
     },
     /// Show the rendered messages, without sending anything
     Preview {
@@ -71,9 +79,12 @@ pub enum Command {
         /// Only letters to this target
         #[arg(long, value_name = "EMAIL")]
         target: Option<String>,
-        /// At most N messages
-        #[arg(long, value_name = "N")]
+        /// At most N messages [default at a terminal: 3]
+        #[arg(long, value_name = "N", conflicts_with = "all")]
         limit: Option<u64>,
+        /// Every message, even at a terminal
+        #[arg(long)]
+        all: bool,
         /// Write one .eml file per message into DIR instead of printing them
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -92,6 +103,39 @@ pub enum Command {
     /// marked \Seen and nothing is deleted. Exit 0 when the mailbox was
     /// read, 75 when its server is unreachable, 1 on config errors.
     Bounces,
+    /// Hold a supporter's letters back until `mailer requeue`
+    ///
+    /// The letters become `skipped` with the reason, and no `mailer send`
+    /// sends them (nor any other letter of that supporter) until requeued.
+    /// A letter already sent is never changed.
+    ///
+    /// Example: mailer skip --supporter ana@example.org --reason "asked to wait"
+    Skip {
+        /// The supporter's email address
+        #[arg(long, value_name = "EMAIL")]
+        supporter: String,
+        /// Only the letter to this target [default: every target]
+        #[arg(long, value_name = "EMAIL")]
+        target: Option<String>,
+        /// Why (kept in the ledger; shown by `status` and `export`)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Put a supporter's failed, unknown or skipped letters back in the queue
+    ///
+    /// Ends a hold from `mailer skip`; the next `mailer send` sends them
+    /// (an unknown letter with the same Message-ID). A sent letter is never
+    /// sent again.
+    ///
+    /// Example: mailer requeue --supporter ana@example.org
+    Requeue {
+        /// The supporter's email address
+        #[arg(long, value_name = "EMAIL")]
+        supporter: String,
+        /// Only the letter to this target [default: every target]
+        #[arg(long, value_name = "EMAIL")]
+        target: Option<String>,
+    },
     /// Counts by state, and every failure with the server's reply
     Status {
         /// Print one JSON object instead of a table

@@ -24,9 +24,11 @@ pub mod cmd;
 pub mod config;
 pub mod dkim;
 pub mod exit;
+pub mod hold;
 pub mod ledger;
 pub mod letter;
 pub mod message;
+pub mod placeholder;
 pub mod report;
 pub mod roster;
 pub mod secret;
@@ -51,13 +53,22 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
+    // `send`, `status` and `export` see letters held by hand (`mailer skip`).
+    let load_held = || -> Result<Campaign> {
+        let mut campaign = load()?;
+        hold::apply(&mut campaign, false)?;
+        Ok(campaign)
+    };
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
-        Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
+        Command::Check { smtp, strict } => {
+            cmd::check::run(&load()?, cmd::check::Options { smtp, strict }, ui)
+        }
         Command::Preview {
             supporter,
             target,
             limit,
+            all,
             out,
         } => cmd::preview::run(
             &load()?,
@@ -66,6 +77,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 target,
                 limit,
                 out,
+                all,
             },
             ui,
         ),
@@ -77,11 +89,32 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
             };
-            cmd::send::run(&load()?, &opts, ui, &clock)
+            let mut campaign = load()?;
+            if !opts.dry_run {
+                placeholder::refuse_on_real_relay(&campaign)?;
+            }
+            hold::apply(&mut campaign, !opts.dry_run)?;
+            cmd::send::run(&campaign, &opts, ui, &clock)
         }
         Command::Bounces => cmd::bounces::run(&load()?, ui, clock.as_ref()),
-        Command::Status { json } => cmd::status::run(&load()?, json),
-        Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
+        Command::Skip {
+            supporter,
+            target,
+            reason,
+        } => {
+            let opts = cmd::skip::Options {
+                supporter,
+                target,
+                reason,
+            };
+            cmd::skip::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Requeue { supporter, target } => {
+            let opts = cmd::requeue::Options { supporter, target };
+            cmd::requeue::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Status { json } => cmd::status::run(&load_held()?, json),
+        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);

@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
+use crate::placeholder;
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
@@ -30,15 +31,39 @@ const FREE_MAIL: [&str; 14] = [
     "gmx.com",
 ];
 
+/// `check` flags, free of clap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Also connect, negotiate TLS, authenticate and quit.
+    pub smtp: bool,
+    /// Rows `send` would skip are errors, not warnings.
+    pub strict: bool,
+}
+
 /// Runs `mailer check`.
-pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
+///
+/// Exit 1 for what would stop `send` (config, letter, the supporters file
+/// itself, a letter that cannot render); rows `send` would merely skip are
+/// listed too but only fail the check with `--strict` (SPEC "Commands").
+pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
+    let Options { smtp, strict } = opts;
     let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
+    // Problems that stop `send`, as opposed to rows it skips.
+    let mut blocking = 0u64;
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
+    // Placeholders matter only where a real relay would deliver them.
+    let mut placeholders = placeholder::real_relay(campaign).map(|_| placeholder::Scan::new(campaign));
     for prepared in campaign.prepared(false)? {
         match prepared {
-            Ok(Prepared::Letters { letters: built, .. }) => {
+            Ok(Prepared::Letters {
+                letters: built,
+                supporter,
+            }) => {
+                if let Some(scan) = &mut placeholders {
+                    scan.observe(&supporter, &built);
+                }
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
@@ -73,12 +98,14 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     }
                     *seen += 1;
                     problems += 1;
+                    blocking += 1;
                 }
                 Err(e) => match e.downcast::<Malformed>() {
                     // The file cannot be read past this line: list it with
                     // the rest, and stop reading rows.
                     Ok(Malformed { at, hint }) => {
                         problems += 1;
+                        blocking += 1;
                         out(&format!("{at}\n"))?;
                         ui.hint(hint);
                         break;
@@ -88,7 +115,43 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
             },
         }
     }
-    for (msg, n) in &template_errors {
+    note_repeats(&template_errors, ui);
+    if let Some(scan) = placeholders {
+        let n = report_placeholders(campaign, scan, ui)?;
+        problems += n;
+        blocking += n;
+    }
+    if let Some(from) = &from {
+        sender_warnings(campaign, from.domain(), ui);
+        if let Some(problem) = return_path_problem(campaign, from.domain()) {
+            // A misaligned return path is the config's problem, not a row's.
+            problems += 1;
+            blocking += 1;
+            out(&format!("{problem}\n"))?;
+        }
+    }
+    unknown_target_warnings(campaign, ui)?;
+    print_summary(campaign, [supporters, letters, problems], ui)?;
+    let rows = problems - blocking;
+    if rows > 0 && blocking == 0 && !strict {
+        ui.hint(&format!(
+            "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
+            if rows == 1 { "that row" } else { "those rows" }
+        ));
+    }
+    if smtp {
+        check_smtp(campaign, ui)?;
+    }
+    Ok(if blocking > 0 || (strict && rows > 0) {
+        Exit::BadInput
+    } else {
+        Exit::Done
+    })
+}
+
+/// Says how often each letter error (printed once, with its first row) repeats.
+fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
+    for (msg, n) in template_errors {
         if *n > 1 {
             ui.note(&format!(
                 "(the same letter error repeats for {} more rows: {})",
@@ -97,33 +160,40 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
             ));
         }
     }
-    if let Some(from) = &from {
-        sender_warnings(campaign, from.domain(), ui);
-        if let Some(problem) = return_path_problem(campaign, from.domain()) {
-            problems += 1;
-            out(&format!("{problem}\n"))?;
-        }
-    }
-    unknown_target_warnings(campaign, ui)?;
+}
+
+/// `N supporters × T targets = L letters ready; P problems` (hidden by `-q`).
+fn print_summary(campaign: &Campaign, [supporters, letters, problems]: [u64; 3], ui: &Ui) -> Result<()> {
     let targets = campaign.target_count();
     let s = |n: u64| if n == 1 { "" } else { "s" };
-    let summary = format!(
-        "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}",
-        thousands(supporters),
-        s(supporters),
-        s(targets as u64),
-        thousands(letters),
-        s(letters),
-        thousands(problems),
-        s(problems),
-    );
     if !ui.quiet {
-        out(&format!("{summary}\n"))?;
+        out(&format!(
+            "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}\n",
+            thousands(supporters),
+            s(supporters),
+            s(targets as u64),
+            thousands(letters),
+            s(letters),
+            thousands(problems),
+            s(problems),
+        ))?;
     }
-    if smtp {
-        check_smtp(campaign, ui)?;
+    Ok(())
+}
+
+/// Lists each placeholder address a real relay would get; returns how many.
+fn report_placeholders(campaign: &Campaign, scan: placeholder::Scan, ui: &Ui) -> Result<u64> {
+    let found = scan.finish();
+    for f in &found {
+        out(&format!("{f}\n"))?;
     }
-    Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
+    if let (false, Some(host)) = (found.is_empty(), placeholder::real_relay(campaign)) {
+        ui.hint(&format!(
+            "`mailer send` refuses to give `{host}` a letter with a placeholder address: \
+             put real ones in their place"
+        ));
+    }
+    Ok(found.len() as u64)
 }
 
 /// The gist of a template error: without its location and the list of

@@ -4,7 +4,9 @@ pub mod check;
 pub mod export;
 pub mod init;
 pub mod preview;
+pub mod requeue;
 pub mod send;
+pub mod skip;
 pub mod status;
 
 use std::fs::{File, OpenOptions};

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::campaign::{Campaign, Prepared};
 use crate::exit::Exit;
-use crate::report::{out, preview_text};
+use crate::report::{out, preview_text, thousands};
 use crate::roster::{Repeat, Skip};
 use crate::ui::Ui;
 
@@ -22,7 +22,12 @@ pub struct Options {
     pub limit: Option<u64>,
     /// Write .eml files here.
     pub out: Option<std::path::PathBuf>,
+    /// Every message, even at a terminal.
+    pub all: bool,
 }
+
+/// Messages shown at a terminal without `--limit` or `--all`.
+pub const TERMINAL_DEFAULT: u64 = 3;
 
 /// Runs `mailer preview`.
 pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
@@ -37,6 +42,19 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     if let Some(dir) = &opts.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     }
+    // At a terminal, a few letters and a count, not thousands scrolling by.
+    let at_terminal = opts.out.is_none() && ui.stdout_is_terminal();
+    let default_limit = opts.limit.is_none() && !opts.all && at_terminal;
+    let limit = if default_limit {
+        Some(TERMINAL_DEFAULT)
+    } else {
+        opts.limit
+    };
+    let total = if at_terminal {
+        count(campaign, want_s.as_deref(), want_t.as_deref())?
+    } else {
+        0
+    };
     let mut shown = 0u64;
     let mut found_supporter = want_s.is_none();
     'rows: for prepared in campaign.prepared(opts.out.is_some())? {
@@ -58,7 +76,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
             if want_t.as_ref().is_some_and(|t| *t != target.key()) {
                 continue;
             }
-            if opts.limit.is_some_and(|l| shown >= l) {
+            if limit.is_some_and(|l| shown >= l) {
                 break 'rows;
             }
             shown += 1;
@@ -73,6 +91,15 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                 if shown > 1 {
                     out(&format!("{}\n", "-".repeat(72)))?;
                 }
+                if at_terminal {
+                    out(&format!(
+                        "# {}/{}  {file}:{} → {}\n",
+                        thousands(shown),
+                        thousands(total),
+                        supporter.line,
+                        target.name.clone().unwrap_or_else(|| target.key())
+                    ))?;
+                }
                 out(&preview_text(&built))?;
             }
         }
@@ -83,6 +110,12 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
             opts.supporter.as_deref().unwrap_or_default()
         );
     }
+    if default_limit && total > shown {
+        ui.note(&format!(
+            "… {} more: --limit N or --all",
+            thousands(total - shown)
+        ));
+    }
     if let Some(dir) = &opts.out {
         ui.note(&format!(
             "wrote {shown} .eml file{} to `{}`",
@@ -91,6 +124,24 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
         ));
     }
     Ok(Exit::Done)
+}
+
+/// How many messages the filters select.
+fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> Result<u64> {
+    let mut n = 0;
+    for prepared in campaign.prepared(false)? {
+        if let Prepared::Letters { supporter: s, .. } = prepared?
+            && supporter.is_none_or(|w| w == s.key)
+        {
+            n += campaign
+                .config
+                .targets
+                .iter()
+                .filter(|t| target.is_none_or(|w| w == t.key()))
+                .count() as u64;
+        }
+    }
+    Ok(n)
 }
 
 fn safe(s: &str) -> String {

@@ -90,7 +90,7 @@ fn issue9_a_quoted_value_spanning_lines_still_works_with_honest_line_numbers() {
          cat@mail.example,Cat,Lin,Reno,\r\n"
     );
     let c = with_supporters(&csv);
-    c.run(&["check"])
+    c.run(&["check", "--strict"])
         .code(1)
         .stdout_has(&format!("{CSV}:5: invalid email `broken`"))
         .stdout_has("3 supporters × 1 target = 3 letters ready; 1 problem\n");

@@ -11,6 +11,7 @@ mod edges_letters;
 mod edges_roster;
 mod edges_run;
 mod edges_wire;
+mod first_hour;
 mod inputs;
 mod security;
 mod terminal;

@@ -591,7 +591,10 @@ fn init_at_a_terminal_asks_and_the_result_passes_check() {
     ] {
         assert!(toml.contains(want), "mailer.toml lacks {want:?}:\n{toml}");
     }
-    c.run(&["-c", "river/mailer.toml", "check"]).code(0);
+    // An untouched scaffold must not pass for a real relay (issue 15 item 2).
+    c.run(&["-c", "river/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("placeholder");
     let r = c.run(&["-c", "river/mailer.toml", "preview", "--limit", "1"]);
     r.code(0);
     assert!(r.stdout.contains("Jane Mayor"), "preview:\n{}", r.stdout);
@@ -609,7 +612,9 @@ fn init_without_a_terminal_writes_defaults_without_asking() {
     for file in ["mailer.toml", "letters/letter.md", "supporters.csv"] {
         assert!(c.join("fresh").join(file).is_file(), "{file} not written");
     }
-    c.run(&["-c", "fresh/mailer.toml", "check"]).code(0);
+    c.run(&["-c", "fresh/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("placeholder");
 }
 
 // ---------------------------------------------------------------------------

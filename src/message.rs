@@ -14,7 +14,7 @@ use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Target;
-use crate::letter::{Part, Rendered, RenderedMailbox};
+use crate::letter::{Part, Rendered, RenderedMailbox, Variant};
 use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
@@ -54,6 +54,9 @@ pub struct Built {
     pub text: String,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
     pub bytes: Vec<u8>,
+    /// Which text it is (letter file, subject variant, version); with
+    /// `encode`, also its body's fingerprint.
+    pub variant: Variant,
 }
 
 /// The Message-ID SPEC.md defines: stable per (campaign, supporter, target).
@@ -248,6 +251,7 @@ pub fn build(
             summary,
             text,
             bytes: Vec::new(),
+            variant: rendered.variant.clone(),
         });
     }
     let message = match &rendered.html {
@@ -267,6 +271,10 @@ pub fn build(
         from: from.email,
         recipients,
         summary,
+        variant: Variant {
+            fingerprint: crate::letter::fingerprint(&text),
+            ..rendered.variant.clone()
+        },
         text,
         bytes: message.formatted(),
     })
@@ -326,6 +334,7 @@ mod tests {
             }),
             text: "Dear Satya,\r\nline two\rline three\n.leading dot\n".into(),
             html: None,
+            variant: Variant::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
 use crate::ui::Ui;
+use crate::uniformity::{Meter, Uniformity};
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
 const FREE_MAIL: [&str; 14] = [
@@ -36,9 +37,14 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
+    let mut meter = Meter::new(&campaign.config.targets);
     for prepared in campaign.prepared(false)? {
         match prepared {
-            Ok(Prepared::Letters { letters: built, .. }) => {
+            Ok(Prepared::Letters {
+                supporter,
+                letters: built,
+            }) => {
+                meter.add(&supporter, &built);
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
@@ -120,10 +126,30 @@ pub fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
     if !ui.quiet {
         out(&format!("{summary}\n"))?;
     }
+    uniformity_lines(meter, ui)?;
     if smtp {
         check_smtp(campaign, ui)?;
     }
     Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
+}
+
+/// One `uniformity:` line per target (stdout), with a hint when high.
+fn uniformity_lines(meter: Meter, ui: &Ui) -> Result<()> {
+    if ui.quiet {
+        return Ok(());
+    }
+    let lines = meter.finish();
+    for line in &lines {
+        out(&format!("{line}\n"))?;
+    }
+    if lines.iter().any(Uniformity::is_high) {
+        ui.hint(
+            "letters that read alike are grouped by mail filters and discounted by staff: add a \
+             `note` field to your signup form and `{{ supporter.note }}` to the letter, or use \
+             subject/letter variants and `one_of(options=[…])` (see the README, \"Variation\")",
+        );
+    }
+    Ok(())
 }
 
 /// The gist of a template error: without its location and the list of

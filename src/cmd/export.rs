@@ -32,6 +32,11 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
         "bounce_status",
         "bounce_diagnostic",
         "bounced_at",
+        "body_fingerprint",
+        "letter_file",
+        "language",
+        "subject_variant",
+        "letter_version",
     ])?;
     // Per letter: its final failure if one came back, else its latest delay notice.
     let mut bounces = std::collections::HashMap::new();
@@ -49,7 +54,7 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             bounces.insert(key, b);
         }
     }
-    let mut failed = None;
+    let mut failed: Option<anyhow::Error> = None;
     census::walk(campaign, ledger.as_ref(), |l| {
         if failed.is_some() {
             return;
@@ -62,6 +67,15 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let bounce = bounces.get(&(l.supporter.clone(), l.target.clone()));
+        // Which text went (recorded when the letter was handed over).
+        let variant = match ledger.as_ref().map(|led| led.variant(&l.supporter, &l.target)) {
+            Some(Err(e)) => {
+                failed = Some(e);
+                return;
+            }
+            Some(Ok(v)) => v.unwrap_or_default(),
+            None => crate::letter::Variant::default(),
+        };
         let row = [
             cell(&l.supporter),
             cell(&l.target),
@@ -78,13 +92,22 @@ pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
                 .and_then(|b| jiff::Timestamp::from_second(b.at).ok())
                 .map(|t| t.to_string())
                 .unwrap_or_default(),
+            variant.fingerprint.clone(),
+            cell(&variant.letter_file),
+            cell(&variant.language),
+            if variant.subject == 0 {
+                String::new()
+            } else {
+                variant.subject.to_string()
+            },
+            variant.version.to_string(),
         ];
         if let Err(e) = w.write_record(&row) {
-            failed = Some(e);
+            failed = Some(e.into());
         }
     })?;
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(e);
     }
     w.flush()?;
     Ok(Exit::Done)

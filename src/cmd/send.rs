@@ -118,6 +118,12 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         report::print_summary(&summary, budget, ui);
         return Ok(Exit::Done);
     }
+    if ui.interactive()
+        && !opts.yes
+        && let Some(changed) = campaign.changed_since_sent(&ledger)?
+    {
+        ui.warn(&changed.to_string());
+    }
     if ui.interactive() && !opts.yes && !confirm(campaign, &summary.plan, to_send, &connector, ui) {
         ui.note("Nothing sent.");
         return Ok(Exit::Done);
@@ -362,6 +368,14 @@ fn dry_run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &dyn Clock) -> R
             .map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
     };
     report::print_plan(campaign, &plan, budget)?;
+    if let Some(changed) = ledger
+        .as_ref()
+        .map(|l| campaign.changed_since_sent(l))
+        .transpose()?
+        .flatten()
+    {
+        ui.warn(&changed.to_string());
+    }
     Ok(Exit::Done)
 }
 
@@ -391,6 +405,7 @@ impl Job {
             target: &self.target,
             line: self.line,
             message_id: &self.built.message_id,
+            variant: &self.built.variant,
         }
     }
 }

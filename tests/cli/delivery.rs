@@ -1022,7 +1022,12 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "message_id",
             "bounce_status",
             "bounce_diagnostic",
-            "bounced_at"
+            "bounced_at",
+            "body_fingerprint",
+            "letter_file",
+            "language",
+            "subject_variant",
+            "letter_version"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader

@@ -11,3 +11,4 @@ mod edges_roster;
 mod inputs;
 mod security;
 mod terminal;
+mod variants;

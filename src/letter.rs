@@ -222,6 +222,7 @@ thread_local! {
 /// `one_of(options=["…", "…"])`: one of the phrasings, the same one every
 /// time for a given letter and call (its options), a different one across
 /// letters. `key="…"` tells apart two calls with the same options.
+#[allow(clippy::needless_pass_by_value)] // the signature Tera calls
 fn one_of(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let usage = || {
         tera::Error::message(
@@ -335,39 +336,7 @@ impl Letter {
             headers.iter().map(|h| (h.key.as_str(), h.text.clone())).collect();
         letter.headers_tera =
             compile(&first_files, &compiled, false).map_err(|e| letter.explain(&e, &letter.bodies[0]))?;
-        let mut common = Sha256::new();
-        for h in headers.iter().filter(|h| h.part != Part::Subject) {
-            common.update(h.key.as_bytes());
-            common.update([0]);
-            common.update(h.text.as_bytes());
-            common.update([0]);
-        }
-        letter.versions = letter
-            .bodies
-            .iter()
-            .map(|b| {
-                let mut h = common.clone();
-                for (name, text) in &b.texts {
-                    h.update(name.as_bytes());
-                    h.update([0]);
-                    h.update(text.as_bytes());
-                    h.update([0]);
-                }
-                headers
-                    .iter()
-                    .filter(|s| s.part == Part::Subject)
-                    .map(|s| {
-                        let mut h = h.clone();
-                        h.update(s.text.as_bytes());
-                        let d = h.finalize();
-                        Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
-                            let _ = write!(s, "{b:02x}");
-                            s
-                        }))
-                    })
-                    .collect()
-            })
-            .collect();
+        letter.versions = versions(&headers, &letter.bodies);
         letter.uses_one_of = headers.iter().any(|h| h.text.contains("one_of"))
             || letter
                 .bodies
@@ -598,6 +567,44 @@ impl Letter {
             },
         })
     }
+}
+
+/// The text version of each (letter file, subject variant): SHA-256 over
+/// the letter file and every template it includes, the subject variant's
+/// template, and the From / Reply-To templates (16 hex digits).
+fn versions(headers: &[HeaderTemplate], bodies: &[Body]) -> Vec<Vec<Arc<str>>> {
+    let mut common = Sha256::new();
+    for h in headers.iter().filter(|h| h.part != Part::Subject) {
+        common.update(h.key.as_bytes());
+        common.update([0]);
+        common.update(h.text.as_bytes());
+        common.update([0]);
+    }
+    bodies
+        .iter()
+        .map(|b| {
+            let mut h = common.clone();
+            for (name, text) in &b.texts {
+                h.update(name.as_bytes());
+                h.update([0]);
+                h.update(text.as_bytes());
+                h.update([0]);
+            }
+            headers
+                .iter()
+                .filter(|s| s.part == Part::Subject)
+                .map(|s| {
+                    let mut h = h.clone();
+                    h.update(s.text.as_bytes());
+                    let d = h.finalize();
+                    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
+                        let _ = write!(s, "{b:02x}");
+                        s
+                    }))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A Tera instance with our settings, `one_of`, and these templates.

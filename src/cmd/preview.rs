@@ -101,12 +101,15 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     Ok(Exit::Done)
 }
 
+/// (letter file, language, subject variant).
+type Combination = (Arc<str>, Arc<str>, u32);
+
 /// `preview --variants`: the first letter of every distinct (letter file,
 /// language, subject variant), in that order, each headed by how many
 /// letters use it. `--supporter`/`--target` narrow the letters counted;
 /// `--limit` caps the variants shown.
 fn variants(campaign: &Campaign, opts: &Options, want_s: Option<&str>, want_t: Option<&str>) -> Result<Exit> {
-    let mut seen: BTreeMap<(Arc<str>, Arc<str>, u32), (u64, Built)> = BTreeMap::new();
+    let mut seen: BTreeMap<Combination, (u64, Built)> = BTreeMap::new();
     for prepared in campaign.prepared(false)? {
         let Prepared::Letters { supporter, letters } = prepared? else {
             continue;

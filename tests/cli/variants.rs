@@ -3,6 +3,7 @@
 //! (ledger, export), the changed-letter warning and `preview --variants`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use crate::support::campaign::Campaign;
 use crate::support::smtp::{Server, ServerOptions};
@@ -58,11 +59,12 @@ fn letters(c: &Campaign) -> BTreeMap<(String, String), Shown> {
 fn supporters(order: impl Iterator<Item = usize>, note: impl Fn(usize) -> String) -> String {
     let mut csv = String::from("email,first_name,last_name,city,note\n");
     for i in order {
-        csv.push_str(&format!(
-            "s{i:04}@mail.example,First{i},Last{i},City{},{}\n",
+        let _ = writeln!(
+            csv,
+            "s{i:04}@mail.example,First{i},Last{i},City{},{}",
             i % 7,
             note(i)
-        ));
+        );
     }
     csv
 }
@@ -317,13 +319,12 @@ fn uniformity_measures_near_identical_letters_and_notes() {
             .unwrap()
     };
     let (a, b) = (by_file(false), by_file(true));
-    let rows: String = supporters(0..20, |_| String::new())
-        .lines()
-        .filter(|l| {
-            l.starts_with("email") || l.starts_with(&format!("{a},")) || l.starts_with(&format!("{b},"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let mut rows = String::new();
+    for l in supporters(0..20, |_| String::new()).lines() {
+        if l.starts_with("email") || l.starts_with(&format!("{a},")) || l.starts_with(&format!("{b},")) {
+            let _ = writeln!(rows, "{l}");
+        }
+    }
     let two = probe.file("supporters.csv", rows);
     let across = uniformity(&two);
     assert!(across.starts_with("uniformity: 0% of the 2 letters"), "{across}");
@@ -495,4 +496,25 @@ fn preview_variants_shows_each_combination_once_with_its_count() {
     assert_eq!(messages.len(), 4);
     assert!(messages[0].body.starts_with("LETTER-A") && messages[3].body.starts_with("LETTER-B"));
     assert_eq!(messages[1].headers["Subject"], "Second subject");
+}
+
+// ---- item 5: the shipped example ----
+
+#[test]
+fn the_shipped_example_varies_and_check_shows_its_uniformity() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = repo.join("config.example.toml");
+    let run = Campaign::new().run(&["-c", config.to_str().unwrap(), "check"]);
+    run.code(0)
+        .stdout_has("uniformity: ")
+        .stdout_has("% of the 12 letters to Satya Nadella are near-identical; ");
+    let preview = Campaign::new().run(&["-c", config.to_str().unwrap(), "preview", "--variants"]);
+    let heads = preview
+        .code(0)
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("# variant "))
+        .count();
+    assert_eq!(heads, 2, "two subject variants:\n{}", preview.stdout);
+    assert!(EXAMPLE_LETTER.contains("one_of(options=["));
 }

@@ -100,6 +100,8 @@ struct Body {
     dir: PathBuf,
     /// The letter folder's template texts by name, for error locations.
     texts: BTreeMap<String, String>,
+    /// Its language: empty (the file itself) until letters come in languages.
+    language: Arc<str>,
 }
 
 /// The compiled letter files and header templates.
@@ -376,6 +378,7 @@ impl Letter {
             name,
             dir,
             texts: files.iter().cloned().collect(),
+            language: Arc::from(""),
         };
         body.plain = compile(&files, &[], false).map_err(|e| self.explain(&e, &body))?;
         if format == Format::Markdown {
@@ -513,7 +516,12 @@ impl Letter {
         html: bool,
     ) -> Result<Rendered> {
         let id = globals.campaign.get("id").map_or("", String::as_str);
-        let target_key = target.key();
+        // Only computed when there is a choice to make (check renders millions).
+        let target_key = if self.subjects > 1 || self.uses_one_of {
+            target.key()
+        } else {
+            String::new()
+        };
         let b = pick(&[id, &supporter.key, "letter"], self.bodies.len());
         let s = pick(&[id, &supporter.key, &target_key, "subject"], self.subjects);
         let body = &self.bodies[b];
@@ -560,7 +568,7 @@ impl Letter {
             html,
             variant: Variant {
                 letter_file: Arc::clone(&body.file),
-                language: Arc::from(""),
+                language: Arc::clone(&body.language),
                 subject: s as u32 + 1,
                 version: Arc::clone(&self.versions[b][s]),
                 fingerprint: String::new(),

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use lettre::message::dkim::DkimConfig;
 
 use crate::config::Config;
+use crate::ledger::Ledger;
 use crate::letter::{self, Globals, Letter};
 use crate::message::{self, Built, Envelopes};
 use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
@@ -29,6 +30,37 @@ impl std::fmt::Display for TemplateError {
 }
 
 impl std::error::Error for TemplateError {}
+
+/// Letters sent from a text that changed since ([`Campaign::changed_since_sent`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// How many letters went with an older text.
+    pub sent: u64,
+    /// Their letter files, as the config named them.
+    pub files: Vec<String>,
+    /// The campaign has several letter files (name them in the warning).
+    pub several_files: bool,
+}
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.several_files {
+            format!("the letter (`{}`)", self.files.join("`, `"))
+        } else {
+            "the letter".to_string()
+        };
+        let n = self.sent;
+        write!(
+            f,
+            "{what} changed since {} letter{} {} sent; the rest will get the new text\n\n\
+             hint: `mailer export` lists which text each letter went with \
+             (letter_file, subject_variant, letter_version)",
+            crate::report::thousands(n),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "was" } else { "were" },
+        )
+    }
+}
 
 /// A loaded campaign, ready to prepare letters.
 pub struct Campaign {
@@ -118,7 +150,7 @@ impl Campaign {
         for h in self.letter.header_templates() {
             let problem = if letter::same_for_every_supporter(&h.text) {
                 self.config.targets.iter().find_map(|target| {
-                    let value = match self.letter.render_header(h.part, target, &self.globals) {
+                    let value = match self.letter.render_header(h, target, &self.globals) {
                         Ok(v) => v,
                         Err(e) => return Some(Err(e)),
                     };
@@ -222,6 +254,30 @@ impl Campaign {
     /// [`Prepared::Skipped`] with its reason instead of letters.
     pub fn hold(&mut self, holds: HashMap<String, String>) {
         self.holds = holds;
+    }
+
+    /// Letters already sent from a text that has changed since: the letter
+    /// file (or what it includes) or one of the config's templates (the
+    /// subject variant, From, Reply-To) was edited, or the file is no
+    /// longer in `[campaign] letter`. `None` when every sent letter's text
+    /// is still the current one (letters sent before texts were recorded
+    /// are not counted).
+    pub fn changed_since_sent(&self, ledger: &Ledger) -> Result<Option<Changed>> {
+        let current = self.letter.versions();
+        let mut changed = Changed::default();
+        for sent in ledger.sent_versions()? {
+            let same = current.iter().any(|(file, subject, version)| {
+                **file == *sent.letter_file && *subject == sent.subject && **version == *sent.version
+            });
+            if !same {
+                changed.sent += sent.letters;
+                if !changed.files.contains(&sent.letter_file) {
+                    changed.files.push(sent.letter_file);
+                }
+            }
+        }
+        changed.several_files = self.letter.files() > 1;
+        Ok((changed.sent > 0).then_some(changed))
     }
 
     /// The number of targets (letters per supporter).

@@ -88,6 +88,10 @@ pub enum Command {
         /// Write one .eml file per message into DIR instead of printing them
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// One letter per distinct letter file, language and subject variant,
+        /// with how many letters use it
+        #[arg(long, conflicts_with = "out")]
+        variants: bool,
     },
     /// Send the letters that are due, recording each in the ledger
     ///

@@ -52,12 +52,57 @@ pub struct Campaign {
     pub name: String,
     /// Organization (`campaign.org`).
     pub org: String,
-    /// The letter template, resolved.
+    /// The letter template, resolved (the first of `letters`).
     pub letter: PathBuf,
     /// `FILE:LINE` of the `letter` key, for error messages.
     pub letter_at: String,
-    /// Subject template.
+    /// Every letter file: `letter` is one path or a list; each supporter
+    /// gets one of them, stably.
+    pub letters: Vec<LetterFile>,
+    /// Subject template (the first of `subjects`).
     pub subject: Source,
+    /// Every subject template: `subject` is one or a list; each letter gets
+    /// one of them, stably.
+    pub subjects: Vec<Source>,
+}
+
+/// One file of `[campaign] letter`.
+#[derive(Debug, Clone)]
+pub struct LetterFile {
+    /// Resolved against the config's folder.
+    pub path: PathBuf,
+    /// As the config writes it: what the ledger records.
+    pub name: String,
+}
+
+/// A value that may be given once or as a list (`letter`, `subject`).
+#[derive(Debug)]
+enum OneOrList {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for OneOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrList, E> {
+                Ok(OneOrList::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(OneOrList::List(items))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A template string from the config, with where it came from.
@@ -336,8 +381,8 @@ struct RawCampaign {
     name: String,
     #[serde(default)]
     org: String,
-    letter: Spanned<PathBuf>,
-    subject: Spanned<String>,
+    letter: Spanned<OneOrList>,
+    subject: Spanned<OneOrList>,
 }
 
 #[derive(Deserialize)]
@@ -521,13 +566,24 @@ impl Config {
         {
             bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
         }
+        let letter_at = at(raw.campaign.letter.span());
+        let letters: Vec<LetterFile> = one_or_list(raw.campaign.letter, "letter", &at)?
+            .into_iter()
+            .map(|s| LetterFile {
+                path: resolve(PathBuf::from(&s.text)),
+                name: s.text,
+            })
+            .collect();
+        let subjects = one_or_list(raw.campaign.subject, "subject", &at)?;
         let campaign = Campaign {
             id: id.clone(),
             name: raw.campaign.name,
             org: raw.campaign.org,
-            letter_at: at(raw.campaign.letter.span()),
-            letter: resolve(raw.campaign.letter.into_inner()),
-            subject: source(raw.campaign.subject),
+            letter_at,
+            letter: letters[0].path.clone(),
+            letters,
+            subject: subjects[0].clone(),
+            subjects,
         };
         let sender = Sender {
             from: source(raw.sender.from),
@@ -588,6 +644,35 @@ impl Config {
             )
         })
     }
+}
+
+/// `letter` / `subject`: one value or a non-empty list, each with its line.
+fn one_or_list(
+    raw: Spanned<OneOrList>,
+    key: &str,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Vec<Source>> {
+    let whole = raw.span();
+    let items = match raw.into_inner() {
+        OneOrList::One(text) => vec![Source {
+            text,
+            location: at(whole.clone()),
+        }],
+        OneOrList::List(items) => items
+            .into_iter()
+            .map(|s| Source {
+                location: at(s.span()),
+                text: s.into_inner(),
+            })
+            .collect(),
+    };
+    if items.is_empty() {
+        bail!(
+            "{}: `{key}` is an empty list: give one value or a list of them\n\nhint: {key} = [\"…\", \"…\"]",
+            at(whole)
+        );
+    }
+    Ok(items)
 }
 
 fn targets_from_raw(

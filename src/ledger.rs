@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::exit::{Exit, Failure};
+use crate::letter::Variant;
 
 /// A letter's state (SPEC.md "Ledger states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,6 +124,8 @@ pub struct Key<'a> {
     pub line: u64,
     /// Message-ID.
     pub message_id: &'a str,
+    /// Which text it is: recorded when the letter is claimed (handed over).
+    pub variant: &'a Variant,
 }
 
 /// The open ledger.
@@ -149,9 +152,6 @@ CREATE TABLE IF NOT EXISTS letters (
     next_attempt_at INTEGER,
     sent_at INTEGER,
     updated_at INTEGER NOT NULL,
-    -- 1: skipped by hand (`mailer skip`) until `mailer requeue`; ledgers
-    -- from before holds get the column on their first open to write.
-    held INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (supporter, target)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempts (
@@ -223,10 +223,7 @@ impl Ledger {
                 "ledger `{shown}` is damaged ({check})\n\nhint: restore it from a backup; do not delete it, or letters may be sent twice"
             );
         }
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("cannot set up ledger `{shown}`"))?;
-        allow_bounced(&conn).with_context(|| format!("cannot upgrade ledger `{shown}`"))?;
-        add_held_column(&conn).with_context(|| format!("cannot set up ledger `{shown}`"))?;
+        set_up(&conn).with_context(|| format!("cannot set up ledger `{shown}`"))?;
         if !owned_by(&conn, path, campaign_id)? {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
@@ -333,17 +330,33 @@ impl Ledger {
         let mut results = Vec::with_capacity(letters.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
-                 VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
+                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at,
+                    fingerprint, letter_file, language, subject_variant, letter_version)
+                 VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (supporter, target) DO UPDATE SET
-                    state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
+                    state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5,
+                    fingerprint = ?6, letter_file = ?7, language = ?8, subject_variant = ?9,
+                    letter_version = ?10
                  WHERE state NOT IN ('sent', 'bounced', 'sending')",
             )?;
             let mut held =
                 tx.prepare_cached("SELECT state FROM letters WHERE supporter = ?1 AND target = ?2")?;
             for k in letters {
+                let v = k.variant;
+                let known = !v.version.is_empty();
                 let changed = stmt
-                    .execute(params![k.supporter, k.target, k.line as i64, k.message_id, now])
+                    .execute(params![
+                        k.supporter,
+                        k.target,
+                        k.line as i64,
+                        k.message_id,
+                        now,
+                        Some(v.fingerprint.as_str()).filter(|f| !f.is_empty()),
+                        known.then_some(&*v.letter_file),
+                        known.then_some(&*v.language),
+                        known.then_some(v.subject),
+                        known.then_some(&*v.version),
+                    ])
                     .map_err(|e| disk_error(e, &self.path))?;
                 results.push(if changed == 1 {
                     Ok(())
@@ -655,6 +668,117 @@ impl Ledger {
     }
 }
 
+/// The columns that say which text a handed-over letter was (issue 12).
+const VARIANT_COLUMNS: [(&str, &str); 5] = [
+    ("fingerprint", "TEXT"),
+    ("letter_file", "TEXT"),
+    ("language", "TEXT"),
+    ("subject_variant", "INTEGER"),
+    ("letter_version", "TEXT"),
+];
+
+/// Ledgers written before variants were recorded lack their columns: add
+/// them (NULL for the letters already there: their text is not known), in
+/// one transaction. `ALTER TABLE … ADD COLUMN` keeps every row, index and
+/// constraint, and a later rebuild (see [`allow_bounced`]) keeps the columns.
+fn add_variant_columns(conn: &Connection) -> Result<()> {
+    let have = letter_columns(conn)?;
+    let missing: Vec<_> = VARIANT_COLUMNS
+        .iter()
+        .filter(|(name, _)| !have.iter().any(|h| h == name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    for (name, kind) in missing {
+        tx.execute_batch(&format!("ALTER TABLE letters ADD COLUMN {name} {kind}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The `letters` table's column names.
+fn letter_columns(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('letters')")?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(Into::into)
+}
+
+/// Letters sent from one text: what [`Ledger::sent_versions`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentVersion {
+    /// The letter file, as the config named it then.
+    pub letter_file: String,
+    /// Its language (empty: the file itself).
+    pub language: String,
+    /// The subject variant (1-based).
+    pub subject: u32,
+    /// The text version (see [`Variant::version`]).
+    pub version: String,
+    /// How many letters went with it.
+    pub letters: u64,
+}
+
+impl Ledger {
+    /// Whether this ledger records variants (a read-only ledger from
+    /// before them does not, and reads as if none were recorded).
+    fn has_variants(&self) -> Result<bool> {
+        Ok(letter_columns(&self.conn)?.iter().any(|c| c == "letter_version"))
+    }
+
+    /// Which text a letter was handed over with, if recorded.
+    pub fn variant(&self, supporter: &str, target: &str) -> Result<Option<Variant>> {
+        let stmt = self.conn.prepare_cached(
+            "SELECT fingerprint, letter_file, language, subject_variant, letter_version
+             FROM letters WHERE supporter = ?1 AND target = ?2 AND letter_version IS NOT NULL",
+        );
+        let mut stmt = match stmt {
+            Ok(stmt) => stmt,
+            // A ledger from before variants, opened read-only: none recorded.
+            Err(e) if e.to_string().contains("no such column") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        stmt.query_row([supporter, target], |r| {
+            Ok(Variant {
+                fingerprint: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                letter_file: r.get::<_, Option<String>>(1)?.unwrap_or_default().into(),
+                language: r.get::<_, Option<String>>(2)?.unwrap_or_default().into(),
+                subject: r.get::<_, Option<u32>>(3)?.unwrap_or_default(),
+                version: r.get::<_, String>(4)?.into(),
+            })
+        })
+        .optional()
+        .map_err(Into::into)
+    }
+
+    /// Sent (and bounced) letters counted by the text they went with;
+    /// letters sent before texts were recorded are left out.
+    pub fn sent_versions(&self) -> Result<Vec<SentVersion>> {
+        if !self.has_variants()? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT coalesce(letter_file, ''), coalesce(language, ''), coalesce(subject_variant, 0),
+                letter_version, count(*)
+             FROM letters WHERE state IN ('sent', 'bounced') AND letter_version IS NOT NULL
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SentVersion {
+                letter_file: r.get(0)?,
+                language: r.get(1)?,
+                subject: r.get(2)?,
+                version: r.get(3)?,
+                letters: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+}
+
 /// Ledgers written before `bounced` existed have a CHECK that refuses it:
 /// rebuild `letters` from its own stored definition with the state added
 /// (keeping every column and index it has), in one transaction.
@@ -694,6 +818,15 @@ fn allow_bounced(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The schema, and the upgrades of ledgers older versions wrote: each
+/// writes only what is missing, so on a current ledger it writes nothing.
+fn set_up(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    allow_bounced(conn)?;
+    add_held_column(conn)?;
+    add_variant_columns(conn)
+}
+
 /// Writes a new, complete ledger file at `path`: built under a temporary
 /// name, then linked into place only if `path` is still free. So mailer
 /// never leaves a zero-length ledger behind, and a zero-length one is never
@@ -704,17 +837,19 @@ fn create(path: &Path, campaign_id: &str) -> Result<()> {
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     drop(new_private_file(&tmp).map_err(|e| write_error(&e, path))?);
-    let built = (|| -> rusqlite::Result<()> {
-        let conn = Connection::open(&tmp)?;
-        conn.execute_batch(SCHEMA)?;
+    // Built complete (every upgrade included), so that opening it writes
+    // nothing: a fresh ledger's first open never adds columns in its WAL.
+    let built = (|| -> Result<()> {
+        let conn = Connection::open(&tmp).map_err(|e| disk_error(e, path))?;
+        set_up(&conn)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
             [campaign_id],
-        )?;
-        conn.close().map_err(|(_, e)| e)
+        )
+        .map_err(|e| disk_error(e, path))?;
+        conn.close().map_err(|(_, e)| disk_error(e, path))
     })();
     let placed = built
-        .map_err(|e| disk_error(e, path))
         .and_then(|()| File::open(&tmp)?.sync_all().map_err(Into::into))
         .and_then(|()| match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
@@ -1143,6 +1278,7 @@ struct OwnedKey {
     target: String,
     line: u64,
     message_id: String,
+    variant: Variant,
 }
 
 impl SharedLedger {
@@ -1176,6 +1312,7 @@ impl SharedLedger {
                 target: key.target.to_string(),
                 line: key.line,
                 message_id: key.message_id.to_string(),
+                variant: key.variant.clone(),
             };
             q.pending.push((ticket, owned));
             ticket
@@ -1195,6 +1332,7 @@ impl SharedLedger {
                 target: &k.target,
                 line: k.line,
                 message_id: &k.message_id,
+                variant: &k.variant,
             })
             .collect();
         let outcome = ledger.claim_many(&keys, now);
@@ -1248,6 +1386,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         assert_eq!(
@@ -1284,6 +1423,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 3,
             message_id: "<id2@o>",
+            variant: &Variant::default(),
         };
         l.record(
             &b,
@@ -1315,6 +1455,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         let refused = vec![
@@ -1370,6 +1511,7 @@ mod tests {
                         target: "t@x.org",
                         line: i,
                         message_id: "<m@o>",
+                        variant: &Variant::default(),
                     };
                     shared.claim(&key, 1).unwrap();
                     shared
@@ -1396,6 +1538,7 @@ mod tests {
             target: "t@x.org",
             line: 2,
             message_id: "<a@o>",
+            variant: &Variant::default(),
         };
         l.claim(&sent, 1).unwrap();
         l.record(&sent, &Outcome::Sent("250 ok".into()), true, 2).unwrap();
@@ -1442,6 +1585,67 @@ mod tests {
             l.release("b@x.org", "t@x.org", 6).unwrap(),
             Change::Untouched(State::Pending)
         );
+    }
+
+    #[test]
+    fn old_ledgers_gain_the_variant_columns_and_keep_their_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // A ledger as the previous version wrote it: no variant columns,
+        // no `bounced` either (both upgrades run, in order).
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",'bounced'", "")).unwrap();
+        old.execute_batch(
+            "INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO letters (supporter, target, state, attempts, message_id, sent_at, updated_at)
+             VALUES ('a@x.org', 't@x.org', 'sent', 1, '<m@o>', 5, 5);",
+        )
+        .unwrap();
+        drop(old);
+        // Read-only, before any upgrade: no variants, no error.
+        let ro = Ledger::open_existing(&path, "c").unwrap().unwrap();
+        assert_eq!(ro.variant("a@x.org", "t@x.org").unwrap(), None);
+        assert!(ro.sent_versions().unwrap().is_empty());
+        drop(ro);
+        let l = Ledger::open(&path, "c").unwrap();
+        let cols = letter_columns(&l.conn).unwrap();
+        for (name, _) in VARIANT_COLUMNS {
+            assert!(cols.iter().any(|c| c == name), "{name} missing: {cols:?}");
+        }
+        assert_eq!(l.get("a@x.org", "t@x.org").unwrap().unwrap().state, State::Sent);
+        // The old letter's text is unknown; a new one records its own.
+        assert_eq!(l.variant("a@x.org", "t@x.org").unwrap(), None);
+        let v = Variant {
+            letter_file: "letters/a.md".into(),
+            language: "".into(),
+            subject: 2,
+            version: "00112233aabbccdd".into(),
+            fingerprint: "ffeeddccbbaa9988".into(),
+        };
+        let key = Key {
+            supporter: "b@x.org",
+            target: "t@x.org",
+            line: 3,
+            message_id: "<n@o>",
+            variant: &v,
+        };
+        l.claim(&key, 6).unwrap();
+        l.record(&key, &Outcome::Sent("250".into()), true, 7).unwrap();
+        assert_eq!(l.variant("b@x.org", "t@x.org").unwrap(), Some(v));
+        assert_eq!(
+            l.sent_versions().unwrap(),
+            vec![SentVersion {
+                letter_file: "letters/a.md".into(),
+                language: String::new(),
+                subject: 2,
+                version: "00112233aabbccdd".into(),
+                letters: 1,
+            }]
+        );
+        drop(l);
+        // Opening again changes nothing.
+        let l = Ledger::open(&path, "c").unwrap();
+        assert_eq!(letter_columns(&l.conn).unwrap().len(), cols.len());
     }
 
     #[test]
@@ -1505,6 +1709,7 @@ mod tests {
             target: "t@x.org",
             line: 2,
             message_id: "<m@o>",
+            variant: &Variant::default(),
         };
         assert!(l.claim(&key, 20).is_err());
         assert_eq!(l.bounces().unwrap(), vec![b]);
@@ -1548,6 +1753,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         let err = l.claim(&a, 101).unwrap_err();

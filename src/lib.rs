@@ -8,7 +8,8 @@
 //! - `send` alone adds `ledger` (`SQLite`, crash-safe states and the run lock),
 //!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
 //!   failures) and `throttle` (rate).
-//! - `census` joins CSV and ledger for `status` and `export`.
+//! - `census` joins CSV and ledger for `status` and `export`;
+//!   `uniformity` measures how alike the letters are, for `check`.
 //! - `bounces` reads the bounce mailbox (Maildir, mbox, IMAP) and ties each
 //!   delivery status notification to its letter (VERP token or Message-ID).
 //! - `report` formats data for stdout; `ui` talks to the person on stderr;
@@ -35,6 +36,7 @@ pub mod secret;
 pub mod throttle;
 pub mod transport;
 pub mod ui;
+pub mod uniformity;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,6 +72,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             limit,
             all,
             out,
+            variants,
         } => cmd::preview::run(
             &load()?,
             &cmd::preview::Options {
@@ -78,6 +81,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 limit,
                 out,
                 all,
+                variants,
             },
             ui,
         ),

@@ -15,7 +15,7 @@ use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Target;
-use crate::letter::{Part, Rendered, RenderedMailbox};
+use crate::letter::{Part, Rendered, RenderedMailbox, Variant};
 use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
@@ -57,6 +57,9 @@ pub struct Built {
     pub bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
     unsigned: Option<Message>,
+    /// Which text it is (letter file, subject variant, version); with
+    /// `encode`, also its body's fingerprint.
+    pub variant: Variant,
 }
 
 impl Built {
@@ -269,6 +272,7 @@ pub fn build(
             text,
             bytes: Vec::new(),
             unsigned: None,
+            variant: rendered.variant.clone(),
         });
     }
     let message = match &rendered.html {
@@ -289,6 +293,10 @@ pub fn build(
         from: from.email,
         recipients,
         summary,
+        variant: Variant {
+            fingerprint: crate::letter::fingerprint(&text),
+            ..rendered.variant.clone()
+        },
         text,
         bytes: message.formatted(),
         unsigned: Some(unsigned),
@@ -349,6 +357,7 @@ mod tests {
             }),
             text: "Dear Satya,\r\nline two\rline three\n.leading dot\n".into(),
             html: None,
+            variant: Variant::default(),
         }
     }
 

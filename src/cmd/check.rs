@@ -12,6 +12,7 @@ use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
 use crate::ui::Ui;
+use crate::uniformity::{Meter, Uniformity};
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
 const FREE_MAIL: [&str; 14] = [
@@ -55,6 +56,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     let mut from = None;
     // Placeholders matter only where a real relay would deliver them.
     let mut placeholders = placeholder::real_relay(campaign).map(|_| placeholder::Scan::new(campaign));
+    let mut meter = Meter::new(&campaign.config.targets);
     for prepared in campaign.prepared(false)? {
         match prepared {
             Ok(Prepared::Letters {
@@ -64,6 +66,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                 if let Some(scan) = &mut placeholders {
                     scan.observe(&supporter, &built);
                 }
+                meter.add(&supporter, &built);
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
@@ -139,6 +142,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
             if rows == 1 { "that row" } else { "those rows" }
         ));
     }
+    uniformity_lines(meter, ui)?;
     if smtp {
         check_smtp(campaign, ui)?;
     }
@@ -194,6 +198,25 @@ fn report_placeholders(campaign: &Campaign, scan: placeholder::Scan, ui: &Ui) ->
         ));
     }
     Ok(found.len() as u64)
+}
+
+/// One `uniformity:` line per target (stdout), with a hint when high.
+fn uniformity_lines(meter: Meter, ui: &Ui) -> Result<()> {
+    if ui.quiet {
+        return Ok(());
+    }
+    let lines = meter.finish();
+    for line in &lines {
+        out(&format!("{line}\n"))?;
+    }
+    if lines.iter().any(Uniformity::is_high) {
+        ui.hint(
+            "letters that read alike are grouped by mail filters and discounted by staff: add a \
+             `note` field to your signup form and `{{ supporter.note }}` to the letter, or use \
+             subject/letter variants and `one_of(options=[…])` (see the README, \"Variation\")",
+        );
+    }
+    Ok(())
 }
 
 /// The gist of a template error: without its location and the list of

@@ -1,12 +1,15 @@
 //! `mailer preview`: `send` without the transport — the same pipeline,
 //! printed (or written as .eml files) instead of delivered.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 
 use crate::campaign::{Campaign, Prepared};
 use crate::exit::Exit;
+use crate::message::Built;
 use crate::report::{out, preview_text, thousands};
 use crate::roster::{Repeat, Skip};
 use crate::ui::Ui;
@@ -24,6 +27,8 @@ pub struct Options {
     pub out: Option<std::path::PathBuf>,
     /// Every message, even at a terminal.
     pub all: bool,
+    /// One letter per (letter file, language, subject variant), with counts.
+    pub variants: bool,
 }
 
 /// Messages shown at a terminal without `--limit` or `--all`.
@@ -38,6 +43,9 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
         && !campaign.config.targets.iter().any(|x| &x.key() == t)
     {
         anyhow::bail!("no target `{t}` in the config\n\nhint: --target takes one of the [[targets]] emails");
+    }
+    if opts.variants {
+        return variants(campaign, opts, want_s.as_deref(), want_t.as_deref());
     }
     if let Some(dir) = &opts.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
@@ -142,6 +150,56 @@ fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> 
         }
     }
     Ok(n)
+}
+
+/// (letter file, language, subject variant).
+type Combination = (Arc<str>, Arc<str>, u32);
+
+/// `preview --variants`: the first letter of every distinct (letter file,
+/// language, subject variant), in that order, each headed by how many
+/// letters use it. `--supporter`/`--target` narrow the letters counted;
+/// `--limit` caps the variants shown.
+fn variants(campaign: &Campaign, opts: &Options, want_s: Option<&str>, want_t: Option<&str>) -> Result<Exit> {
+    let mut seen: BTreeMap<Combination, (u64, Built)> = BTreeMap::new();
+    for prepared in campaign.prepared(false)? {
+        let Prepared::Letters { supporter, letters } = prepared? else {
+            continue;
+        };
+        if want_s.is_some_and(|s| s != supporter.key) {
+            continue;
+        }
+        for (target, built) in campaign.config.targets.iter().zip(letters) {
+            if want_t.is_some_and(|t| t != target.key()) {
+                continue;
+            }
+            let v = &built.variant;
+            let key = (Arc::clone(&v.letter_file), Arc::clone(&v.language), v.subject);
+            seen.entry(key).or_insert((0, built)).0 += 1;
+        }
+    }
+    let subjects = campaign.config.campaign.subjects.len();
+    let limit = opts.limit.unwrap_or(u64::MAX);
+    for (i, ((file, language, subject), (n, built))) in seen.iter().enumerate() {
+        if i as u64 >= limit {
+            break;
+        }
+        if i > 0 {
+            out(&format!("{}\n", "-".repeat(72)))?;
+        }
+        let language = if language.is_empty() {
+            String::new()
+        } else {
+            format!(", language `{language}`")
+        };
+        out(&format!(
+            "# variant {}: letter `{file}`{language}, subject {subject} of {subjects} — used by {} letter{}\n",
+            i + 1,
+            thousands(*n),
+            if *n == 1 { "" } else { "s" }
+        ))?;
+        out(&preview_text(built))?;
+    }
+    Ok(Exit::Done)
 }
 
 fn safe(s: &str) -> String {

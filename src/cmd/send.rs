@@ -127,6 +127,12 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     }
     if ui.interactive()
         && !opts.yes
+        && let Some(changed) = campaign.changed_since_sent(&ledger)?
+    {
+        ui.warn(&changed.to_string());
+    }
+    if ui.interactive()
+        && !opts.yes
         && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
     {
         ui.note("Nothing sent.");
@@ -573,6 +579,14 @@ fn dry_run(
             .map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
     };
     report::print_plan(campaign, &plan, budget)?;
+    if let Some(changed) = ledger
+        .as_ref()
+        .map(|l| campaign.changed_since_sent(l))
+        .transpose()?
+        .flatten()
+    {
+        ui.warn(&changed.to_string());
+    }
     Ok(Exit::Done)
 }
 
@@ -645,6 +659,7 @@ impl Job {
             target: &self.target,
             line: self.line,
             message_id: &self.built.message_id,
+            variant: &self.built.variant,
         }
     }
 }

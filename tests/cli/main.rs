@@ -15,3 +15,4 @@ mod first_hour;
 mod inputs;
 mod security;
 mod terminal;
+mod variants;

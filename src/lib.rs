@@ -29,6 +29,7 @@ pub mod ledger;
 pub mod letter;
 pub mod message;
 pub mod placeholder;
+pub mod provider;
 pub mod report;
 pub mod roster;
 pub mod secret;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::placeholder;
+use crate::provider;
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
@@ -207,7 +208,18 @@ fn short(msg: &str) -> &str {
 /// DMARC alignment and DKIM advice (warnings, never errors).
 fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     let from_domain = from_domain.to_ascii_lowercase();
-    if FREE_MAIL.contains(&from_domain.as_str()) {
+    let host = campaign.config.smtp.as_ref().map_or("", |s| s.host.as_str());
+    let login_domain = campaign
+        .config
+        .smtp
+        .as_ref()
+        .and_then(|s| s.username.as_deref())
+        .and_then(|u| u.rsplit_once('@'))
+        .map(|(_, d)| d);
+    // A volunteer sending as themselves through their provider's own server
+    // is exactly what that provider's DMARC policy allows.
+    let as_itself = provider::sends_as_itself(host, &from_domain, login_domain);
+    if FREE_MAIL.contains(&from_domain.as_str()) && !as_itself {
         ui.warn(&format!(
             "From uses `{from_domain}`, a free-mail domain: its DMARC policy makes receivers reject mail \
              from it sent through other servers\n\nhint: send From an address on your organization's own \
@@ -229,6 +241,8 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
         ));
     }
     match &campaign.config.dkim {
+        // Gmail, Outlook, Fastmail… sign every letter they take.
+        None if provider::always_signs(host) => {}
         None => ui.warn(&format!(
             "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
              `{from_domain}`; otherwise add [dkim] (see config.example.toml)"

@@ -93,6 +93,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let mut campaign = load()?;
             if !opts.dry_run {
                 placeholder::refuse_on_real_relay(&campaign)?;
+                cmd::init::refuse_unwritten(&campaign)?;
             }
             hold::apply(&mut campaign, !opts.dry_run)?;
             cmd::send::run(&campaign, &opts, ui, &clock)

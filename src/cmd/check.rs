@@ -122,6 +122,15 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
         problems += n;
         blocking += n;
     }
+    for at in crate::cmd::init::unwritten_letters(campaign) {
+        // The skeleton `mailer init` wrote: nobody wrote the letter yet.
+        problems += 1;
+        blocking += 1;
+        out(&format!(
+            "{at}: the letter still says \"{}\": write your letter there first\n",
+            crate::cmd::init::UNWRITTEN
+        ))?;
+    }
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
         if let Some(problem) = return_path_problem(campaign, from.domain()) {

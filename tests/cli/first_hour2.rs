@@ -1,0 +1,317 @@
+//! Issue 15, "the first hour", continued: `init` for a volunteer, the DMARC
+//! and DKIM warnings for someone sending as themselves, `status` and
+//! `export` for following a campaign, errors a person can act on, help and
+//! the man page, the example config and `preview --html`.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+
+use crate::support::campaign::Campaign;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `mailer` with stdin, stdout and stderr on a fresh pseudo-terminal.
+struct Term {
+    child: Child,
+    master: File,
+    chunks: Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Term {
+    fn spawn(mut cmd: Command) -> Term {
+        let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .expect("open /dev/ptmx");
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let tty = || Stdio::from(slave.try_clone().unwrap());
+        cmd.env("TERM", "xterm-256color")
+            .stdin(tty())
+            .stdout(tty())
+            .stderr(tty());
+        let child = cmd.spawn().expect("spawn mailer on a pty");
+        drop(cmd);
+        drop(slave);
+        let mut reader = File::from(master.try_clone().unwrap());
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Term {
+            child,
+            master: File::from(master),
+            chunks,
+            seen: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).replace("\r\n", "\n")
+    }
+
+    /// Waits until the terminal shows `needle`.
+    #[track_caller]
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.text().contains(needle) {
+            match self
+                .chunks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the terminal never showed {needle:?}\n--- terminal\n{}",
+                        self.text()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answers the question `question` (waits for it first) with `keys` and Enter.
+    #[track_caller]
+    fn answer(&mut self, question: &str, keys: &str) {
+        self.expect(question);
+        // Later questions must be found after this answer's echo.
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.write_all(b"\r").unwrap();
+        self.master.flush().unwrap();
+        let echo = format!("{keys}\r\n");
+        self.expect(&format!("{keys}\n"));
+        // Keep only what came after the echo (the next question may be there).
+        let at = self
+            .seen
+            .windows(echo.len())
+            .position(|w| w == echo.as_bytes())
+            .expect("the echo");
+        self.seen.drain(..at + echo.len());
+    }
+
+    #[track_caller]
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .chunks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("mailer did not exit\n--- terminal\n{}", self.text());
+                }
+            }
+        }
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, self.text())
+    }
+}
+
+fn read(c: &Campaign, rel: &str) -> String {
+    std::fs::read_to_string(c.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+// ---------------------------------------------------------------- item 1: init for a volunteer
+
+#[test]
+fn issue15_init_asks_a_volunteer_and_writes_their_own_letter() {
+    let c = Campaign::new();
+    let mut t = Term::spawn(c.command(&["init", "mine"]));
+    t.answer("Your name", "Ana López");
+    t.answer("Your email", "ana@gmail.com");
+    t.answer("Target's name", "Jane Mayor");
+    t.answer("Target's email", "not an address");
+    t.expect("that is not an email address");
+    t.answer("Target's email", "mayor@springfield.gov");
+    t.answer("Subject [A letter from Ana López]", "");
+    t.expect("1) Gmail (smtp.gmail.com)");
+    t.expect("3) Fastmail (smtp.fastmail.com)");
+    t.expect("4) another SMTP server");
+    // Gmail is offered first because the address is a Gmail one.
+    t.answer("Choose 1-4 [1]", "");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("Created a campaign in `mine`"), "{text}");
+    assert!(text.contains("Gmail's sending limits"), "{text}");
+
+    let toml = read(&c, "mine/mailer.toml");
+    for want in [
+        "from = \"Ana López <ana@gmail.com>\"",
+        "name = \"Jane Mayor\"",
+        "email = \"mayor@springfield.gov\"",
+        "host = \"smtp.gmail.com\"",
+        "port = 465",
+        "security = \"tls\"",
+        "username = \"ana@gmail.com\"",
+        "subject = \"A letter from {{ supporter.name }}\"",
+        "id = \"letter-to-jane-mayor\"",
+    ] {
+        assert!(toml.contains(want), "mailer.toml lacks {want:?}:\n{toml}");
+    }
+    for unwanted in [" via ", "Microsoft", "ICE", ".example\"", ".example>", "reply_to"] {
+        assert!(!toml.contains(unwanted), "mailer.toml has {unwanted:?}:\n{toml}");
+    }
+    assert_eq!(
+        read(&c, "mine/supporters.csv"),
+        "email,name\nana@gmail.com,Ana López\n"
+    );
+    let letter = read(&c, "mine/letters/letter.md");
+    assert!(letter.starts_with("Dear {{ target.name }},"), "{letter}");
+    assert!(letter.contains("Write your letter here"), "{letter}");
+    assert!(
+        !letter.contains("Microsoft") && !letter.contains("ICE"),
+        "{letter}"
+    );
+
+    // The letter reads as the skeleton, addressed to the target by name.
+    let preview = c.run(&["-c", "mine/mailer.toml", "preview"]);
+    preview
+        .code(0)
+        .stdout_has("From: Ana López <ana@gmail.com>")
+        .stdout_has("To: Jane Mayor <mayor@springfield.gov>")
+        .stdout_has("Dear Jane Mayor,")
+        .stdout_has("Subject: A letter from Ana");
+    // An unwritten letter never goes out: check names it, send refuses.
+    c.run(&["-c", "mine/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("mine/letters/letter.md:3: the letter still says \"Write your letter here\"");
+    c.run(&["-c", "mine/mailer.toml", "send", "--yes"])
+        .code(1)
+        .stderr_has("not sending through `smtp.gmail.com`")
+        .stderr_has("still says \"Write your letter here\"");
+    // Written, it passes: no placeholder, no DMARC or DKIM warning for Gmail itself.
+    let c = c.file(
+        "mine/letters/letter.md",
+        "Dear {{ target.name }},\n\nPlease fix the bridge.\n\n{{ supporter.name }}\n",
+    );
+    let check = c.run(&["-c", "mine/mailer.toml", "check"]);
+    check
+        .code(0)
+        .stdout_has("1 supporter × 1 target = 1 letter ready; 0 problems");
+    assert!(!check.stderr.contains("warning"), "{}", check.stderr);
+}
+
+#[test]
+fn issue15_init_with_another_server_asks_host_port_security_and_login() {
+    let c = Campaign::new();
+    let mut t = Term::spawn(c.command(&["init", "own"]));
+    t.answer("Your name", "Sam Okafor");
+    t.answer("Your email", "sam@riverfriends.org");
+    t.answer("Target's name", "City Council");
+    t.answer("Target's email", "council@springfield.gov");
+    t.answer("Subject", "Save the river");
+    // An address no preset owns: "another server" is the default.
+    t.answer("Choose 1-4 [4]", "");
+    t.answer("SMTP server (host name)", "mail.riverfriends.org");
+    t.answer("Port [587]", "465");
+    t.answer("Security (starttls or tls) [tls]", "TLS");
+    t.answer("Login name [sam@riverfriends.org]", "");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "{text}");
+    let toml = read(&c, "own/mailer.toml");
+    for want in [
+        "from = \"Sam Okafor <sam@riverfriends.org>\"",
+        "subject = \"Save the river\"",
+        "host = \"mail.riverfriends.org\"",
+        "port = 465",
+        "security = \"tls\"",
+        "username = \"sam@riverfriends.org\"",
+    ] {
+        assert!(toml.contains(want), "mailer.toml lacks {want:?}:\n{toml}");
+    }
+}
+
+#[test]
+fn issue15_init_cancelled_at_the_end_of_input_writes_nothing() {
+    let c = Campaign::new();
+    let mut t = Term::spawn(c.command(&["init", "gone"]));
+    t.answer("Your name", "Ana");
+    t.expect("Your email");
+    t.master.write_all(&[4]).unwrap(); // Ctrl-D
+    let (code, text) = t.finish();
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("init cancelled"), "{text}");
+    assert!(!c.join("gone/mailer.toml").exists());
+}
+
+#[test]
+fn issue15_init_without_a_terminal_writes_the_skeleton_with_placeholders() {
+    let c = Campaign::new();
+    let r = c.run(&["init", "fresh"]);
+    r.code(0).stderr_has("No terminal, so nothing was asked");
+    let toml = read(&c, "fresh/mailer.toml");
+    assert!(
+        toml.contains("from = \"Your Name <you@your-provider.example>\""),
+        "{toml}"
+    );
+    assert!(!toml.contains(" via "), "{toml}");
+    assert_eq!(
+        read(&c, "fresh/supporters.csv"),
+        "email,name\nyou@your-provider.example,Your Name\n"
+    );
+    assert!(read(&c, "fresh/letters/letter.md").contains("Write your letter here"));
+    // Valid: it renders; check names every placeholder and the unwritten letter.
+    c.run(&["-c", "fresh/mailer.toml", "preview"])
+        .code(0)
+        .stdout_has("Dear Target Name,");
+    c.run(&["-c", "fresh/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("From `you@your-provider.example` is a placeholder")
+        .stdout_has("target `target@their-office.example` is a placeholder")
+        .stdout_has("still says \"Write your letter here\"");
+}
+
+// ---------------------------------------------------------------- item 5: DMARC and DKIM warnings
+
+fn sender(from: &str, host: &str, username: &str) -> Campaign {
+    let c = Campaign::new();
+    let head = c
+        .config_text()
+        .replace("{{ supporter.name }} via Test Org <letters@org.example>", from)
+        .replace("reply_to = \"{{ supporter.email }}\"\n", "");
+    c.head(&head)
+        .section(&format!("[smtp]\nhost = \"{host}\"\nusername = \"{username}\"\n"))
+}
+
+#[test]
+fn issue15_no_dmarc_or_dkim_warning_for_a_volunteer_sending_as_themselves() {
+    for (from, host) in [
+        ("Ana <ana@gmail.com>", "smtp.gmail.com"),
+        ("Ana <ana@outlook.com>", "smtp.office365.com"),
+        ("Ana <ana@fastmail.com>", "smtp.fastmail.com"),
+    ] {
+        let login = from.trim_end_matches('>').rsplit('<').next().unwrap();
+        let check = sender(from, host, login).run(&["check"]);
+        assert!(!check.stderr.contains("free-mail"), "{host}: {}", check.stderr);
+        assert!(!check.stderr.contains("[dkim]"), "{host}: {}", check.stderr);
+    }
+    // Gmail's address through another relay is still warned about…
+    let other = sender("Ana <ana@gmail.com>", "smtp.relay.org", "ana@gmail.com").run(&["check"]);
+    other
+        .stderr_has("free-mail domain")
+        .stderr_has("no [dkim] section");
+    // …and so is another account's address through Gmail.
+    let login = sender("Ana <ana@gmail.com>", "smtp.gmail.com", "letters@org.net").run(&["check"]);
+    login.stderr_has("free-mail domain");
+}

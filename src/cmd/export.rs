@@ -42,6 +42,10 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
         "bounce_status",
         "bounce_diagnostic",
         "bounced_at",
+        // Issue 15: who and where, for people reading the sheet.
+        "supporter_name",
+        "target_name",
+        "csv_line",
     ])
     .map_err(|e| failed_to(csv_error(e)))?;
     // Per letter: its final failure if one came back, else its latest delay notice.
@@ -90,6 +94,9 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
                 .and_then(|b| jiff::Timestamp::from_second(b.at).ok())
                 .map(|t| t.to_string())
                 .unwrap_or_default(),
+            cell(l.supporter_name.as_deref().unwrap_or_default()),
+            cell(l.target_name.as_deref().unwrap_or_default()),
+            l.line.map(|n| n.to_string()).unwrap_or_default(),
         ];
         if let Err(e) = w.write_record(&row) {
             failed = Some(e);

@@ -136,11 +136,21 @@ pub enum Command {
         #[arg(long, value_name = "EMAIL")]
         target: Option<String>,
     },
-    /// Counts by state, and every failure with the server's reply
+    /// Counts by state, the last run, each target, and every failure with the server's reply
+    ///
+    /// The letter count agrees with `mailer check` (supporters × targets),
+    /// with the rows `send` skips and the letters whose row has left the
+    /// supporters file (those are never sent) counted apart.
+    ///
+    /// Example: mailer status --failed
     Status {
         /// Print one JSON object instead of a table
-        #[arg(long)]
+        #[arg(long, conflicts_with = "failed")]
         json: bool,
+        /// List only what needs attention: failed, unknown and bounced letters,
+        /// invalid rows, and letters whose row has left the supporters file
+        #[arg(long)]
+        failed: bool,
     },
     /// One CSV row per letter: supporter, target, state, attempts, reply, `sent_at`, `message_id`
     Export {

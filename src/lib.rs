@@ -91,12 +91,20 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 resend_unknown: a.resend_unknown,
             };
             let mut campaign = load()?;
+            let started = clock.unix();
+            let mut send = || -> Result<Exit> {
+                if !opts.dry_run {
+                    placeholder::refuse_on_real_relay(&campaign)?;
+                    cmd::init::refuse_unwritten(&campaign)?;
+                }
+                hold::apply(&mut campaign, !opts.dry_run)?;
+                cmd::send::run(&campaign, &opts, ui, &clock)
+            };
+            let result = send();
             if !opts.dry_run {
-                placeholder::refuse_on_real_relay(&campaign)?;
-                cmd::init::refuse_unwritten(&campaign)?;
+                cmd::status::note_run(&campaign.config, started, clock.unix(), &result);
             }
-            hold::apply(&mut campaign, !opts.dry_run)?;
-            cmd::send::run(&campaign, &opts, ui, &clock)
+            result
         }
         Command::Bounces => cmd::bounces::run(&load()?, ui, clock.as_ref()),
         Command::Skip {
@@ -115,7 +123,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json } => cmd::status::run(&load_held()?, json),
+        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed),
         Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();

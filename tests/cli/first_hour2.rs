@@ -315,3 +315,182 @@ fn issue15_no_dmarc_or_dkim_warning_for_a_volunteer_sending_as_themselves() {
     let login = sender("Ana <ana@gmail.com>", "smtp.gmail.com", "letters@org.net").run(&["check"]);
     login.stderr_has("free-mail domain");
 }
+
+// ---------------------------------------------------------------- item 9: status and export
+
+const BOARD: &str = "[[targets]]\nname = \"Brad Smith\"\nemail = \"board@corp.example\"\n";
+
+/// Two targets; ana and sam stay, lee's row leaves the CSV after the run,
+/// `bad@` (line 5) is invalid. After one real run: ana → CEO failed, sam →
+/// board deferred until 2030-01-01, and lee → CEO deferred (will not be sent).
+fn followed_campaign() -> Campaign {
+    use crate::support::smtp::{Security, Server, ServerOptions};
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().section(BOARD).smtp_plain(&server).file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+             ana@mail.example,Ana,López,Tucson,\n\
+             sam@mail.example,Sam,Okafor,Minneapolis,\n\
+             lee@mail.example,Lee,Park,Seattle,\n\
+             bad@,Bad,Row,Nowhere,\n",
+    );
+    c.run(&["send", "--yes"]).code(0).stdout_has("sent 6");
+    c.sql(
+        "UPDATE letters SET state = 'failed', reply = '550 5.1.1 no such user'
+           WHERE supporter = 'ana@mail.example' AND target = 'ceo@corp.example';
+         UPDATE letters SET state = 'deferred', reply = '451 4.3.0 try later', next_attempt_at = 1893456000
+           WHERE supporter = 'sam@mail.example' AND target = 'board@corp.example';
+         UPDATE letters SET state = 'deferred', reply = '451 4.3.0 try later', next_attempt_at = 1893456000
+           WHERE supporter = 'lee@mail.example' AND target = 'ceo@corp.example';",
+    );
+    c.file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+         ana@mail.example,Ana,López,Tucson,\n\
+         sam@mail.example,Sam,Okafor,Minneapolis,\n\
+         bad@,Bad,Row,Nowhere,\n",
+    )
+}
+
+#[test]
+fn issue15_status_agrees_with_check_and_names_targets_runs_and_retries() {
+    let c = followed_campaign();
+    c.run(&["check"])
+        .stdout_has("2 supporters × 2 targets = 4 letters ready; 1 problem");
+    let status = c.run(&["status"]);
+    status
+        .code(0)
+        .stdout_has("Campaign test-campaign — 8 letters\n")
+        .stdout_has("         4  for 2 supporters in supporters.csv × 2 targets (as `mailer check` counts them)\n")
+        .stdout_has("         2  for 1 invalid row that `mailer send` skips")
+        .stdout_has("         2  whose row has left supporters.csv (1 will not be sent)\n")
+        .stdout_has(", exit 0 (done): 6 sent\n")
+        .stdout_has("  deferred         2  next retry after 2030-01-01 00:00 UTC\n")
+        .stdout_has(
+            "  failed   ana@mail.example (supporters.csv:2) → Satya Nadella <ceo@corp.example>: 550 5.1.1 no such user\n",
+        )
+        .stdout_has(
+            "  deferred sam@mail.example (supporters.csv:3) → Brad Smith <board@corp.example>: 451 4.3.0 try later \
+             — retry after 2030-01-01 00:00 UTC\n",
+        )
+        .stdout_has(
+            "  deferred lee@mail.example → Satya Nadella <ceo@corp.example>: 451 4.3.0 try later \
+             — will not be sent: the row left supporters.csv\n",
+        );
+    assert!(status.stdout.contains("Last run: "), "{}", status.stdout);
+    // The table by target: every number right-aligned under its state.
+    let lines: Vec<&str> = status.stdout.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.starts_with("By target:"))
+        .expect("a table");
+    let rows = &lines[head..head + 3];
+    assert!(
+        rows[1].starts_with("  Satya Nadella <ceo@corp.example>"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].starts_with("  Brad Smith <board@corp.example> "),
+        "{rows:?}"
+    );
+    let ends = |l: &str| -> Vec<usize> {
+        let mut v = Vec::new();
+        let chars: Vec<char> = l.chars().collect();
+        for i in 0..chars.len() {
+            if chars[i] != ' ' && chars.get(i + 1).is_none_or(|c| *c == ' ') {
+                v.push(i);
+            }
+        }
+        v.split_off(v.len() - 7)
+    };
+    assert_eq!(ends(rows[0]), ends(rows[1]), "{rows:#?}");
+    assert_eq!(ends(rows[0]), ends(rows[2]), "{rows:#?}");
+    // JSON keeps SPEC's keys and total.
+    c.run(&["status", "--json"])
+        .stdout_has("\"total\":8,\"sent\":3,\"pending\":0,\"deferred\":2,\"failed\":1");
+}
+
+#[test]
+fn issue15_status_failed_lists_only_what_needs_attention() {
+    let c = followed_campaign();
+    let r = c.run(&["status", "--failed"]);
+    r.code(0)
+        .stdout_has("Needs attention: 3 letters or rows\n")
+        .stdout_has("(1 deferred letter will be retried by `mailer send` after 2030-01-01 00:00 UTC.)")
+        .stdout_has("  failed   ana@mail.example (supporters.csv:2) → Satya Nadella <ceo@corp.example>: 550")
+        .stdout_has("will not be sent: the row left supporters.csv")
+        .stdout_has("  skipped  bad@ (supporters.csv:4): ");
+    for unwanted in ["sam@mail.example", "  sent ", "By target", "Campaign "] {
+        assert!(!r.stdout.contains(unwanted), "{unwanted:?} in\n{}", r.stdout);
+    }
+    c.run(&["status", "--failed", "--json"]).code(2);
+    let clean = Campaign::new();
+    clean
+        .run(&["status", "--failed"])
+        .code(0)
+        .stdout_has("Nothing needs attention.");
+}
+
+#[test]
+fn issue15_status_counts_with_thousands_separators() {
+    let mut csv = String::from("email,first_name,last_name,city,note\n");
+    for i in 1..=1_005 {
+        csv.push_str(&format!("s{i:04}@mail.example,F{i},L{i},C{i},\n"));
+    }
+    let c = Campaign::new().file("supporters.csv", csv);
+    c.run(&["status"])
+        .code(0)
+        .stdout_has("Campaign test-campaign — 1,005 letters\n")
+        .stdout_has("     1,005  for 1,005 supporters in supporters.csv × 1 target ")
+        .stdout_has("  pending      1,005\n");
+}
+
+#[test]
+fn issue15_export_appends_supporter_and_target_names_and_the_csv_line() {
+    let c = followed_campaign();
+    let out = c.run(&["export"]);
+    out.code(0);
+    let mut reader = csv::Reader::from_reader(out.stdout.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    // SPEC's columns first, in SPEC's order; the new ones at the end.
+    assert_eq!(
+        header[..7],
+        [
+            "supporter",
+            "target",
+            "state",
+            "attempts",
+            "last_reply",
+            "sent_at",
+            "message_id"
+        ]
+    );
+    assert_eq!(
+        header[header.len() - 3..],
+        ["supporter_name", "target_name", "csv_line"]
+    );
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    let find = |s: &str, t: &str| {
+        rows.iter()
+            .find(|r| r[0] == s && r[1] == t)
+            .unwrap_or_else(|| panic!("no row {s} → {t}: {rows:?}"))
+    };
+    let tail = |r: &Vec<String>| r[r.len() - 3..].to_vec();
+    assert_eq!(
+        tail(find("ana@mail.example", "ceo@corp.example")),
+        ["Ana López", "Satya Nadella", "2"]
+    );
+    assert_eq!(
+        tail(find("sam@mail.example", "board@corp.example")),
+        ["Sam Okafor", "Brad Smith", "3"]
+    );
+    // An invalid row: its line; a departed row: no line, still the target's name.
+    assert_eq!(tail(find("bad@", "ceo@corp.example")), ["", "Satya Nadella", "4"]);
+    assert_eq!(
+        tail(find("lee@mail.example", "ceo@corp.example")),
+        ["", "Satya Nadella", ""]
+    );
+}

@@ -164,8 +164,9 @@ fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
     for (msg, n) in template_errors {
         if *n > 1 {
             ui.note(&format!(
-                "(the same letter error repeats for {} more rows: {})",
-                n - 1,
+                "(the same letter error repeats for {} more row{}: {})",
+                thousands(n - 1),
+                if *n == 2 { "" } else { "s" },
                 short(msg)
             ));
         }

@@ -494,3 +494,92 @@ fn issue15_export_appends_supporter_and_target_names_and_the_csv_line() {
         ["", "Satya Nadella", ""]
     );
 }
+
+// ---------------------------------------------------------------- item 12: errors a person can act on
+
+/// The default campaign with real-looking addresses (no placeholder), so a
+/// real relay may be tried.
+fn real_addresses() -> Campaign {
+    let c = Campaign::new();
+    let head = c
+        .config_text()
+        .replace("letters@org.example", "letters@colorofchange.org")
+        .replace("ceo@corp.example", "ceo@microsoft.com");
+    c.head(&head).file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\nana@gmail.com,Ana,López,Tucson,\n",
+    )
+}
+
+#[test]
+fn issue15_a_certificate_for_another_name_says_which_names_it_is_valid_for() {
+    use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+    let pki = TestPki::for_names(&["mail.other.test", "smtp.other.test"]);
+    let server = Server::start(ServerOptions::new(Security::StartTls).with_pki(&pki));
+    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"ca.pem\"\ntimeout_secs = 5\n",
+        server.port()
+    ));
+    let r = c.run(&["send", "--yes"]);
+    r.code(1).stderr_has(
+        "the certificate of `127.0.0.1` is for another name: it is valid for `mail.other.test`, \
+         `smtp.other.test`, not `127.0.0.1`",
+    );
+    assert!(!r.stderr.contains("Context"), "{}", r.stderr);
+    assert!(!r.stderr.contains("private CA"), "{}", r.stderr);
+    assert!(server.received().is_empty());
+}
+
+#[test]
+fn issue15_an_unknown_issuer_says_so() {
+    use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+    let server = Server::start(ServerOptions::new(Security::StartTls).with_pki(&TestPki::new()));
+    let c = Campaign::new().section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
+        server.port()
+    ));
+    c.run(&["check", "--smtp"])
+        .code(1)
+        .stderr_has("issued by an authority this machine does not trust")
+        .stderr_has("ca_file");
+}
+
+#[test]
+fn issue15_a_host_name_that_does_not_resolve_is_a_config_error() {
+    let c = real_addresses()
+        .section("[smtp]\nhost = \"smtp.no-such-host.invalid\"\ntimeout_secs = 5\npassword_env = \"PW\"\n");
+    let c = c.env("PW", "secret");
+    for args in [&["send", "--yes"][..], &["check", "--smtp"]] {
+        let r = c.run(args);
+        r.code(1)
+            .stderr_has("cannot resolve host `smtp.no-such-host.invalid`")
+            .stderr_has("hint: check [smtp] host");
+        assert!(!r.stderr.contains("try later"), "{args:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn issue15_one_is_singular() {
+    use crate::support::smtp::{Security, Server, ServerOptions};
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .section("[delivery]\nmax_per_run = 2\n");
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stderr_has("1 letter waits for the next run");
+    let c = Campaign::new()
+        .file(
+            "letters/letter.txt",
+            "Dear {{ target.name }},\n{% if supporter.note %}{{ supporter.nope }}{% endif %}\n",
+        )
+        .file(
+            "supporters.csv",
+            "email,first_name,last_name,city,note\n\
+             ana@mail.example,Ana,López,Tucson,one\n\
+             sam@mail.example,Sam,Okafor,Minneapolis,two\n",
+        );
+    let check = c.run(&["check"]);
+    check.code(1).stderr_has("repeats for 1 more row: ");
+    assert!(!check.stderr.contains("1 more rows"), "{}", check.stderr);
+}

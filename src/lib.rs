@@ -27,6 +27,7 @@ pub mod exit;
 pub mod hold;
 pub mod ledger;
 pub mod letter;
+pub mod man;
 pub mod message;
 pub mod placeholder;
 pub mod provider;
@@ -41,7 +42,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::CommandFactory as _;
 
 use crate::campaign::Campaign;
 use crate::cli::{Cli, Command};
@@ -127,14 +127,12 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
         Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);
+            clap_complete::generate(shell, &mut cli::command(), "mailer", &mut script);
             report::out(&String::from_utf8_lossy(&script))?;
             Ok(Exit::Done)
         }
         Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            report::out(&String::from_utf8_lossy(&page))?;
+            report::out(&man::render(&cli::command())?)?;
             Ok(Exit::Done)
         }
     }

@@ -583,3 +583,86 @@ fn issue15_one_is_singular() {
     check.code(1).stderr_has("repeats for 1 more row: ");
     assert!(!check.stderr.contains("1 more rows"), "{}", check.stderr);
 }
+
+// ---------------------------------------------------------------- item 13: help and man
+
+const COMMANDS: [&str; 11] = [
+    "init",
+    "check",
+    "preview",
+    "send",
+    "bounces",
+    "skip",
+    "requeue",
+    "status",
+    "export",
+    "completions",
+    "man",
+];
+
+#[test]
+fn issue15_each_command_help_has_an_example_and_global_flags_apart() {
+    let c = Campaign::new();
+    for command in COMMANDS {
+        for flag in ["-h", "--help"] {
+            let r = c.run(&[command, flag]);
+            r.code(0);
+            let text = &r.stdout;
+            assert!(
+                text.contains("\nExample:\n  mailer ") || text.contains("\nExamples:\n  mailer "),
+                "`{command} {flag}` has no example:\n{text}"
+            );
+            // The command's own options first, then the global ones under their heading.
+            let own = text.find("\nOptions:\n").expect("an Options heading");
+            let global = text
+                .find("\nGlobal options:\n")
+                .unwrap_or_else(|| panic!("{command}: {text}"));
+            assert!(own < global, "{command}:\n{text}");
+            assert!(text[global..].contains("--quiet"), "{command}:\n{text}");
+            assert!(!text[..global].contains("--quiet"), "{command}:\n{text}");
+        }
+    }
+    let init = c.run(&["init", "--help"]);
+    assert!(!init.stdout.contains("--config"), "{}", init.stdout);
+    assert!(!init.stdout.contains("MAILER_CONFIG"), "{}", init.stdout);
+    c.run(&["check", "--help"]).stdout_has("--config <PATH>");
+}
+
+#[test]
+fn issue15_the_man_page_has_no_phantom_pages_and_documents_environment_files_and_exit_status() {
+    let c = Campaign::new();
+    let r = c.run(&["man"]);
+    r.code(0);
+    let page = &r.stdout;
+    assert!(
+        !page.contains("mailer-init(1)") && !page.contains("mailer\\-init(1)"),
+        "{page}"
+    );
+    assert!(!page.contains("(1)\n"), "a reference to another page:\n{page}");
+    for section in [".SH COMMANDS", ".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"] {
+        assert!(page.contains(section), "no {section}:\n{page}");
+    }
+    for word in [
+        "MAILER_CONFIG",
+        "MAILER_SMTP_PASSWORD",
+        "NO_COLOR",
+        "mailer.toml",
+        ".mailer/",
+    ] {
+        assert!(page.contains(word), "no {word}:\n{page}");
+    }
+    for code in ["0", "1", "2", "3", "75", "130"] {
+        assert!(
+            page.contains(&format!(".TP\n\\fB{code}\\fR\n")),
+            "exit {code}:\n{page}"
+        );
+    }
+    // Every command, with its own flags.
+    for command in COMMANDS {
+        assert!(
+            page.contains(&format!("\\fBmailer {command}")),
+            "{command}:\n{page}"
+        );
+    }
+    assert!(page.contains("\\-\\-retry\\-failed"), "{page}");
+}

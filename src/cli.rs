@@ -98,6 +98,10 @@ pub enum Command {
         /// Write one .eml file per message into DIR instead of printing them
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Show the HTML part (of a .md letter) instead of the text; with
+        /// --out, write one .html file per message to open in a browser
+        #[arg(long)]
+        html: bool,
     },
     /// Send the letters that are due, recording each in the ledger
     ///

@@ -71,6 +71,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             limit,
             all,
             out,
+            html,
         } => cmd::preview::run(
             &load()?,
             &cmd::preview::Options {
@@ -79,6 +80,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 limit,
                 out,
                 all,
+                html,
             },
             ui,
         ),

@@ -24,6 +24,8 @@ pub struct Options {
     pub out: Option<std::path::PathBuf>,
     /// Every message, even at a terminal.
     pub all: bool,
+    /// The HTML part instead of the text (`.html` files with `out`).
+    pub html: bool,
 }
 
 /// Messages shown at a terminal without `--limit` or `--all`.
@@ -57,7 +59,8 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     };
     let mut shown = 0u64;
     let mut found_supporter = want_s.is_none();
-    'rows: for prepared in campaign.prepared(opts.out.is_some())? {
+    // The HTML part is rendered only with the MIME encoding.
+    'rows: for prepared in campaign.prepared(opts.out.is_some() || opts.html)? {
         let (supporter, letters) = match prepared? {
             Prepared::Letters { supporter, letters } => (supporter, letters),
             Prepared::Skipped(Skip { line, key, reason }) => {
@@ -79,8 +82,24 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
             if limit.is_some_and(|l| shown >= l) {
                 break 'rows;
             }
+            let html = match (opts.html, &built.html) {
+                (false, _) => None,
+                (true, Some(html)) => Some(html.as_str()),
+                (true, None) => anyhow::bail!(
+                    "the letter for {file}:{} has no HTML part: a `.txt` letter is sent as text only\n\n\
+                     hint: name the letter `.md` to send an HTML part too, or preview without --html",
+                    supporter.line
+                ),
+            };
             shown += 1;
-            if let Some(dir) = &opts.out {
+            if let (Some(dir), Some(html)) = (&opts.out, html) {
+                let name = format!(
+                    "{shown:05}-{}-to-{}.html",
+                    safe(&supporter.key),
+                    safe(&target.key())
+                );
+                write_private(&dir.join(name), html.as_bytes())?;
+            } else if let Some(dir) = &opts.out {
                 let name = format!(
                     "{shown:05}-{}-to-{}.eml",
                     safe(&supporter.key),
@@ -100,7 +119,10 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                         target.name.clone().unwrap_or_else(|| target.key())
                     ))?;
                 }
-                out(&preview_text(&built))?;
+                match html {
+                    Some(html) => out(&preview_html(&built, html))?,
+                    None => out(&preview_text(&built))?,
+                }
             }
         }
     }
@@ -118,7 +140,8 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     }
     if let Some(dir) = &opts.out {
         ui.note(&format!(
-            "wrote {shown} .eml file{} to `{}`",
+            "wrote {shown} .{} file{} to `{}`",
+            if opts.html { "html" } else { "eml" },
             if shown == 1 { "" } else { "s" },
             dir.display()
         ));
@@ -142,6 +165,17 @@ fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> 
         }
     }
     Ok(n)
+}
+
+/// The headers, then the HTML part as it is sent.
+fn preview_html(b: &crate::message::Built, html: &str) -> String {
+    let text = preview_text(b);
+    let headers = text.split_once("\n\n").map_or(text.as_str(), |(h, _)| h);
+    let mut page = format!("{headers}\n\n{html}");
+    if !page.ends_with('\n') {
+        page.push('\n');
+    }
+    page
 }
 
 fn safe(s: &str) -> String {

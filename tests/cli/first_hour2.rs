@@ -666,3 +666,45 @@ fn issue15_the_man_page_has_no_phantom_pages_and_documents_environment_files_and
     }
     assert!(page.contains("\\-\\-retry\\-failed"), "{page}");
 }
+
+// ---------------------------------------------------------------- item 7: preview --html
+
+#[test]
+fn issue15_preview_html_shows_or_writes_the_html_part() {
+    let c = Campaign::new();
+    let head = c.config_text().replace("letters/letter.txt", "letters/letter.md");
+    let c = c.head(&head).file(
+        "letters/letter.md",
+        "Dear **{{ target.name }}**,\n\nI am {{ supporter.name }} <b>from</b> {{ supporter.city }}.\n",
+    );
+    let r = c.run(&["preview", "--html", "--supporter", "ana@mail.example"]);
+    r.code(0)
+        .stdout_has("Subject: Ana from Tucson: drop the contract\n")
+        .stdout_has("<p>Dear <strong>Satya Nadella</strong>,</p>")
+        .stdout_has("López");
+    assert!(!r.stdout.contains("**Satya"), "the text part:\n{}", r.stdout);
+    // Without --html: the text part, as before.
+    c.run(&["preview", "--supporter", "ana@mail.example"])
+        .code(0)
+        .stdout_has("Dear **Satya Nadella**,");
+
+    let r = c.run(&["preview", "--html", "--out", "html"]);
+    r.code(0).stderr_has("wrote 3 .html files to `html`");
+    let mut files: Vec<String> = std::fs::read_dir(c.join("html"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files[0], "00001-ana@mail.example-to-ceo@corp.example.html");
+    let page = read(&c, &format!("html/{}", files[0]));
+    assert!(
+        page.starts_with("<p>Dear <strong>Satya Nadella</strong>,</p>"),
+        "{page}"
+    );
+
+    // A .txt letter has no HTML part: says so.
+    Campaign::new()
+        .run(&["preview", "--html"])
+        .code(1)
+        .stderr_has("has no HTML part");
+}

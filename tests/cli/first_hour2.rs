@@ -708,3 +708,65 @@ fn issue15_preview_html_shows_or_writes_the_html_part() {
         .code(1)
         .stderr_has("has no HTML part");
 }
+
+// ---------------------------------------------------------------- item 15: provider presets
+
+#[test]
+fn issue15_the_example_config_has_provider_presets_that_parse() {
+    let example = include_str!("../../config.example.toml");
+    assert!(
+        example.contains("always written in lower case"),
+        "security's case"
+    );
+    let mut presets = 0;
+    for (name, host, port, security, limit) in [
+        ("Gmail", "smtp.gmail.com", 465, "tls", "500 recipients a day"),
+        (
+            "Microsoft 365",
+            "smtp.office365.com",
+            587,
+            "starttls",
+            "10,000 recipients a day",
+        ),
+        ("Fastmail", "smtp.fastmail.com", 465, "tls", "sending limits"),
+        (
+            "Amazon SES",
+            "email-smtp.us-east-1.amazonaws.com",
+            587,
+            "starttls",
+            "200 messages a day",
+        ),
+    ] {
+        let start = example.find(&format!("# {name}")).or_else(|| example.find(name));
+        let block = &example[start.unwrap_or_else(|| panic!("no {name} preset"))..];
+        let block = &block[..block.find("\n#\n").or_else(|| block.find("\n\n")).unwrap()];
+        let prose = block
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(prose.contains(limit), "{name}: no limit {limit:?}:\n{block}");
+        let lines: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .collect();
+        assert_eq!(
+            lines[..3],
+            [
+                format!("host = \"{host}\"").as_str(),
+                format!("port = {port}").as_str(),
+                format!("security = \"{security}\"").as_str()
+            ],
+            "{name}"
+        );
+        // Uncommented, the block is a working [smtp] section.
+        let c = Campaign::new().section(&format!("[smtp]\n{}\n", lines.join("\n")));
+        c.run(&["preview", "--limit", "1"]).code(0);
+        presets += 1;
+    }
+    assert_eq!(presets, 4);
+}

@@ -770,3 +770,87 @@ fn issue15_the_example_config_has_provider_presets_that_parse() {
     }
     assert_eq!(presets, 4);
 }
+
+// ---------------------------------------------------------------- item 14: the release archive
+
+#[test]
+fn issue15_release_packs_a_stripped_binary_docs_example_completions_and_man_with_a_checksum() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin = env!("CARGO_BIN_EXE_mailer");
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(format!("{root}/scripts/release"))
+        .args(["--binary", bin, "--out"])
+        .arg(out.path())
+        .env("TMPDIR", out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let archive = stdout.lines().last().unwrap().to_string();
+    assert!(archive.ends_with(".tar.gz"), "{archive}");
+    let name = archive
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".tar.gz")
+        .to_string();
+    assert!(name.starts_with("mailer-0."), "{name}");
+    // The checksum verifies.
+    let check = Command::new("sha256sum")
+        .args(["-c", &format!("{name}.tar.gz.sha256")])
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Unpacked: everything a volunteer needs.
+    let unpacked = out.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tar = Command::new("tar")
+        .args(["xzf", &archive, "-C"])
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let dir = unpacked.join(&name);
+    for file in [
+        "mailer",
+        "README.md",
+        "example/mailer.toml",
+        "example/letters/letter.md",
+        "example/supporters.csv",
+        "completions/mailer.bash",
+        "completions/_mailer",
+        "completions/mailer.fish",
+        "man/mailer.1",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing from {name}");
+    }
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&dir.join("mailer")) < size(std::path::Path::new(bin)),
+        "not stripped"
+    );
+    let man = std::fs::read_to_string(dir.join("man/mailer.1")).unwrap();
+    assert!(man.contains(".SH EXIT STATUS"));
+    // The binary runs, and the example campaign works as shipped.
+    let preview = Command::new(dir.join("mailer"))
+        .args(["-c", "example/mailer.toml", "preview", "--limit", "1"])
+        .current_dir(&dir)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        preview.status.success(),
+        "{}",
+        String::from_utf8_lossy(&preview.stderr)
+    );
+    assert!(String::from_utf8_lossy(&preview.stdout).contains("Subject: "));
+}

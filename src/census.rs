@@ -51,6 +51,12 @@ pub enum Origin {
     Departed,
 }
 
+/// The configured name of the target `key`, if it is still configured.
+fn configured_name(campaign: &Campaign, key: &str) -> Option<String> {
+    let target = campaign.config.targets.iter().find(|t| t.key() == key)?;
+    target.name.clone()
+}
+
 /// Calls `visit` for every letter: CSV order first, then departed ones.
 pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
     let mut seen = HashSet::new();
@@ -135,12 +141,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
             {
                 continue;
             }
-            let target_name = campaign
-                .config
-                .targets
-                .iter()
-                .find(|t| t.key() == record.target)
-                .and_then(|t| t.name.clone());
+            let target_name = configured_name(campaign, &record.target);
             visit(Entry {
                 origin: Origin::Departed,
                 line: None,

@@ -1,4 +1,4 @@
-//! `mailer man`: the man page, mailer(1). clap_mangen renders the title,
+//! `mailer man`: the man page, mailer(1). `clap_mangen` renders the title,
 //! synopsis, description and global options; the commands (one page, not a
 //! `mailer-init(1)` per command, which nothing installs) and the
 //! ENVIRONMENT, FILES and EXIT STATUS sections are written here.

@@ -122,15 +122,9 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
         problems += n;
         blocking += n;
     }
-    for at in crate::cmd::init::unwritten_letters(campaign) {
-        // The skeleton `mailer init` wrote: nobody wrote the letter yet.
-        problems += 1;
-        blocking += 1;
-        out(&format!(
-            "{at}: the letter still says \"{}\": write your letter there first\n",
-            crate::cmd::init::UNWRITTEN
-        ))?;
-    }
+    let unwritten = report_unwritten(campaign)?;
+    problems += unwritten;
+    blocking += unwritten;
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
         if let Some(problem) = return_path_problem(campaign, from.domain()) {
@@ -157,6 +151,19 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     } else {
         Exit::Done
     })
+}
+
+/// Lists each letter file that is still `mailer init`'s skeleton (nobody
+/// wrote the letter yet); returns how many.
+fn report_unwritten(campaign: &Campaign) -> Result<u64> {
+    let found = crate::cmd::init::unwritten_letters(campaign);
+    for at in &found {
+        out(&format!(
+            "{at}: the letter still says \"{}\": write your letter there first\n",
+            crate::cmd::init::UNWRITTEN
+        ))?;
+    }
+    Ok(found.len() as u64)
 }
 
 /// Says how often each letter error (printed once, with its first row) repeats.

@@ -82,30 +82,16 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
             if limit.is_some_and(|l| shown >= l) {
                 break 'rows;
             }
-            let html = match (opts.html, &built.html) {
-                (false, _) => None,
-                (true, Some(html)) => Some(html.as_str()),
-                (true, None) => anyhow::bail!(
-                    "the letter for {file}:{} has no HTML part: a `.txt` letter is sent as text only\n\n\
-                     hint: name the letter `.md` to send an HTML part too, or preview without --html",
-                    supporter.line
-                ),
-            };
+            let html = html_part(opts.html, &built, &file, supporter.line)?;
             shown += 1;
-            if let (Some(dir), Some(html)) = (&opts.out, html) {
+            if let Some(dir) = &opts.out {
+                let (ext, bytes) = html.map_or(("eml", built.bytes.as_slice()), |h| ("html", h.as_bytes()));
                 let name = format!(
-                    "{shown:05}-{}-to-{}.html",
+                    "{shown:05}-{}-to-{}.{ext}",
                     safe(&supporter.key),
                     safe(&target.key())
                 );
-                write_private(&dir.join(name), html.as_bytes())?;
-            } else if let Some(dir) = &opts.out {
-                let name = format!(
-                    "{shown:05}-{}-to-{}.eml",
-                    safe(&supporter.key),
-                    safe(&target.key())
-                );
-                write_private(&dir.join(name), &built.bytes)?;
+                write_private(&dir.join(name), bytes)?;
             } else {
                 if shown > 1 {
                     out(&format!("{}\n", "-".repeat(72)))?;
@@ -165,6 +151,23 @@ fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> 
         }
     }
     Ok(n)
+}
+
+/// With `--html`, the letter's HTML part (an error for a `.txt` letter).
+fn html_part<'a>(
+    wanted: bool,
+    built: &'a crate::message::Built,
+    file: &str,
+    line: u64,
+) -> Result<Option<&'a str>> {
+    match (wanted, &built.html) {
+        (false, _) => Ok(None),
+        (true, Some(html)) => Ok(Some(html.as_str())),
+        (true, None) => anyhow::bail!(
+            "the letter for {file}:{line} has no HTML part: a `.txt` letter is sent as text only\n\n\
+             hint: name the letter `.md` to send an HTML part too, or preview without --html"
+        ),
+    }
 }
 
 /// The headers, then the HTML part as it is sent.

@@ -82,7 +82,7 @@ pub fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
         .collect();
     let mut problems: Vec<Problem> = Vec::new();
     let mut invalid_rows: Vec<(u64, String, String)> = Vec::new();
-    let mut bounced: Vec<(String, Option<u64>, String)> = Vec::new();
+    let mut bounced_letters: Vec<(String, Option<u64>, String)> = Vec::new();
     let mut delivered: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
     let mut copies = Vec::new();
     // (letters, supporters) by origin: ready (as `check` counts), invalid, departed.
@@ -123,13 +123,13 @@ pub fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
             Origin::Departed => departed += 1,
         }
         let label = target_label(letter.target_name.as_deref(), &letter.target);
-        let slot = match targets.iter().position(|(k, ..)| *k == letter.target) {
-            Some(i) => i,
-            None => {
+        let slot = targets
+            .iter()
+            .position(|(k, ..)| *k == letter.target)
+            .unwrap_or_else(|| {
                 targets.push((letter.target.clone(), label.clone(), BTreeMap::new()));
                 targets.len() - 1
-            }
-        };
+            });
         *targets[slot].2.entry(state_name(letter.state)).or_default() += 1;
         let record = letter.record.as_ref();
         if let (State::Sent | State::Bounced, Some(at)) = (letter.state, record.and_then(|r| r.sent_at)) {
@@ -151,7 +151,7 @@ pub fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
         departed_unsent += u64::from(gone);
         let reply = record.and_then(|r| r.reply.clone()).unwrap_or_default();
         if letter.state == State::Bounced {
-            bounced.push((letter.supporter.clone(), letter.line, label.clone()));
+            bounced_letters.push((letter.supporter.clone(), letter.line, label.clone()));
         }
         if gone
             || matches!(
@@ -195,7 +195,7 @@ pub fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
             &file,
             &problems,
             &invalid_rows,
-            &bounced,
+            &bounced_letters,
             &bounces,
             next_retry,
             retrying,
@@ -383,7 +383,7 @@ fn attention(
     file: &str,
     problems: &[Problem],
     invalid_rows: &[(u64, String, String)],
-    bounced: &[(String, Option<u64>, String)],
+    bounced_letters: &[(String, Option<u64>, String)],
     bounces: &[Bounce],
     next_retry: Option<i64>,
     deferred: u64,
@@ -396,7 +396,7 @@ fn attention(
     for p in &listed {
         text.push_str(&p.line(file));
     }
-    for (supporter, line, target) in bounced {
+    for (supporter, line, target) in bounced_letters {
         let why = bounces
             .iter()
             .filter(|b| b.permanent && b.supporter == *supporter)
@@ -413,7 +413,7 @@ fn attention(
             printable(reason)
         );
     }
-    let n = listed.len() + bounced.len() + invalid_rows.len();
+    let n = listed.len() + bounced_letters.len() + invalid_rows.len();
     let mut head = if n == 0 {
         "Nothing needs attention.\n".to_string()
     } else {

@@ -3,6 +3,7 @@
 //! `export` for following a campaign, errors a person can act on, help and
 //! the man page, the example config and `preview --html`.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
@@ -435,7 +436,7 @@ fn issue15_status_failed_lists_only_what_needs_attention() {
 fn issue15_status_counts_with_thousands_separators() {
     let mut csv = String::from("email,first_name,last_name,city,note\n");
     for i in 1..=1_005 {
-        csv.push_str(&format!("s{i:04}@mail.example,F{i},L{i},C{i},\n"));
+        let _ = writeln!(csv, "s{i:04}@mail.example,F{i},L{i},C{i},");
     }
     let c = Campaign::new().file("supporters.csv", csv);
     c.run(&["status"])

@@ -28,8 +28,10 @@ pub mod exit;
 pub mod hold;
 pub mod ledger;
 pub mod letter;
+pub mod man;
 pub mod message;
 pub mod placeholder;
+pub mod provider;
 pub mod report;
 pub mod roster;
 pub mod secret;
@@ -42,7 +44,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::CommandFactory as _;
 
 use crate::campaign::Campaign;
 use crate::cli::{Cli, Command};
@@ -73,6 +74,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             all,
             out,
             variants,
+            html,
         } => cmd::preview::run(
             &load()?,
             &cmd::preview::Options {
@@ -82,6 +84,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 out,
                 all,
                 variants,
+                html,
             },
             ui,
         ),
@@ -94,11 +97,20 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 resend_unknown: a.resend_unknown,
             };
             let mut campaign = load()?;
+            let started = clock.unix();
+            let mut send = || -> Result<Exit> {
+                if !opts.dry_run {
+                    placeholder::refuse_on_real_relay(&campaign)?;
+                    cmd::init::refuse_unwritten(&campaign)?;
+                }
+                hold::apply(&mut campaign, !opts.dry_run)?;
+                cmd::send::run(&campaign, &opts, ui, &clock)
+            };
+            let result = send();
             if !opts.dry_run {
-                placeholder::refuse_on_real_relay(&campaign)?;
+                cmd::status::note_run(&campaign.config, started, clock.unix(), &result);
             }
-            hold::apply(&mut campaign, !opts.dry_run)?;
-            cmd::send::run(&campaign, &opts, ui, &clock)
+            result
         }
         Command::Bounces => cmd::bounces::run(&load()?, ui, clock.as_ref()),
         Command::Skip {
@@ -117,18 +129,16 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json } => cmd::status::run(&load_held()?, json),
+        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed),
         Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);
+            clap_complete::generate(shell, &mut cli::command(), "mailer", &mut script);
             report::out(&String::from_utf8_lossy(&script))?;
             Ok(Exit::Done)
         }
         Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            report::out(&String::from_utf8_lossy(&page))?;
+            report::out(&man::render(&cli::command())?)?;
             Ok(Exit::Done)
         }
     }

@@ -53,6 +53,8 @@ pub struct Built {
     pub summary: Vec<(&'static str, String)>,
     /// The text/plain body as rendered.
     pub text: String,
+    /// The text/html body of a `.md` letter, when it was rendered (`encode`).
+    pub html: Option<String>,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
     pub bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
@@ -270,6 +272,7 @@ pub fn build(
             recipients,
             summary,
             text,
+            html: rendered.html.clone(),
             bytes: Vec::new(),
             unsigned: None,
             variant: rendered.variant.clone(),
@@ -298,6 +301,7 @@ pub fn build(
             ..rendered.variant.clone()
         },
         text,
+        html: rendered.html.clone(),
         bytes: message.formatted(),
         unsigned: Some(unsigned),
     })

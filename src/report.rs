@@ -165,7 +165,12 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         let _ = out(&t);
     } else {
         let copies = if s.refused_copies > 0 {
-            format!(" ({} copies refused)", s.refused_copies)
+            let n = s.refused_copies;
+            format!(
+                " ({} cop{} refused)",
+                thousands(n),
+                if n == 1 { "y" } else { "ies" }
+            )
         } else {
             String::new()
         };
@@ -181,8 +186,13 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         ));
     } else if s.not_reached > 0 && budget.is_some() && !s.stopped {
         ui.note(&format!(
-            "{} letters wait for the next run (max_per_run, --limit or daily_limit).",
-            thousands(s.not_reached)
+            "{} wait{} for the next run (max_per_run, --limit or daily_limit).",
+            if s.not_reached == 1 {
+                "1 letter".to_string()
+            } else {
+                format!("{} letters", thousands(s.not_reached))
+            },
+            if s.not_reached == 1 { "s" } else { "" }
         ));
     }
     if s.failed + p.held_failed > 0 {

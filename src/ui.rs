@@ -159,6 +159,30 @@ impl Ui {
         }
     }
 
+    /// Asks for a line (terminal only): the answer trimmed, `default` when
+    /// it is empty (shown in brackets when there is one), `None` at the end
+    /// of input (Ctrl-D).
+    pub fn ask_line(&self, question: &str, default: Option<&str>) -> Option<String> {
+        match default {
+            Some(d) if !d.is_empty() => eprint!("{question} [{d}]: "),
+            _ => eprint!("{question}: "),
+        }
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        match std::io::stdin().lock().read_line(&mut answer) {
+            Ok(0) | Err(_) => {
+                eprintln!();
+                return None;
+            }
+            Ok(_) => {}
+        }
+        let answer = answer.trim();
+        Some(match default {
+            Some(d) if answer.is_empty() => d.to_string(),
+            _ => answer.to_string(),
+        })
+    }
+
     /// A progress bar on a terminal; hidden otherwise.
     #[must_use]
     pub fn progress(&self, total: u64) -> indicatif::ProgressBar {

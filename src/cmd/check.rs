@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::placeholder;
+use crate::provider;
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::transport::{ConnectError, Connector};
@@ -124,6 +125,9 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
         problems += n;
         blocking += n;
     }
+    let unwritten = report_unwritten(campaign)?;
+    problems += unwritten;
+    blocking += unwritten;
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
         if let Some(problem) = return_path_problem(campaign, from.domain()) {
@@ -137,10 +141,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     print_summary(campaign, [supporters, letters, problems], ui)?;
     let rows = problems - blocking;
     if rows > 0 && blocking == 0 && !strict {
-        ui.hint(&format!(
-            "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
-            if rows == 1 { "that row" } else { "those rows" }
-        ));
+        skip_hint(rows, ui);
     }
     uniformity_lines(meter, ui)?;
     if smtp {
@@ -153,13 +154,35 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     })
 }
 
+/// Lists each letter file that is still `mailer init`'s skeleton (nobody
+/// wrote the letter yet); returns how many.
+fn report_unwritten(campaign: &Campaign) -> Result<u64> {
+    let found = crate::cmd::init::unwritten_letters(campaign);
+    for at in &found {
+        out(&format!(
+            "{at}: the letter still says \"{}\": write your letter there first\n",
+            crate::cmd::init::UNWRITTEN
+        ))?;
+    }
+    Ok(found.len() as u64)
+}
+
+/// Rows that only `send` would skip: what happens to them, and `--strict`.
+fn skip_hint(rows: u64, ui: &Ui) {
+    ui.hint(&format!(
+        "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
+        if rows == 1 { "that row" } else { "those rows" }
+    ));
+}
+
 /// Says how often each letter error (printed once, with its first row) repeats.
 fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
     for (msg, n) in template_errors {
         if *n > 1 {
             ui.note(&format!(
-                "(the same letter error repeats for {} more rows: {})",
-                n - 1,
+                "(the same letter error repeats for {} more row{}: {})",
+                thousands(n - 1),
+                if *n == 2 { "" } else { "s" },
                 short(msg)
             ));
         }
@@ -230,7 +253,18 @@ fn short(msg: &str) -> &str {
 /// DMARC alignment and DKIM advice (warnings, never errors).
 fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     let from_domain = from_domain.to_ascii_lowercase();
-    if FREE_MAIL.contains(&from_domain.as_str()) {
+    let host = campaign.config.smtp.as_ref().map_or("", |s| s.host.as_str());
+    let login_domain = campaign
+        .config
+        .smtp
+        .as_ref()
+        .and_then(|s| s.username.as_deref())
+        .and_then(|u| u.rsplit_once('@'))
+        .map(|(_, d)| d);
+    // A volunteer sending as themselves through their provider's own server
+    // is exactly what that provider's DMARC policy allows.
+    let as_itself = provider::sends_as_itself(host, &from_domain, login_domain);
+    if FREE_MAIL.contains(&from_domain.as_str()) && !as_itself {
         ui.warn(&format!(
             "From uses `{from_domain}`, a free-mail domain: its DMARC policy makes receivers reject mail \
              from it sent through other servers\n\nhint: send From an address on your organization's own \
@@ -252,6 +286,8 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
         ));
     }
     match &campaign.config.dkim {
+        // Gmail, Outlook, Fastmail… sign every letter they take.
+        None if provider::always_signs(host) => {}
         None => ui.warn(&format!(
             "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
              `{from_domain}`; otherwise add [dkim] (see config.example.toml)"

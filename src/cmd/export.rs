@@ -47,6 +47,10 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
         "language",
         "subject_variant",
         "letter_version",
+        // Issue 15: who and where, for people reading the sheet.
+        "supporter_name",
+        "target_name",
+        "csv_line",
     ])
     .map_err(|e| failed_to(csv_error(e)))?;
     // Per letter: its final failure if one came back, else its latest delay notice.
@@ -113,6 +117,9 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
                 variant.subject.to_string()
             },
             variant.version.to_string(),
+            cell(l.supporter_name.as_deref().unwrap_or_default()),
+            cell(l.target_name.as_deref().unwrap_or_default()),
+            l.line.map(|n| n.to_string()).unwrap_or_default(),
         ];
         if let Err(e) = w.write_record(&row) {
             failed = Some(csv_error(e));

@@ -29,6 +29,8 @@ pub struct Options {
     pub all: bool,
     /// One letter per (letter file, language, subject variant), with counts.
     pub variants: bool,
+    /// The HTML part instead of the text (`.html` files with `out`).
+    pub html: bool,
 }
 
 /// Messages shown at a terminal without `--limit` or `--all`.
@@ -37,13 +39,7 @@ pub const TERMINAL_DEFAULT: u64 = 3;
 /// Runs `mailer preview`.
 pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     let file = campaign.config.supporters_file.display().to_string();
-    let want_s = opts.supporter.as_deref().map(str::to_lowercase);
-    let want_t = opts.target.as_deref().map(str::to_lowercase);
-    if let Some(t) = &want_t
-        && !campaign.config.targets.iter().any(|x| &x.key() == t)
-    {
-        anyhow::bail!("no target `{t}` in the config\n\nhint: --target takes one of the [[targets]] emails");
-    }
+    let (want_s, want_t) = filters(campaign, opts)?;
     if opts.variants {
         return variants(campaign, opts, want_s.as_deref(), want_t.as_deref());
     }
@@ -65,7 +61,8 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     };
     let mut shown = 0u64;
     let mut found_supporter = want_s.is_none();
-    'rows: for prepared in campaign.prepared(opts.out.is_some())? {
+    // The HTML part is rendered only with the MIME encoding.
+    'rows: for prepared in campaign.prepared(opts.out.is_some() || opts.html)? {
         let (supporter, letters) = match prepared? {
             Prepared::Letters { supporter, letters } => (supporter, letters),
             Prepared::Skipped(Skip { line, key, reason }) => {
@@ -87,14 +84,16 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
             if limit.is_some_and(|l| shown >= l) {
                 break 'rows;
             }
+            let html = html_part(opts.html, &built, &file, supporter.line)?;
             shown += 1;
             if let Some(dir) = &opts.out {
+                let (ext, bytes) = html.map_or(("eml", built.bytes.as_slice()), |h| ("html", h.as_bytes()));
                 let name = format!(
-                    "{shown:05}-{}-to-{}.eml",
+                    "{shown:05}-{}-to-{}.{ext}",
                     safe(&supporter.key),
                     safe(&target.key())
                 );
-                write_private(&dir.join(name), &built.bytes)?;
+                write_private(&dir.join(name), bytes)?;
             } else {
                 if shown > 1 {
                     out(&format!("{}\n", "-".repeat(72)))?;
@@ -108,7 +107,10 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                         target.name.clone().unwrap_or_else(|| target.key())
                     ))?;
                 }
-                out(&preview_text(&built))?;
+                match html {
+                    Some(html) => out(&preview_html(&built, html))?,
+                    None => out(&preview_text(&built))?,
+                }
             }
         }
     }
@@ -126,12 +128,25 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     }
     if let Some(dir) = &opts.out {
         ui.note(&format!(
-            "wrote {shown} .eml file{} to `{}`",
+            "wrote {shown} .{} file{} to `{}`",
+            if opts.html { "html" } else { "eml" },
             if shown == 1 { "" } else { "s" },
             dir.display()
         ));
     }
     Ok(Exit::Done)
+}
+
+/// `--supporter` and `--target`, lower-cased; an unknown target is an error.
+fn filters(campaign: &Campaign, opts: &Options) -> Result<(Option<String>, Option<String>)> {
+    let want_s = opts.supporter.as_deref().map(str::to_lowercase);
+    let want_t = opts.target.as_deref().map(str::to_lowercase);
+    if let Some(t) = &want_t
+        && !campaign.config.targets.iter().any(|x| &x.key() == t)
+    {
+        anyhow::bail!("no target `{t}` in the config\n\nhint: --target takes one of the [[targets]] emails");
+    }
+    Ok((want_s, want_t))
 }
 
 /// How many messages the filters select.
@@ -200,6 +215,34 @@ fn variants(campaign: &Campaign, opts: &Options, want_s: Option<&str>, want_t: O
         out(&preview_text(built))?;
     }
     Ok(Exit::Done)
+}
+
+/// With `--html`, the letter's HTML part (an error for a `.txt` letter).
+fn html_part<'a>(
+    wanted: bool,
+    built: &'a crate::message::Built,
+    file: &str,
+    line: u64,
+) -> Result<Option<&'a str>> {
+    match (wanted, &built.html) {
+        (false, _) => Ok(None),
+        (true, Some(html)) => Ok(Some(html.as_str())),
+        (true, None) => anyhow::bail!(
+            "the letter for {file}:{line} has no HTML part: a `.txt` letter is sent as text only\n\n\
+             hint: name the letter `.md` to send an HTML part too, or preview without --html"
+        ),
+    }
+}
+
+/// The headers, then the HTML part as it is sent.
+fn preview_html(b: &crate::message::Built, html: &str) -> String {
+    let text = preview_text(b);
+    let headers = text.split_once("\n\n").map_or(text.as_str(), |(h, _)| h);
+    let mut page = format!("{headers}\n\n{html}");
+    if !page.ends_with('\n') {
+        page.push('\n');
+    }
+    page
 }
 
 fn safe(s: &str) -> String {

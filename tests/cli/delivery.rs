@@ -1028,7 +1028,10 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "letter_file",
             "language",
             "subject_variant",
-            "letter_version"
+            "letter_version",
+            "supporter_name",
+            "target_name",
+            "csv_line"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader

@@ -978,12 +978,12 @@ fn init_writes_a_campaign_that_check_passes() {
     // Its addresses are placeholders: `check` names them (issue 15 item 2).
     c.run(&["-c", "fresh/mailer.toml", "check"])
         .code(1)
-        .stdout_has("letters ready")
+        .stdout_has("letter ready")
         .stdout_has("placeholder");
     let config = c.join("fresh/mailer.toml");
     c.run(&["-c", config.to_str().unwrap(), "send", "--dry-run"])
         .code(0)
-        .stdout_has("Letters due now: 2");
+        .stdout_has("Letters due now: 1");
     assert!(!c.join("fresh/.mailer").exists());
 }
 

@@ -569,23 +569,34 @@ fn no_color_or_color_never_at_a_terminal_paints_nothing() {
 fn init_at_a_terminal_asks_and_the_result_passes_check() {
     let c = Campaign::new();
     let mut t = Term::spawn(c.command(&["init", "river"]), ALL_TTY);
-    t.expect("Campaign name");
-    t.send("Save the River\r");
-    t.expect("Organization");
-    t.send("River Friends\r");
+    t.expect("Your name");
+    t.send("River Friend\r");
+    t.expect("Your email");
+    t.send("friend@river.example\r");
     t.expect("Target's name");
     t.send("Jane Mayor\r");
     t.expect("Target's email");
     t.send("not an address\r");
     t.expect("that is not an email address");
     t.send("mayor@city.example\r");
+    t.expect("Subject");
+    t.send("\r");
+    t.expect("Choose 1-4");
+    t.send("4\r");
+    t.expect("SMTP server");
+    t.send("smtp.river.example\r");
+    t.expect("Port");
+    t.send("\r");
+    t.expect("Security");
+    t.send("\r");
+    t.expect("Login name");
+    t.send("\r");
     let s = t.finish();
     s.code(0).shows("Created a campaign");
     let toml = std::fs::read_to_string(c.join("river/mailer.toml")).unwrap();
     for want in [
-        "id = \"save-the-river\"",
-        "name = \"Save the River\"",
-        "org = \"River Friends\"",
+        "id = \"letter-to-jane-mayor\"",
+        "from = \"River Friend <friend@river.example>\"",
         "name = \"Jane Mayor\"",
         "email = \"mayor@city.example\"",
     ] {

@@ -130,7 +130,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     blocking += unwritten;
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
-        if let Some(problem) = return_path_problem(campaign, from.domain()) {
+        if let Some(problem) = crate::bounces::misaligned(&campaign.config, from.domain()) {
             // A misaligned return path is the config's problem, not a row's.
             problems += 1;
             blocking += 1;
@@ -305,23 +305,6 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     }
 }
 
-/// `[bounces] return_path` must share From's domain (or be a subdomain of
-/// it, or the reverse): DMARC's SPF alignment compares the two.
-fn return_path_problem(campaign: &Campaign, from_domain: &str) -> Option<String> {
-    let bounces = campaign.config.bounces.as_ref()?;
-    let rp = bounces.return_path.as_ref()?;
-    let (from, verp) = (from_domain.to_ascii_lowercase(), rp.domain().to_ascii_lowercase());
-    let aligned = from == verp || from.ends_with(&format!(".{verp}")) || verp.ends_with(&format!(".{from}"));
-    (!aligned).then(|| {
-        format!(
-            "{}: [bounces] return_path is in `{verp}`, From in `{from}`: receivers check SPF for the \
-             return path's domain, and DMARC passes on SPF only when that domain aligns with From's\n\n\
-             hint: return_path = \"bounces+{{token}}@{from}\"",
-            bounces.at
-        )
-    })
-}
-
 /// Names each target whose letters bounced as an unknown address (5.1.x).
 fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
     let config = &campaign.config;
@@ -337,9 +320,10 @@ fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
     }
     for (target, (n, diagnostic)) in by_target {
         ui.warn(&format!(
-            "target `{target}`: {n} letter{} bounced as an unknown address ({diagnostic})\n\n\
+            "target `{target}`: {n} letter{} bounced as an unknown address ({})\n\n\
              hint: check the address in [[targets]]; letters already sent to it are not resent",
-            if n == 1 { "" } else { "s" }
+            if n == 1 { "" } else { "s" },
+            crate::ui::printable(&diagnostic)
         ));
     }
     Ok(())

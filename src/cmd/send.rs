@@ -82,6 +82,7 @@ pub fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
 pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
     // From the first moment: a signal in any phase ends the run with 130.
     let interrupt = Interrupt::register()?;
+    crate::bounces::refuse_misaligned(campaign)?;
     if opts.dry_run {
         return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
     }

@@ -491,7 +491,12 @@ fn bounce_report(text: &mut String, bounces: &[Bounce], delivered: &BTreeMap<Str
         sorted.sort_by_key(|(letters, first, ..)| (std::cmp::Reverse(letters.len()), *first));
         for (letters, first, example, reporters) in sorted {
             let n = letters.len() as u64;
-            let by = reporters.iter().copied().collect::<Vec<_>>().join(", ");
+            // Escaped again: a ledger written by an older version may hold raw text.
+            let by = reporters
+                .iter()
+                .map(|r| printable(r))
+                .collect::<Vec<_>>()
+                .join(", ");
             let by = if by.is_empty() {
                 String::new()
             } else {
@@ -499,10 +504,11 @@ fn bounce_report(text: &mut String, bounces: &[Bounce], delivered: &BTreeMap<Str
             };
             let _ = writeln!(
                 text,
-                "  {} letter{} since {}: {example}{by}",
+                "  {} letter{} since {}: {}{by}",
                 thousands(n),
                 if n == 1 { "" } else { "s" },
-                utc_minute(*first)
+                utc_minute(*first),
+                printable(example)
             );
         }
     }
@@ -523,10 +529,11 @@ fn bounce_report(text: &mut String, bounces: &[Bounce], delivered: &BTreeMap<Str
         if refused >= 2 && rate > BOUNCE_RATE_WARNING {
             let _ = writeln!(
                 text,
-                "\nwarning: {refused} of the last {} letters to {target} bounced ({:.0}%, above {:.0}%): its mail \
+                "\nwarning: {refused} of the last {} letters to {} bounced ({:.0}%, above {:.0}%): its mail \
                  system may be filtering the campaign\n  hint: pause `mailer send` for this target and read the \
                  bounce diagnostics above",
                 recent.len(),
+                printable(target),
                 rate * 100.0,
                 BOUNCE_RATE_WARNING * 100.0
             );

@@ -5,6 +5,7 @@
 mod support;
 
 mod bounces;
+mod bounces_hostile;
 mod delivery;
 mod edges_files;
 mod edges_letters;

@@ -12,6 +12,7 @@ mod edges_roster;
 mod edges_run;
 mod edges_wire;
 mod first_hour;
+mod hostile_files;
 mod inputs;
 mod security;
 mod terminal;

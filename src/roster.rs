@@ -124,14 +124,9 @@ impl Roster {
     /// Opens the file and reads its header row.
     pub fn open(path: &Path) -> Result<Roster> {
         let shown = path.display();
-        let open = || {
-            File::open(path).map_err(|e| {
-                anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
-            })
-        };
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
-            .from_reader(Scanned::new(open()?, b','));
+            .from_reader(Scanned::new(open_regular(path)?, b','));
         let raw = match reader.byte_headers() {
             Ok(raw) => raw.clone(),
             Err(e) => {
@@ -314,6 +309,67 @@ impl Iterator for Roster {
 
     fn next(&mut self) -> Option<Result<Row>> {
         self.next_row().transpose()
+    }
+}
+
+/// Opens the supporters file, refusing anything but a regular file.
+///
+/// NOTE: mailer reads the file twice (`send` checks every row, then sends),
+/// and rows are named by their line: it needs a file that stays put. A FIFO,
+/// a device or a process substitution (`<(…)`) reads differently each time,
+/// or never ends, and opening a FIFO with no writer blocks for ever (with the
+/// ledger locked, beyond the reach of a single SIGTERM). So the type is
+/// checked before anything is opened for reading, and again on the opened
+/// descriptor, which cannot change under us.
+fn open_regular(path: &Path) -> Result<File> {
+    let shown = path.display();
+    let unreadable = |e: io::Error| {
+        anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        let kind = file_kind(meta);
+        anyhow!(
+            "supporters file `{shown}` is {kind}, not a regular file: mailer reads the supporters \
+             twice (it checks every row before it sends) and names rows by their line, so it needs \
+             a file that stays put\n\nhint: export the supporters to a file (e.g. `supporters.csv`) \
+             and set [supporters] file to it"
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "a special file"
     }
 }
 

@@ -4,12 +4,11 @@
 //!
 //! Real binary, real files, real FIFOs, the scripted SMTP server.
 
-use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::campaign::{Campaign, Run};
-use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
+use crate::support::smtp::{Security, Server, ServerOptions};
 
 // ---------------------------------------------------------------- helpers
 
@@ -34,18 +33,6 @@ fn wait_for(mut child: std::process::Child, limit: Duration) -> Run {
         pause(Duration::from_millis(5));
     }
     Run::from(child.wait_with_output().unwrap())
-}
-
-/// Polls `cond` every 2 ms for at most `limit`.
-fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        pause(Duration::from_millis(2));
-    }
-    true
 }
 
 fn idle(server: &Server) {
@@ -116,4 +103,84 @@ fn review_a_multi_line_note_is_still_accepted() {
         ana.text()
     );
     assert!(!ana.text().contains("I am Bob"));
+}
+
+// ---------------------------------------------------------------- a supporters file that is not a file
+
+/// Review: a FIFO as the supporters file made `send` block in `open()` for
+/// its second pass, holding the ledger lock, deaf to a single SIGTERM; with
+/// no writer at all, every command blocked at once. mailer reads the file
+/// twice and needs one that stays put: a FIFO or a device is refused at
+/// load, by every command, without opening it.
+#[test]
+fn review_a_supporters_file_that_is_not_a_regular_file_is_refused_at_load() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    let fifo = c.join(CSV);
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    // No writer: opening the FIFO to read would block for ever.
+    for args in [
+        &["check"][..],
+        &["send", "--yes"],
+        &["send", "--dry-run"],
+        &["preview"],
+        &["status"],
+    ] {
+        let run = wait_for(c.spawn(args), Duration::from_secs(15));
+        run.code(1)
+            .stderr_has(&format!(
+                "error: supporters file `{CSV}` is a named pipe (FIFO), not a regular file: mailer \
+                 reads the supporters twice"
+            ))
+            .stderr_has("hint: export the supporters to a file");
+    }
+    // A later run is not locked out: nothing held the ledger.
+    let again = wait_for(c.spawn(&["send", "--yes"]), Duration::from_secs(15));
+    assert_ne!(again.code, 75, "{again:?}");
+
+    // A device too, whatever it would read.
+    let head = Campaign::new().config_text();
+    for dev in ["/dev/null", "/dev/zero"] {
+        let c = Campaign::new()
+            .head(&head.replace(&format!("file = \"{CSV}\""), &format!("file = \"{dev}\"")))
+            .smtp_plain(&server);
+        let run = wait_for(c.spawn(&["check"]), Duration::from_secs(15));
+        run.code(1).stderr_has(&format!(
+            "error: supporters file `{dev}` is a character device, not a regular file"
+        ));
+    }
+    idle(&server);
+    assert!(server.received().is_empty(), "nothing may go");
+}
+
+/// The reviewer's FIFO, written once: before, `send` read it for its first
+/// pass, then blocked re-opening it for the second with the ledger locked.
+#[test]
+fn review_a_fifo_written_once_does_not_hang_send() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    let fifo = c.join(CSV);
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let send = c.spawn(&["send", "--yes"]);
+    // Feed it once, as `mkfifo` + `printf > fifo` would; give up if nobody
+    // opens it (mailer refused it without opening, as it should).
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let _ = std::io::Write::write_all(
+            &mut f,
+            b"email,first_name,last_name,city,note\nana@mail.example,Ana,Lopez,Tucson,\n",
+        );
+    });
+    let run = wait_for(send, Duration::from_secs(15));
+    run.code(1)
+        .stderr_has("is a named pipe (FIFO), not a regular file");
+    if !writer.is_finished() {
+        drop(std::fs::File::open(&fifo));
+    }
+    writer.join().unwrap();
+    idle(&server);
+    assert!(server.received().is_empty(), "nothing may go");
 }

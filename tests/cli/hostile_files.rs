@@ -4,11 +4,12 @@
 //!
 //! Real binary, real files, real FIFOs, the scripted SMTP server.
 
+use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::campaign::{Campaign, Run};
-use crate::support::smtp::{Security, Server, ServerOptions};
+use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
 
 // ---------------------------------------------------------------- helpers
 
@@ -33,6 +34,36 @@ fn wait_for(mut child: std::process::Child, limit: Duration) -> Run {
         pause(Duration::from_millis(5));
     }
     Run::from(child.wait_with_output().unwrap())
+}
+
+/// Polls `cond` every 2 ms for at most `limit`.
+fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        pause(Duration::from_millis(2));
+    }
+    true
+}
+
+/// `n` valid supporters, `s0001@mail.example` …
+fn supporters(n: usize) -> String {
+    let mut csv = String::from("email,first_name,last_name,city,note\n");
+    for i in 1..=n {
+        let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},");
+    }
+    csv
+}
+
+/// How often each Message-ID reached the server.
+fn copies(server: &Server) -> std::collections::HashMap<String, usize> {
+    let mut n = std::collections::HashMap::new();
+    for m in server.received().iter().chain(&server.dropped_after_dot()) {
+        *n.entry(m.message_id().unwrap()).or_insert(0) += 1;
+    }
+    n
 }
 
 fn idle(server: &Server) {
@@ -183,4 +214,89 @@ fn review_a_fifo_written_once_does_not_hang_send() {
     writer.join().unwrap();
     idle(&server);
     assert!(server.received().is_empty(), "nothing may go");
+}
+
+// ---------------------------------------------------------------- a ledger deleted mid-run
+
+/// Review: `rm .mailer/ID.sqlite3` during a run (its `-wal` and `-shm`
+/// left) let a second run in: the first run's lock was on the deleted
+/// inode, both shared the old WAL, the ledger ended with letters missing,
+/// and a third run resent them (29 messages for 20 letters). Now the second
+/// run refuses (the journal says a ledger was there), the first stops at its
+/// next letter and saves its record, the next run names that copy, and once
+/// it is put back the rest go: no letter twice.
+#[test]
+fn review_deleting_the_ledger_mid_run_never_sends_a_letter_twice() {
+    let server = Server::start(ServerOptions::new(Security::Plain).with_script(|step| {
+        if matches!(step, Step::Dot { .. }) {
+            pause(Duration::from_millis(100));
+        }
+        Action::Default
+    }));
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .section("[delivery]\nretries = 1\n")
+        .file(CSV, supporters(20));
+    let ledger = c.ledger();
+    let first = c.spawn(&["send", "--yes"]);
+    assert!(wait_until(Duration::from_secs(10), || server.dots_seen() >= 3));
+    std::fs::remove_file(&ledger).unwrap();
+    assert!(c.join(".mailer/test-campaign.sqlite3-wal").exists());
+
+    // The second run: no ledger, but its journal is there.
+    let second = c.run(&["send", "--yes"]);
+    second
+        .code(1)
+        .stderr_has("test-campaign.sqlite3` is missing but its journal `")
+        .stderr_has("another run may hold a deleted ledger")
+        .stderr_has("hint: restore the ledger from a backup");
+
+    // The first run notices at its next letter and stops, letters having gone.
+    let first = wait_for(first, Duration::from_secs(30));
+    first
+        .code(3)
+        .stderr_has("test-campaign.sqlite3` was deleted while this run was using it: stopped")
+        .stderr_has("is saved in `");
+    idle(&server);
+    let went = copies(&server).len();
+    assert!((3..20).contains(&went), "{went} letters went in the first run");
+
+    // Its record is saved beside the ledger; the next run will not start
+    // afresh past it.
+    let saved: Vec<_> = std::fs::read_dir(c.join(".mailer"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".sqlite3.rescued-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(!ledger.exists());
+    c.run(&["send", "--yes"])
+        .code(1)
+        .stderr_has("holds the record a run saved when the ledger was deleted under it")
+        .stderr_has("hint: once that run has ended, put it back (`rm ");
+    idle(&server);
+    assert_eq!(copies(&server).len(), went, "nothing may go meanwhile");
+
+    // Put back as the hint says, the rest go, and none twice.
+    for journal in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(c.join(&format!(".mailer/test-campaign.sqlite3{journal}")));
+    }
+    std::fs::rename(&saved[0], &ledger).unwrap();
+    let last = c.run(&["send", "--yes"]);
+    assert!(last.code == 0 || last.code == 3, "{last:?}");
+    idle(&server);
+    let got = copies(&server);
+    assert!(got.values().all(|&n| n == 1), "a letter went twice: {got:?}");
+    let unknown = c
+        .states()
+        .iter()
+        .find(|(s, _)| s == "unknown")
+        .map_or(0, |(_, n)| *n);
+    assert_eq!(got.len() as i64 + unknown, 20, "{:?}", c.states());
+    assert_eq!(
+        unknown,
+        0,
+        "the run stopped before its next claim: {:?}",
+        c.states()
+    );
 }

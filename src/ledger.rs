@@ -136,6 +136,10 @@ pub struct Ledger {
     path: PathBuf,
     /// The run lock, for a ledger opened to write.
     _lock: Option<File>,
+    /// The locked file's (device, inode): `path` must keep naming it.
+    identity: Option<(u64, u64)>,
+    /// Set once `path` no longer names the locked file: why the run must stop.
+    lost: std::cell::OnceCell<String>,
 }
 
 const SCHEMA: &str = "
@@ -200,9 +204,23 @@ impl Ledger {
             private_dir(dir)?;
         }
         if !path.exists() {
+            refuse_leftovers(path)?;
             create(path, campaign_id)?;
         }
         let lock = run_lock(path)?;
+        // NOTE: the lock holds only while `path` names the locked inode. A
+        // run that opened the file just before it was deleted or replaced
+        // would hold a lock nobody else can see.
+        let identity = identity_of(&lock.metadata()?);
+        if std::fs::metadata(path).ok().as_ref().map(identity_of) != Some(identity) {
+            return Err(Failure::error(
+                Exit::TryLater,
+                format!(
+                    "the ledger `{shown}` was deleted or replaced while this run was opening it: \
+                     try again"
+                ),
+            ));
+        }
         sound_file(path)?;
         let conn = Connection::open(path).with_context(|| format!("cannot open ledger `{shown}`"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -234,6 +252,8 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             _lock: Some(lock),
+            identity: Some(identity),
+            lost: std::cell::OnceCell::new(),
         })
     }
 
@@ -246,7 +266,10 @@ impl Ledger {
         // inside `send` beside its writing connection, and closing any
         // descriptor of the file would drop that connection's POSIX locks.
         match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                refuse_leftovers(path)?;
+                return Ok(None);
+            }
             _ => sound_file(path)?,
         }
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -261,6 +284,8 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             _lock: None,
+            identity: None,
+            lost: std::cell::OnceCell::new(),
         }))
     }
 
@@ -324,7 +349,11 @@ impl Ledger {
     /// `Err` is a letter already recorded as sent, which must not go again,
     /// or one that is `sending`: another run holds it (the run lock makes
     /// that impossible; this refusal is the ledger's own second line).
+    ///
+    /// Refuses every letter (outer `Err`) once the ledger's path no longer
+    /// names the file this run locked ([`Ledger::still_ours`]).
     pub fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
+        self.still_ours()?;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = self.conn.unchecked_transaction()?;
         let mut results = Vec::with_capacity(letters.len());
@@ -524,10 +553,77 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Writes everything to the main database file (end of a run).
+    /// Writes everything to the main database file (end of a run). A
+    /// ledger deleted after the run's last claim is saved here.
     pub fn checkpoint(&self) -> Result<()> {
+        self.still_ours()?;
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
+    }
+
+    /// Checks, with one `stat`, that the ledger's path still names the file
+    /// this run locked. If it was deleted (`rm`, with its `-wal` left) or
+    /// replaced, the run's lock protects nothing: another run can start on
+    /// the path and send the same letters, and when this run ends its record
+    /// vanishes with the deleted file. So this run stops handing letters
+    /// over, and first saves what it recorded (`PATH.rescued-PID`, a
+    /// complete copy, `sending` rows included: they become `unknown`, never
+    /// resent by themselves), which a later run refuses to ignore.
+    pub fn still_ours(&self) -> Result<()> {
+        let Some(identity) = self.identity else {
+            return Ok(());
+        };
+        if let Some(why) = self.lost.get() {
+            return Err(anyhow::anyhow!("{why}"));
+        }
+        let what = match std::fs::metadata(&self.path) {
+            Ok(meta) if identity_of(&meta) == identity => return Ok(()),
+            Ok(_) => "replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+            // Cannot tell (e.g. a permission change): keep going; the lock
+            // still holds for any run that can open the file.
+            Err(_) => return Ok(()),
+        };
+        let shown = self.path.display();
+        let stop = format!(
+            "the ledger `{shown}` was {what} while this run was using it: stopped before handing \
+             over another letter, so that none goes twice"
+        );
+        let why = match self.rescue() {
+            Ok(saved) => format!(
+                "{stop}; what this run recorded is saved in `{saved}`\n\nhint: when this run has \
+                 ended, put it back (`mv {saved} {shown}`{}), then run `mailer send` again",
+                if what == "deleted" {
+                    ""
+                } else {
+                    ", after keeping whatever replaced it"
+                },
+                saved = saved.display()
+            ),
+            Err(e) => format!(
+                "{stop}; saving what it recorded failed ({e:#}), so the letters it sent are known \
+                 only from this output\n\nhint: restore the ledger from a backup before the next run"
+            ),
+        };
+        let _ = self.lost.set(why.clone());
+        Err(anyhow::anyhow!("{why}"))
+    }
+
+    /// Writes a complete copy of the open (lost) ledger beside its path.
+    fn rescue(&self) -> Result<PathBuf> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".rescued-{}", std::process::id()));
+        let to = PathBuf::from(name);
+        drop(new_private_file(&to).map_err(|e| write_error(&e, &to))?);
+        let target = to
+            .to_str()
+            .with_context(|| format!("`{}` is not valid UTF-8", to.display()))?;
+        self.conn
+            .execute("VACUUM INTO ?1", [target])
+            .map_err(|e| disk_error(e, &to))?;
+        File::open(&to)?.sync_all()?;
+        sync_dir(&to)?;
+        Ok(to)
     }
 }
 
@@ -1037,6 +1133,89 @@ fn run_lock(path: &Path) -> Result<File> {
             Err(e).with_context(|| format!("cannot lock ledger `{}`", path.display()))
         }
     }
+}
+
+/// A file's (device, inode).
+fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
+}
+
+/// With no ledger at `path`, refuses to start afresh when what is beside
+/// it says letters were recorded: its `-wal` or `-shm` journal (a run may
+/// hold the deleted ledger, or a copy missed the main file), or a copy a
+/// run saved when its ledger was deleted under it.
+///
+/// NOTE: exit 1, not 75: if a run does hold a deleted ledger it stops at
+/// its next letter and saves its record, and then this refusal names that
+/// copy; either way a person must put a ledger back. "Try later" would let
+/// cron retry until the journal is gone and start afresh, resending.
+fn refuse_leftovers(path: &Path) -> Result<()> {
+    let shown = path.display();
+    let journals: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut journal = path.as_os_str().to_owned();
+            journal.push(suffix);
+            PathBuf::from(journal)
+        })
+        .filter(|j| std::fs::symlink_metadata(j).is_ok())
+        .collect();
+    if let Some(saved) = rescued_copy(path) {
+        // NOTE: the deleted ledger's journal stays behind (SQLite neither
+        // checkpoints nor deletes the WAL of an unlinked database); its
+        // frames belong to the deleted file and would corrupt the copy.
+        let rm = if journals.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = journals.iter().map(|j| j.display().to_string()).collect();
+            format!("rm {} && ", names.join(" "))
+        };
+        bail!(
+            "the ledger `{shown}` is missing, but `{}` holds the record a run saved when the \
+             ledger was deleted under it\n\nhint: once that run has ended, put it back \
+             (`{rm}mv {} {shown}`), then run again",
+            saved.display(),
+            saved.display()
+        );
+    }
+    if let Some(journal) = journals.first() {
+        bail!(
+            "the ledger `{shown}` is missing but its journal `{}` is there: another run may hold \
+             a deleted ledger, or a copy was incomplete\n\nhint: restore the ledger from a \
+             backup; if a run is still going, wait for it to end (it saves its record as \
+             `{shown}.rescued-PID`). Do not delete the journal to get past this: letters \
+             would be sent twice",
+            journal.display()
+        );
+    }
+    Ok(())
+}
+
+/// A copy [`Ledger::still_ours`] saved beside `path`, if any.
+fn rescued_copy(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = path.file_name()?.to_owned();
+    prefix.push(".rescued-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| path.with_file_name(e.file_name()))
 }
 
 /// Refuses a ledger path that is a folder, or an empty file: an empty
@@ -1858,6 +2037,71 @@ mod tests {
         assert!(Ledger::open_existing(&path, "c").unwrap().is_some());
         drop(first);
         Ledger::open(&path, "c").unwrap();
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_ledger_stops_claims_and_is_saved() {
+        let a = Key {
+            supporter: "a@x.org",
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<a@o>",
+            variant: &Variant::default(),
+        };
+        let b = Key {
+            supporter: "b@x.org",
+            message_id: "<b@o>",
+            ..a
+        };
+        for replace in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(".mailer/c.sqlite3");
+            let l = Ledger::open(&path, "c").unwrap();
+            l.claim(&a, 100).unwrap();
+            l.record(&a, &Outcome::Sent("250 ok".into()), true, 101).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            if replace {
+                std::fs::write(&path, b"another file").unwrap();
+            }
+            // With the journal left behind, no run may start afresh.
+            if !replace {
+                let err = format!("{:#}", Ledger::open(&path, "c").err().unwrap());
+                assert!(err.contains("is missing but its journal"), "{err}");
+            }
+            let err = l.claim(&b, 102).unwrap_err().to_string();
+            let what = if replace {
+                "replaced by another file"
+            } else {
+                "deleted"
+            };
+            assert!(
+                err.contains(&format!("was {what} while this run was using it")),
+                "{err}"
+            );
+            assert!(l.claim(&b, 103).is_err(), "every later claim is refused too");
+            assert!(l.checkpoint().is_err());
+            drop(l);
+            let saved = rescued_copy(&path).expect("a saved copy");
+            assert!(err.contains(&format!("saved in `{}`", saved.display())), "{err}");
+            let perms = std::fs::metadata(&saved).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&perms) & 0o777, 0o600);
+            if !replace {
+                let err = format!("{:#}", Ledger::open(&path, "c").err().unwrap());
+                assert!(err.contains("holds the record a run saved"), "{err}");
+                assert!(
+                    err.contains("hint: once that run has ended, put it back (`rm "),
+                    "{err}"
+                );
+                for j in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{j}", path.display()));
+                }
+                std::fs::rename(&saved, &path).unwrap();
+                let l = Ledger::open(&path, "c").unwrap();
+                let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+                assert_eq!(r.state, State::Sent);
+                assert!(l.get("b@x.org", "ceo@corp.example").unwrap().is_none());
+            }
+        }
     }
 
     #[test]

@@ -124,14 +124,9 @@ impl Roster {
     /// Opens the file and reads its header row.
     pub fn open(path: &Path) -> Result<Roster> {
         let shown = path.display();
-        let open = || {
-            File::open(path).map_err(|e| {
-                anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
-            })
-        };
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
-            .from_reader(Scanned::new(open()?, b','));
+            .from_reader(Scanned::new(open_regular(path)?, b','));
         let raw = match reader.byte_headers() {
             Ok(raw) => raw.clone(),
             Err(e) => {
@@ -317,6 +312,67 @@ impl Iterator for Roster {
     }
 }
 
+/// Opens the supporters file, refusing anything but a regular file.
+///
+/// NOTE: mailer reads the file twice (`send` checks every row, then sends),
+/// and rows are named by their line: it needs a file that stays put. A FIFO,
+/// a device or a process substitution (`<(…)`) reads differently each time,
+/// or never ends, and opening a FIFO with no writer blocks for ever (with the
+/// ledger locked, beyond the reach of a single SIGTERM). So the type is
+/// checked before anything is opened for reading, and again on the opened
+/// descriptor, which cannot change under us.
+fn open_regular(path: &Path) -> Result<File> {
+    let shown = path.display();
+    let unreadable = |e: io::Error| {
+        anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        let kind = file_kind(meta);
+        anyhow!(
+            "supporters file `{shown}` is {kind}, not a regular file: mailer reads the supporters \
+             twice (it checks every row before it sends) and names rows by their line, so it needs \
+             a file that stays put\n\nhint: export the supporters to a file (e.g. `supporters.csv`) \
+             and set [supporters] file to it"
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "a special file"
+    }
+}
+
 /// `First Name` → `first_name`.
 #[must_use]
 pub fn normalize_header(h: &str) -> String {
@@ -470,6 +526,10 @@ struct Scanned<R> {
     columns: u64,
     /// (offset, line) of each row's first byte, not yet asked for.
     starts: VecDeque<(u64, u64)>,
+    /// The header row's column count, once it has ended.
+    header_columns: Option<u64>,
+    /// What the lines of the open quoted value look like.
+    suspect: Suspect,
     /// Stopped: every later read fails with this.
     broken: Option<Broken>,
 }
@@ -489,6 +549,8 @@ impl<R: Read> Scanned<R> {
             value_bytes: 0,
             columns: 0,
             starts: VecDeque::new(),
+            header_columns: None,
+            suspect: Suspect::default(),
             broken: None,
         }
     }
@@ -544,10 +606,14 @@ impl<R: Read> Scanned<R> {
         if self.row_bytes > MAX_ROW_BYTES {
             return Err(self.too_big(format!("this row is longer than {MAX_ROW_BYTES} bytes")));
         }
+        if self.at == At::QuoteInQuoted && (b == self.delimiter || end) {
+            self.closed()?;
+        }
         // RowStart was turned into ValueStart above; it shares the arms.
         self.at = match (self.at, b) {
             (At::RowStart | At::ValueStart, b'"') => {
                 self.quote_line = self.line;
+                self.suspect = Suspect::default();
                 At::Quoted
             }
             (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if b == self.delimiter => {
@@ -558,13 +624,68 @@ impl<R: Read> Scanned<R> {
                 }
                 At::ValueStart
             }
-            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => At::RowStart,
+            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => {
+                self.header_columns.get_or_insert(self.columns);
+                At::RowStart
+            }
             (At::RowStart | At::ValueStart | At::Bare, _) => self.grow(At::Bare)?,
-            (At::Quoted, b'"') => At::QuoteInQuoted,
-            (At::Quoted, _) | (At::QuoteInQuoted, b'"') => self.grow(At::Quoted)?,
+            (At::Quoted, b'"') => {
+                self.suspect.boundary();
+                At::QuoteInQuoted
+            }
+            (At::Quoted, _) => {
+                self.note_quoted(b, end);
+                self.grow(At::Quoted)?
+            }
+            (At::QuoteInQuoted, b'"') => self.grow(At::Quoted)?,
             (At::QuoteInQuoted, _) => return Err(self.text_after_quote()),
         };
         Ok(())
+    }
+
+    /// Notes one byte of a quoted value (not a quote) for [`Suspect`].
+    fn note_quoted(&mut self, b: u8, end: bool) {
+        if end {
+            if self.line > self.quote_line {
+                self.suspect.end_line(self.line, self.header_columns);
+            } else {
+                self.suspect.new_line();
+            }
+        } else if b == self.delimiter {
+            self.suspect.delimiters += 1;
+            self.suspect.boundary();
+        } else {
+            self.suspect.byte(b);
+        }
+    }
+
+    /// A quoted value has just closed (its closing quote is followed by a
+    /// delimiter, a line end or the end of the file). Refuses one that ran
+    /// over lines that look like supporter rows: an opening quote whose
+    /// value should have ended on its own line, closed by a quote that
+    /// ends a later row (`…,I am 6 foot tall"`). That is valid CSV, but a
+    /// real multi-line note is prose, not a run of whole rows with emails.
+    fn closed(&mut self) -> std::result::Result<(), Broken> {
+        if self.line > self.quote_line {
+            self.suspect.end_line(self.line, self.header_columns);
+        }
+        let Some(first) = self.suspect.first_row else {
+            return Ok(());
+        };
+        let n = self.suspect.rows;
+        let (lines, rows) = if n == 1 {
+            ("1 line that looks like a supporter row".to_string(), "that row")
+        } else {
+            (format!("{n} lines that look like supporter rows"), "those rows")
+        };
+        Err(Broken {
+            line: self.quote_line,
+            reason: format!(
+                "a quoted value here runs over {lines} (from line {first}): a quote is probably \
+                 missing its end, and {rows} would be read as part of this row's value"
+            ),
+            hint: QUOTE_HINT,
+        })
     }
 
     /// One more byte of the current value.
@@ -615,7 +736,10 @@ impl<R: Read> Scanned<R> {
     }
 
     /// At the end of the file: a quote still open swallowed the rest.
-    fn finish(&self) -> std::result::Result<(), Broken> {
+    fn finish(&mut self) -> std::result::Result<(), Broken> {
+        if self.at == At::QuoteInQuoted {
+            self.closed()?;
+        }
         if self.at == At::Quoted {
             return Err(Broken {
                 line: self.quote_line,
@@ -626,6 +750,94 @@ impl<R: Read> Scanned<R> {
             });
         }
         Ok(())
+    }
+}
+
+/// What the lines of one open quoted value look like, line by line: a
+/// line after the first that holds as many delimiters as the header (a
+/// whole row's worth) *and* an email-shaped token is a supporter row that
+/// a stray quote swallowed. Both are needed: prose with commas, or with an
+/// address, is a note.
+#[derive(Debug, Default, Clone, Copy)]
+struct Suspect {
+    /// Delimiters on the current line (inside the value).
+    delimiters: u64,
+    /// The token being read.
+    token: EmailShape,
+    /// Whether the current line holds an email-shaped token.
+    email: bool,
+    /// Lines that looked like rows so far, and the first of them.
+    rows: u64,
+    first_row: Option<u64>,
+}
+
+impl Suspect {
+    fn byte(&mut self, b: u8) {
+        if b.is_ascii_whitespace() || b"\"<>()[],;:".contains(&b) {
+            self.boundary();
+        } else {
+            self.token.push(b);
+        }
+    }
+
+    fn boundary(&mut self) {
+        self.email |= self.token.shaped();
+        self.token = EmailShape::default();
+    }
+
+    /// Ends the current line, a continuation line of the value.
+    fn end_line(&mut self, line: u64, header_columns: Option<u64>) {
+        self.boundary();
+        let whole_row = header_columns.is_some_and(|n| self.delimiters + 1 >= n);
+        if whole_row && self.email {
+            self.rows += 1;
+            self.first_row.get_or_insert(line);
+        }
+        self.new_line();
+    }
+
+    fn new_line(&mut self) {
+        (self.delimiters, self.email, self.token) = (0, false, EmailShape::default());
+    }
+}
+
+/// Whether a token read byte by byte has the shape `local@domain.tld`:
+/// something before one `@`, then dot-separated labels of letters, digits
+/// and `-` (a trailing dot, as at the end of a sentence, is allowed).
+#[derive(Debug, Default, Clone, Copy)]
+struct EmailShape {
+    local: bool,
+    at: bool,
+    /// Bytes of the domain label being read, and the labels ended by a dot.
+    label: u32,
+    dots: u32,
+    bad: bool,
+}
+
+impl EmailShape {
+    fn push(&mut self, b: u8) {
+        if self.bad {
+            return;
+        }
+        if !self.at {
+            if b == b'@' {
+                self.at = self.local;
+                self.bad = !self.local;
+            } else {
+                self.local = true;
+            }
+        } else if b == b'.' {
+            self.bad = self.label == 0;
+            (self.dots, self.label) = (self.dots + 1, 0);
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            self.label += 1;
+        } else {
+            self.bad = true;
+        }
+    }
+
+    fn shaped(self) -> bool {
+        !self.bad && self.at && (self.dots >= 2 || (self.dots == 1 && self.label > 0))
     }
 }
 
@@ -769,6 +981,84 @@ mod tests {
         );
         let (_, err) = broken(b"\"email\"x,note\na@x.org,\n");
         assert!(err.starts_with("s.csv:1: a quoted value"), "{err}");
+    }
+
+    #[test]
+    fn a_quote_closed_at_the_end_of_a_later_row_breaks_the_file() {
+        // Review of issue 9 item 4: the closing quote ends Cat's line, so
+        // the csv crate reads lines 3-5 as Ana's note, validly.
+        let csv = "email,name,note\nz@m.test,Zoe,hi\nana@m.test,Ana,\"I support this\n\
+                   bob@m.test,Bob,count me in\ncat@m.test,Cat,I am 6 foot tall\"\ndan@m.test,Dan,hi\n";
+        let (good, err) = broken(csv.as_bytes());
+        assert_eq!(lines(&good), vec![2]);
+        assert!(
+            err.starts_with(
+                "s.csv:3: a quoted value here runs over 2 lines that look like supporter rows \
+                 (from line 4): a quote is probably missing its end"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("\n\nhint: close the quote"), "{err}");
+        // CRLF, the last row, one swallowed row, the file ending at the quote.
+        let (_, err) = broken(b"email,name,note\r\nana@m.test,Ana,\"x\r\nbob@m.test,Bob,y\"");
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line that looks like a supporter row"),
+            "{err}"
+        );
+        // A swallowed row in the middle of the value, with more text after it.
+        let (_, err) = broken(b"email,name,note\nana@m.test,Ana,\"x\nbob@m.test,Bob,y\nand so on\"\n");
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_note_is_still_a_note() {
+        // Prose spanning lines is accepted, commas and all; a line is a
+        // swallowed row only with a row's worth of delimiters AND an
+        // email-shaped token.
+        for note in [
+            "Dear Satya,\nas a parent, a voter, and a customer, I ask you:\ndrop it.\nThanks, Ana",
+            // An address, but too few delimiters for a row of 4 columns.
+            "Write to me\nat ana@m.test, any time.\nAna",
+            // Delimiters for a whole row, but no address.
+            "one\ntwo, three, four, five, six\nseven",
+            // `@` without a mail domain is no address.
+            "hi\n@ana, @bob, @cat, and @dan\nbye",
+            "hi\nana@localhost, b, c, d\nbye",
+        ] {
+            let csv = format!("email,name,city,note\na@m.test,Ana,Oslo,\"{note}\"\nb@m.test,Bob,Rome,ok\n");
+            let r = rows(csv.as_bytes());
+            assert_eq!(lines(&r), vec![2, 2 + note.lines().count() as u64], "{note}");
+            assert!(matches!(&r[0], Row::Valid(s) if s.values[3] == note), "{r:?}");
+        }
+        // Exactly a row's worth: 3 delimiters for 4 columns, and an address.
+        let csv = "email,name,city,note\na@m.test,Ana,Oslo,\"x\nb@m.test,Bob,Rome,ok\"\n";
+        let (_, err) = broken(csv.as_bytes());
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line"),
+            "{err}"
+        );
+        let csv = "email,name,city,note\na@m.test,Ana,Oslo,\"x\nb@m.test,Bob,ok\"\n";
+        assert_eq!(lines(&rows(csv.as_bytes())), vec![2]);
+    }
+
+    #[test]
+    fn email_shaped_tokens() {
+        let shaped = |t: &str| {
+            let mut e = EmailShape::default();
+            t.bytes().for_each(|b| e.push(b));
+            e.shaped()
+        };
+        for yes in ["a@b.co", "jane.doe+x@mail.example.org", "a@b.co."] {
+            assert!(shaped(yes), "{yes}");
+        }
+        for no in [
+            "@b.co", "a@b", "a@b.", "a@.b", "a@@b.co", "a@b_c.co", "plain", "a.b.c",
+        ] {
+            assert!(!shaped(no), "{no}");
+        }
     }
 
     #[test]

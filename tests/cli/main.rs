@@ -14,6 +14,7 @@ mod edges_run;
 mod edges_wire;
 mod first_hour;
 mod first_hour2;
+mod hostile_files;
 mod inputs;
 mod security;
 mod terminal;

@@ -33,6 +33,7 @@ pub mod placeholder;
 pub mod report;
 pub mod roster;
 pub mod secret;
+pub mod targets;
 pub mod throttle;
 pub mod transport;
 pub mod ui;
@@ -85,6 +86,9 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             },
             ui,
         ),
+        Command::Send(a) if a.test.is_some() => {
+            cmd::send_test::run(&load()?, a.test.as_deref().unwrap_or_default(), a.limit, ui)
+        }
         Command::Send(a) => {
             let opts = cmd::send::Options {
                 dry_run: a.dry_run,

@@ -13,6 +13,7 @@ mod edges_run;
 mod edges_wire;
 mod first_hour;
 mod inputs;
+mod routing;
 mod security;
 mod terminal;
 mod variants;

@@ -538,3 +538,40 @@ fn issue10_dry_run_groups_routed_targets_and_counts_letter_files() {
         .stdout_has("letters/letter.es.txt (language es)")
         .stdout_has("  letters/letter.txt\n");
 }
+
+// ---- item 9: the shipped example ----
+
+#[test]
+fn issue10_the_shipped_routing_example_routes_the_example_supporters() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(repo.join("config.example.toml")).unwrap();
+    let routed = example
+        .replace("# [routing]\n", "[routing]\n")
+        .replace("# targets = \"targets.csv\"\n", "targets = \"targets.csv\"\n")
+        .replace("# match = [\"city\"]\n", "match = [\"city\"]\n")
+        // A loopback relay: `check` then has no placeholder addresses to list.
+        .replace("host = \"smtp.example.org\"", "host = \"127.0.0.1\"");
+    assert!(routed.contains("\n[routing]\ntargets = \"targets.csv\"\nmatch = [\"city\"]\n"));
+    let mut c = Campaign::new()
+        .file(
+            "supporters.example.csv",
+            std::fs::read(repo.join("supporters.example.csv")).unwrap(),
+        )
+        .file("targets.csv", std::fs::read(repo.join("targets.csv")).unwrap());
+    for entry in std::fs::read_dir(repo.join("letters")).unwrap() {
+        let entry = entry.unwrap();
+        let name = format!("letters/{}", entry.file_name().to_string_lossy());
+        c = c.file(&name, std::fs::read(entry.path()).unwrap());
+    }
+    let c = c.head(&routed);
+    c.run(&["check"])
+        .code(0)
+        .stdout_has("12 supporters → 18 letters to 7 targets ready");
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("Letters due now: 18")
+        .stdout_has("to the 6 targets of `targets.csv`:");
+    c.run(&["preview", "--target", "texas.office.elpaso@microsoft.example"])
+        .code(0)
+        .stdout_has("from El Paso, a border city: end the ICE contract");
+}

@@ -1577,4 +1577,28 @@ file = "s.csv"
             (None, "{{ supporter.email }}".into())
         );
     }
+
+    #[test]
+    fn front_matter_gives_the_subject_and_keeps_body_line_numbers() {
+        let path = Path::new("letters/letter.es.md");
+        let (body, subject) =
+            front_matter(path, "\u{feff}+++\nsubject = \"Hola\"\n+++\nEstimado\n{{ x }}\n").unwrap();
+        assert_eq!(
+            subject,
+            Some(("Hola".to_string(), "letters/letter.es.md:2".to_string()))
+        );
+        assert_eq!(body, "{#\n\n\n#}Estimado\n{{ x }}\n");
+        assert_eq!(
+            body.lines().position(|l| l == "{{ x }}"),
+            Some(4),
+            "still on line 5"
+        );
+        let (plain, none) = front_matter(path, "\u{feff}Dear\n").unwrap();
+        assert_eq!((plain.as_str(), none), ("Dear\n", None));
+        let open = front_matter(path, "+++\nsubject = \"x\"\nDear\n").unwrap_err();
+        assert!(
+            format!("{open:#}").contains("letters/letter.es.md:1: the front matter"),
+            "{open:#}"
+        );
+    }
 }

@@ -983,4 +983,13 @@ mod tests {
         assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
         assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
     }
+
+    #[test]
+    fn the_delimiter_is_the_most_frequent_outside_quotes() {
+        assert_eq!(detect_delimiter(b"email,first_name,city\na;b;c;d\n"), b',');
+        assert_eq!(detect_delimiter(b"email;first_name;city\n"), b';');
+        assert_eq!(detect_delimiter(b"Email Address\tFirst Name\n"), b'\t');
+        assert_eq!(detect_delimiter(b"\"a;b;c\",email\n"), b',');
+        assert_eq!(detect_delimiter(b"email\n"), b',');
+    }
 }

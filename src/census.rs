@@ -76,7 +76,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
     for prepared in campaign.prepared(false)? {
         match prepared? {
             Prepared::Letters { supporter, letters } => {
-                for (target, built) in campaign.config.targets.iter().zip(letters) {
+                for (target, built) in letters {
                     let t = target.key();
                     seen.insert(fingerprint(&[&supporter.key, &t]));
                     let record = lookup(&supporter.key, &t)?;
@@ -105,7 +105,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                 } else {
                     Origin::Invalid
                 };
-                for target in &campaign.config.targets {
+                for target in campaign.unconditional_targets() {
                     let t = target.key();
                     seen.insert(fingerprint(&[&key, &t]));
                     let record = lookup(&key, &t)?;
@@ -130,7 +130,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     });
                 }
             }
-            Prepared::Duplicate(Repeat { .. }) => {}
+            Prepared::Duplicate(Repeat { .. }) | Prepared::Unmatched { .. } => {}
         }
     }
     if let Some(ledger) = ledger {

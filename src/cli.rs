@@ -213,6 +213,13 @@ pub struct SendArgs {
     /// Also resend letters whose delivery is unknown (same Message-ID)
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Send test letters to EMAIL only: one per distinct target, letter
+    /// file, language and subject variant (at most --limit, default 10)
+    ///
+    /// Subjects start with `[TEST] `; no Cc or Bcc; same relay, TLS and
+    /// DKIM. The ledger and `daily_limit` are untouched.
+    #[arg(long, value_name = "EMAIL", conflicts_with_all = ["dry_run", "retry_failed", "resend_unknown"])]
+    pub test: Option<String>,
 }
 
 /// The command line as `mailer` parses it: the derive's, with the global

@@ -91,12 +91,7 @@ pub fn select(
             campaign.config.supporters_file.display()
         );
     }
-    let mut all: Vec<String> = campaign
-        .config
-        .targets
-        .iter()
-        .map(crate::config::Target::key)
-        .collect();
+    let mut all: Vec<String> = campaign.config.targets.iter().map(|t| t.key()).collect();
     for t in in_ledger {
         if !all.contains(&t) {
             all.push(t);

@@ -35,6 +35,7 @@ pub mod provider;
 pub mod report;
 pub mod roster;
 pub mod secret;
+pub mod targets;
 pub mod throttle;
 pub mod transport;
 pub mod ui;
@@ -88,6 +89,9 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             },
             ui,
         ),
+        Command::Send(a) if a.test.is_some() => {
+            cmd::send_test::run(&load()?, a.test.as_deref().unwrap_or_default(), a.limit, ui)
+        }
         Command::Send(a) => {
             let opts = cmd::send::Options {
                 dry_run: a.dry_run,

@@ -6,11 +6,12 @@
 //! is not loopback while any letter would carry one (SPEC "Commands").
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
-use crate::config::is_loopback;
+use crate::config::{Target, is_loopback};
 use crate::message::Built;
 use crate::roster::Supporter;
 
@@ -87,6 +88,8 @@ fn address_of(mailbox: &str) -> &str {
 pub struct Scan {
     config_file: String,
     csv: String,
+    /// `[routing] targets`, where a routed target's address comes from.
+    routing_file: Option<String>,
     /// (field, lower-cased address) → (order first seen, finding).
     found: BTreeMap<(&'static str, String), (usize, Found)>,
 }
@@ -98,13 +101,18 @@ impl Scan {
         Scan {
             config_file: campaign.config.path.display().to_string(),
             csv: campaign.config.supporters_file.display().to_string(),
+            routing_file: campaign
+                .config
+                .routing
+                .as_ref()
+                .map(|r| r.file.display().to_string()),
             found: BTreeMap::new(),
         }
     }
 
     /// Looks at one supporter's letters.
-    pub fn observe(&mut self, supporter: &Supporter, letters: &[Built]) {
-        for built in letters {
+    pub fn observe(&mut self, supporter: &Supporter, letters: &[(Arc<Target>, Built)]) {
+        for (target, built) in letters {
             for (name, value) in &built.summary {
                 let field = match *name {
                     "From" => "From",
@@ -124,6 +132,10 @@ impl Scan {
                         // A supporter's own address comes from their row; the rest from the config.
                         let at = if address.eq_ignore_ascii_case(&supporter.key) {
                             format!("{}:{}", self.csv, supporter.line)
+                        } else if let (Some(file), Some(line), "target") =
+                            (&self.routing_file, target.routed, field)
+                        {
+                            format!("{file}:{line}")
                         } else {
                             self.config_file.clone()
                         };

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use lettre::Address;
 
+use crate::config::Layout;
+
 /// The longest value a cell may hold; a longer one skips its row.
 pub const MAX_FIELD_CHARS: usize = 10_000;
 
@@ -107,7 +109,7 @@ impl Row {
 /// A streaming reader over the supporters file.
 pub struct Roster {
     path: PathBuf,
-    reader: csv::Reader<Scanned<File>>,
+    reader: csv::Reader<Scanned<io::Chain<io::Cursor<Vec<u8>>, File>>>,
     headers: Arc<[String]>,
     email_col: usize,
     name_cols: NameCols,
@@ -121,12 +123,20 @@ enum NameCols {
 }
 
 impl Roster {
-    /// Opens the file and reads its header row.
-    pub fn open(path: &Path) -> Result<Roster> {
+    /// Opens the file and reads its header row. `layout`: which column holds
+    /// the addresses, and the delimiter (detected from the header line when
+    /// not given).
+    pub fn open(path: &Path, layout: &Layout) -> Result<Roster> {
         let shown = path.display();
+        let mut file = open_regular(path)?;
+        // The header line is read once, for the delimiter, and then read
+        // again from memory: the file may be a pipe that cannot be reopened.
+        let head = read_head(&mut file).map_err(|e| anyhow!("cannot read supporters file `{shown}`: {e}"))?;
+        let delimiter = layout.delimiter.unwrap_or_else(|| detect_delimiter(&head));
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
-            .from_reader(Scanned::new(open_regular(path)?, b','));
+            .delimiter(delimiter)
+            .from_reader(Scanned::new(io::Cursor::new(head).chain(file), delimiter));
         let raw = match reader.byte_headers() {
             Ok(raw) => raw.clone(),
             Err(e) => {
@@ -164,10 +174,11 @@ impl Roster {
             headers.push(name);
         }
         let col = |n: &str| headers.iter().position(|h| h == n);
-        let Some(email_col) = col("email") else {
+        let email_name = &layout.email_column;
+        let Some(email_col) = col(email_name) else {
             bail!(
-                "{shown}:1: no `email` column (found: {})\n\nhint: name the column holding addresses `email`; \
-                 a file separated by `;` must be re-saved with commas",
+                "{shown}:1: no `{email_name}` column (found: {})\n\nhint: name the column holding addresses \
+                 `{email_name}`, or set [supporters] email_column = \"…\" to its header",
                 headers.join(", ")
             );
         };
@@ -184,6 +195,12 @@ impl Roster {
             seen: HashMap::new(),
             record: csv::ByteRecord::new(),
         })
+    }
+
+    /// The column names, normalized.
+    #[must_use]
+    pub fn headers(&self) -> &[String] {
+        &self.headers
     }
 
     /// The file, as given.
@@ -280,7 +297,7 @@ impl Roster {
                     format!("column `{column}` is {chars} characters long (at most {MAX_FIELD_CHARS})"),
                 );
             }
-            values.push(text.to_string());
+            values.push(text.trim().to_string());
         }
         let email = match validate_email(&raw_email) {
             Ok(a) => a,
@@ -371,6 +388,52 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     } else {
         "a special file"
     }
+}
+
+/// The delimiter of a CSV file, from its header line: the most frequent
+/// of `,`, `;` and tab outside quotes (a comma when none appears).
+fn detect_delimiter(head: &[u8]) -> u8 {
+    let (mut counts, mut quoted) = ([0usize; 3], false);
+    for &b in head {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' | b'\r' if !quoted => break,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3)
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t'][best]
+    }
+}
+
+/// The file's first bytes, up to the end of the header line (at most 64 KiB:
+/// a longer line decides on what it has).
+fn read_head(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while head.len() < 1 << 16 {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(head)
 }
 
 /// `First Name` → `first_name`.
@@ -880,14 +943,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        Roster::open(&path).unwrap().map(Result::unwrap).collect()
+        Roster::open(&path, &Layout::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn open_err(content: &[u8]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        format!("{:#}", Roster::open(&path).err().expect("should fail"))
+        format!(
+            "{:#}",
+            Roster::open(&path, &Layout::default())
+                .err()
+                .expect("should fail")
+        )
     }
 
     fn lines(rows: &[Row]) -> Vec<u64> {
@@ -923,7 +994,7 @@ mod tests {
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
         let mut good = Vec::new();
-        let err = match Roster::open(&path) {
+        let err = match Roster::open(&path, &Layout::default()) {
             Err(e) => e,
             Ok(roster) => {
                 let mut rows = roster;
@@ -1201,5 +1272,14 @@ mod tests {
         let r = rows(format!("email,note\na@x.org,{big}\nb@x.org,a\0b\n").as_bytes());
         assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
         assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
+    }
+
+    #[test]
+    fn the_delimiter_is_the_most_frequent_outside_quotes() {
+        assert_eq!(detect_delimiter(b"email,first_name,city\na;b;c;d\n"), b',');
+        assert_eq!(detect_delimiter(b"email;first_name;city\n"), b';');
+        assert_eq!(detect_delimiter(b"Email Address\tFirst Name\n"), b'\t');
+        assert_eq!(detect_delimiter(b"\"a;b;c\",email\n"), b',');
+        assert_eq!(detect_delimiter(b"email\n"), b',');
     }
 }

@@ -17,6 +17,7 @@
 
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::Target;
 use crate::message::Built;
@@ -35,8 +36,14 @@ const NOTE_MIN_WORDS: usize = 3;
 pub const HIGH: f64 = 0.5;
 
 /// Collects the letters of a campaign, one target at a time.
+///
+/// NOTE: the rows of `[routing] targets` share one line ("the 535 targets
+/// of `targets.csv`"): one sample per row would hold hundreds of thousands
+/// of shingle sets, and hundreds of lines would hide the point.
 pub struct Meter {
     targets: Vec<TargetMeter>,
+    /// Target index → its meter in `targets`.
+    slot: Vec<usize>,
 }
 
 struct TargetMeter {
@@ -102,25 +109,45 @@ impl fmt::Display for Uniformity {
 impl Meter {
     /// A meter for these targets (in config order, as `Prepared` gives letters).
     #[must_use]
-    pub fn new(targets: &[Target]) -> Meter {
+    pub fn new(targets: &[Arc<Target>], routing_file: Option<&str>) -> Meter {
+        let meter = |name: String| TargetMeter {
+            name,
+            letters: 0,
+            noted: 0,
+            sample: BinaryHeap::new(),
+        };
+        let mut meters = Vec::new();
+        let mut slot = Vec::with_capacity(targets.len());
+        let routed = targets.iter().filter(|t| t.routed.is_some()).count();
+        let mut routed_slot = None;
+        for t in targets {
+            if t.routed.is_some() {
+                let i = *routed_slot.get_or_insert_with(|| {
+                    meters.push(meter(format!(
+                        "the {} targets of `{}`",
+                        thousands(routed as u64),
+                        routing_file.unwrap_or("[routing] targets")
+                    )));
+                    meters.len() - 1
+                });
+                slot.push(i);
+            } else {
+                meters.push(meter(t.name.clone().unwrap_or_else(|| t.email.to_string())));
+                slot.push(meters.len() - 1);
+            }
+        }
         Meter {
-            targets: targets
-                .iter()
-                .map(|t| TargetMeter {
-                    name: t.name.clone().unwrap_or_else(|| t.email.to_string()),
-                    letters: 0,
-                    noted: 0,
-                    sample: BinaryHeap::new(),
-                })
-                .collect(),
+            targets: meters,
+            slot,
         }
     }
 
     /// Counts one supporter's letters, one per target.
-    pub fn add(&mut self, supporter: &Supporter, letters: &[Built]) {
+    pub fn add(&mut self, supporter: &Supporter, letters: &[(Arc<Target>, Built)]) {
         let note = personal_note(supporter);
         let mut own: Option<Vec<String>> = None;
-        for (t, built) in self.targets.iter_mut().zip(letters) {
+        for (target, built) in letters {
+            let t = &mut self.targets[self.slot[target.index]];
             t.letters += 1;
             if note.is_some_and(|n| built.text.contains(n)) {
                 t.noted += 1;

@@ -127,7 +127,7 @@ pub fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
         if let Ok(Prepared::Letters { letters, .. }) = prepared
             && let Some(first) = letters.first()
         {
-            return match misaligned(&campaign.config, first.from.domain()) {
+            return match misaligned(&campaign.config, first.1.from.domain()) {
                 Some(problem) => Err(Failure::error(Exit::BadInput, problem)),
                 None => Ok(()),
             };

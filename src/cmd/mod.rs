@@ -6,6 +6,7 @@ pub mod init;
 pub mod preview;
 pub mod requeue;
 pub mod send;
+pub mod send_test;
 pub mod skip;
 pub mod status;
 

@@ -71,13 +71,13 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
                 }
                 continue;
             }
-            Prepared::Duplicate(Repeat { .. }) => continue,
+            Prepared::Duplicate(Repeat { .. }) | Prepared::Unmatched { .. } => continue,
         };
         if want_s.as_ref().is_some_and(|s| *s != supporter.key) {
             continue;
         }
         found_supporter = true;
-        for (target, built) in campaign.config.targets.iter().zip(letters) {
+        for (target, built) in letters {
             if want_t.as_ref().is_some_and(|t| *t != target.key()) {
                 continue;
             }
@@ -153,14 +153,15 @@ fn filters(campaign: &Campaign, opts: &Options) -> Result<(Option<String>, Optio
 fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> Result<u64> {
     let mut n = 0;
     for prepared in campaign.prepared(false)? {
-        if let Prepared::Letters { supporter: s, .. } = prepared?
+        if let Prepared::Letters {
+            supporter: s,
+            letters,
+        } = prepared?
             && supporter.is_none_or(|w| w == s.key)
         {
-            n += campaign
-                .config
-                .targets
+            n += letters
                 .iter()
-                .filter(|t| target.is_none_or(|w| w == t.key()))
+                .filter(|(t, _)| target.is_none_or(|w| w == t.key()))
                 .count() as u64;
         }
     }
@@ -183,7 +184,7 @@ fn variants(campaign: &Campaign, opts: &Options, want_s: Option<&str>, want_t: O
         if want_s.is_some_and(|s| s != supporter.key) {
             continue;
         }
-        for (target, built) in campaign.config.targets.iter().zip(letters) {
+        for (target, built) in letters {
             if want_t.is_some_and(|t| t != target.key()) {
                 continue;
             }

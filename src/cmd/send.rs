@@ -410,11 +410,12 @@ fn dispatch(
                         bar.suspend(|| ui.problem(&format!("{file}:{line}: {reason} (skipped)")));
                     }
                     let ledger = shared.ledger();
-                    for t in &config.targets {
+                    for t in campaign.unconditional_targets() {
                         ledger.skip(&key, &t.key(), line, &reason, clock.unix())?;
                     }
                     continue;
                 }
+                Prepared::Unmatched { .. } => continue,
                 Prepared::Duplicate(Repeat {
                     line,
                     email,
@@ -430,7 +431,7 @@ fn dispatch(
                     continue;
                 }
             };
-            for (target, mut built) in config.targets.iter().zip(letters) {
+            for (target, mut built) in letters {
                 let target_key = target.key();
                 let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
@@ -513,7 +514,7 @@ fn scan(
         }
         let prepared = prepared?;
         last_line = match &prepared {
-            Prepared::Letters { supporter, .. } => supporter.line,
+            Prepared::Letters { supporter, .. } | Prepared::Unmatched { supporter, .. } => supporter.line,
             Prepared::Skipped(Skip { line, .. }) | Prepared::Duplicate(Repeat { line, .. }) => *line,
         };
         match prepared {
@@ -531,9 +532,11 @@ fn scan(
                     "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
                 ));
             }
+            Prepared::Unmatched { label, .. } => plan.unmatched.add(label),
             Prepared::Letters { supporter, letters } => {
                 plan.supporters += 1;
-                for (i, (target, built)) in campaign.config.targets.iter().zip(letters).enumerate() {
+                for (target, built) in letters {
+                    let i = target.index;
                     let record = match ledger {
                         Some(l) => l.get(&supporter.key, &target.key())?,
                         None => None,
@@ -542,6 +545,7 @@ fn scan(
                         Decision::Due => {
                             plan.due += 1;
                             plan.per_target[i] += 1;
+                            plan.count_letter(&built);
                             if plan.first.is_none() {
                                 plan.first = Some(built);
                             }

@@ -53,7 +53,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exi
     let others: Vec<String> = config
         .targets
         .iter()
-        .map(crate::config::Target::key)
+        .map(|t| t.key())
         .filter(|t| !sel.targets.contains(t))
         .filter(|t| {
             ledger

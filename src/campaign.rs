@@ -4,7 +4,7 @@
 //! hands the result to a transport. Rows stream: nothing grows with the file
 //! but the roster's duplicate set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,10 +12,12 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 use lettre::message::dkim::DkimConfig;
 
-use crate::config::Config;
-use crate::letter::{self, Globals, Letter};
+use crate::config::{Config, Target};
+use crate::ledger::Ledger;
+use crate::letter::{self, Globals, Letter, Rendered};
 use crate::message::{self, Built, Envelopes};
 use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
+use crate::targets::Router;
 
 /// A letter template failed to render for a row: a bug in the letter or
 /// config, not in the data. Typed so `check` can list each and go on.
@@ -30,6 +32,37 @@ impl std::fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
+/// Letters sent from a text that changed since ([`Campaign::changed_since_sent`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Changed {
+    /// How many letters went with an older text.
+    pub(crate) sent: u64,
+    /// Their letter files, as the config named them.
+    pub(crate) files: Vec<String>,
+    /// The campaign has several letter files (name them in the warning).
+    pub(crate) several_files: bool,
+}
+
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.several_files {
+            format!("the letter (`{}`)", self.files.join("`, `"))
+        } else {
+            "the letter".to_string()
+        };
+        let n = self.sent;
+        write!(
+            f,
+            "{what} changed since {} letter{} {} sent; the rest will get the new text\n\n\
+             hint: `mailer export` lists which text each letter went with \
+             (letter_file, subject_variant, letter_version)",
+            crate::report::thousands(n),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "was" } else { "were" },
+        )
+    }
+}
+
 /// A loaded campaign, ready to prepare letters.
 pub(crate) struct Campaign {
     /// The validated config.
@@ -40,17 +73,30 @@ pub(crate) struct Campaign {
     dkim: Option<Arc<DkimConfig>>,
     /// The `Date` of messages built here; `send` dates each again at hand-over.
     date: SystemTime,
+    /// Supporters held back by hand (`mailer skip`): key → the reason shown.
+    holds: HashMap<String, String>,
+    /// Who writes to whom.
+    router: Router,
+    /// `[campaign] attachments`, read once.
+    attachments: Vec<message::Attachment>,
 }
 
 /// What one CSV row yields.
 #[derive(Debug)]
 pub(crate) enum Prepared {
-    /// The supporter's letters, one per target in config order.
+    /// The supporter's letters, one per target of theirs, in config order.
     Letters {
         /// The supporter.
         supporter: Supporter,
-        /// One finished message per target.
-        letters: Vec<Built>,
+        /// Each of their targets with its finished message.
+        letters: Vec<(Arc<Target>, Built)>,
+    },
+    /// A valid supporter who matches no target: no letter.
+    Unmatched {
+        /// The supporter.
+        supporter: Supporter,
+        /// The values that matched nothing (`state PR`), for grouping.
+        label: String,
     },
     /// A row that cannot be sent: invalid in the file, or its letter
     /// cannot be built (a header-bound value); recorded as skipped by `send`.
@@ -66,8 +112,11 @@ impl Campaign {
         Campaign::new(config, now)
     }
 
-    /// Compiles the letter for an already loaded config.
-    pub(crate) fn new(config: Config, now: SystemTime) -> Result<Campaign> {
+    /// Reads the routing rows, compiles the letters for an already loaded config.
+    pub(crate) fn new(mut config: Config, now: SystemTime) -> Result<Campaign> {
+        crate::targets::load_routed(&mut config)?;
+        let router = Router::new(&config);
+        let attachments = message::read_attachments(&config.campaign.attachments)?;
         let letter = Letter::load(&config)?;
         let dkim = config
             .dkim
@@ -89,6 +138,9 @@ impl Campaign {
             globals,
             dkim,
             date: now,
+            holds: HashMap::new(),
+            router,
+            attachments,
         };
         campaign.check_headers()?;
         Ok(campaign)
@@ -115,7 +167,7 @@ impl Campaign {
         for h in self.letter.header_templates() {
             let problem = if letter::same_for_every_supporter(&h.text) {
                 self.config.targets.iter().find_map(|target| {
-                    let value = match self.letter.render_header(h.part, target, &self.globals) {
+                    let value = match self.letter.render_header(h, target, &self.globals) {
                         Ok(v) => v,
                         Err(e) => return Some(Err(e)),
                     };
@@ -148,9 +200,15 @@ impl Campaign {
         Ok(())
     }
 
-    /// Opens the supporters file.
+    /// Opens the supporters file (and checks it has every column a
+    /// `match` names).
     pub(crate) fn roster(&self) -> Result<Roster> {
-        Roster::open(&self.config.supporters_file)
+        let roster = Roster::open(&self.config.supporters_file, &self.config.supporters_layout)?;
+        self.router.check_columns(
+            roster.headers(),
+            &self.config.supporters_file.display().to_string(),
+        )?;
+        Ok(roster)
     }
 
     /// Streams every row, prepared. An `Err` is fatal: the file is unreadable
@@ -170,26 +228,32 @@ impl Campaign {
             Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
+        if let Some(reason) = self.holds.get(&supporter.key) {
+            return Ok(Prepared::Skipped(Skip {
+                line: supporter.line,
+                key: supporter.key,
+                reason: reason.clone(),
+            }));
+        }
         let settings = Envelopes {
             campaign_id: &self.config.campaign.id,
             cc_supporter: self.config.sender.cc_supporter,
             bcc: &self.config.sender.bcc,
             dkim: self.dkim.as_deref(),
             encode,
+            attachments: &self.attachments,
         };
-        let mut letters = Vec::with_capacity(self.config.targets.len());
-        for target in &self.config.targets {
-            let rendered = self
-                .letter
-                .render(&supporter, target, &self.globals, encode)
-                .map_err(|e| {
-                    anyhow::Error::new(TemplateError(format!(
-                        "{e:#} (rendering the letter for {file}:{})",
-                        supporter.line
-                    )))
-                })?;
+        let routed = self.router.route(&supporter);
+        if routed.is_empty() {
+            let label = self.router.unmatched_label(&supporter);
+            return Ok(Prepared::Unmatched { supporter, label });
+        }
+        let mut letters = Vec::with_capacity(routed.len());
+        for i in routed {
+            let target = &self.config.targets[i];
+            let rendered = self.render(&supporter, target, file, encode)?;
             match message::build(&rendered, &supporter, target, &settings, self.date) {
-                Ok(built) => letters.push(built),
+                Ok(built) => letters.push((Arc::clone(target), built)),
                 Err(reason) => {
                     return Ok(Prepared::Skipped(Skip {
                         line: supporter.line,
@@ -202,10 +266,123 @@ impl Campaign {
         Ok(Prepared::Letters { supporter, letters })
     }
 
+    /// Renders one (supporter, target) letter. A template error, or a body
+    /// with nothing but whitespace in it, is a [`TemplateError`]: never sent.
+    pub(crate) fn render(
+        &self,
+        supporter: &Supporter,
+        target: &Target,
+        file: &str,
+        html: bool,
+    ) -> Result<Rendered> {
+        let rendered = self
+            .letter
+            .render(supporter, target, &self.globals, html)
+            .map_err(|e| {
+                anyhow::Error::new(TemplateError(format!(
+                    "{e:#} (rendering the letter for {file}:{})",
+                    supporter.line
+                )))
+            })?;
+        if rendered.text.trim().is_empty() {
+            return Err(anyhow::Error::new(TemplateError(format!(
+                "{}: the letter to `{}` is empty (nothing but whitespace), and an empty letter \
+                 is never sent (rendering the letter for {file}:{})\n\nhint: to leave a target \
+                 out for some supporters, give it `match = {{ column = [\"value\"] }}` instead of \
+                 an `{{% if %}}` around the whole letter",
+                rendered.variant.letter_file,
+                target.key(),
+                supporter.line
+            ))));
+        }
+        Ok(rendered)
+    }
+
+    /// The letter `supporter` writes to `target`, addressed to `to` alone
+    /// for `send --test`: `[TEST] ` before the subject, no Cc or Bcc,
+    /// encoded and DKIM-signed. The inner `Err` is why it cannot be built.
+    pub(crate) fn test_letter(
+        &self,
+        supporter: &Supporter,
+        target: &Target,
+        to: &lettre::Address,
+        file: &str,
+    ) -> Result<std::result::Result<Built, String>> {
+        let mut rendered = self.render(supporter, target, file, true)?;
+        rendered.subject = format!("[TEST] {}", rendered.subject);
+        let inbox = Target {
+            name: None,
+            email: to.clone(),
+            ..target.clone()
+        };
+        let settings = Envelopes {
+            campaign_id: &self.config.campaign.id,
+            cc_supporter: false,
+            bcc: &[],
+            dkim: self.dkim.as_deref(),
+            encode: true,
+            attachments: &self.attachments,
+        };
+        Ok(message::build(&rendered, supporter, &inbox, &settings, self.date))
+    }
+
+    /// The targets a row that cannot be read counts for (status, ledger):
+    /// every `[[targets]]` entry without `match`.
+    #[must_use]
+    pub(crate) fn unconditional_targets(&self) -> Vec<Arc<Target>> {
+        self.router
+            .unconditional()
+            .into_iter()
+            .map(|i| Arc::clone(&self.config.targets[i]))
+            .collect()
+    }
+
+    /// The attachments, read.
+    #[must_use]
+    pub(crate) fn attachments(&self) -> &[message::Attachment] {
+        &self.attachments
+    }
+
     /// The DKIM signing key, if configured (`send` signs again at hand-over).
     #[must_use]
     pub(crate) fn dkim(&self) -> Option<Arc<DkimConfig>> {
         self.dkim.clone()
+    }
+
+    /// Holds these supporters' rows back (`mailer skip`): each yields
+    /// [`Prepared::Skipped`] with its reason instead of letters.
+    pub(crate) fn hold(&mut self, holds: HashMap<String, String>) {
+        self.holds = holds;
+    }
+
+    /// Letters already sent from a text that has changed since: the letter
+    /// file (or what it includes) or one of the config's templates (the
+    /// subject variant, From, Reply-To) was edited, or the file is no
+    /// longer in `[campaign] letter`. `None` when every sent letter's text
+    /// is still the current one (letters sent before texts were recorded
+    /// are not counted).
+    pub(crate) fn changed_since_sent(&self, ledger: &Ledger) -> Result<Option<Changed>> {
+        let current = self.letter.versions();
+        let mut changed = Changed::default();
+        for sent in ledger.sent_versions()? {
+            let same = current.iter().any(|(file, subject, version)| {
+                **file == *sent.letter_file && *subject == sent.subject && **version == *sent.version
+            });
+            if !same {
+                changed.sent += sent.letters;
+                if !changed.files.contains(&sent.letter_file) {
+                    changed.files.push(sent.letter_file);
+                }
+            }
+        }
+        changed.several_files = self.letter.files() > 1;
+        Ok((changed.sent > 0).then_some(changed))
+    }
+
+    /// Whether supporters write to different targets (`match`, `[routing]`).
+    #[must_use]
+    pub(crate) fn is_routed(&self) -> bool {
+        self.router.is_conditional()
     }
 
     /// The number of targets (letters per supporter).

@@ -28,6 +28,33 @@ pub(crate) struct Entry {
     /// For a sent letter: the Cc/Bcc copies the server refused, as
     /// `(recipient, reply)`.
     pub(crate) refused_copies: Vec<(String, String)>,
+    /// Where the letter comes from: a row of today's CSV, or only the ledger.
+    pub(crate) origin: Origin,
+    /// The row's 1-based line in the supporters file (none once it left).
+    pub(crate) line: Option<u64>,
+    /// The supporter's display name, for a valid row.
+    pub(crate) supporter_name: Option<String>,
+    /// The target's configured name, when it has one and is still configured.
+    pub(crate) target_name: Option<String>,
+}
+
+/// Where a letter of the census comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A valid row of today's CSV: a letter `check` counts as ready.
+    Ready,
+    /// A valid row held back by hand (`mailer skip`): `check` counts it too.
+    Held,
+    /// A row `send` skips (invalid email, a value that cannot go in a header).
+    Invalid,
+    /// Only in the ledger: the row has left the CSV, so `send` never sends it.
+    Departed,
+}
+
+/// The configured name of the target `key`, if it is still configured.
+fn configured_name(campaign: &Campaign, key: &str) -> Option<String> {
+    let target = campaign.config.targets.iter().find(|t| t.key() == key)?;
+    target.name.clone()
 }
 
 /// Calls `visit` for every letter: CSV order first, then departed ones.
@@ -49,7 +76,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
     for prepared in campaign.prepared(false)? {
         match prepared? {
             Prepared::Letters { supporter, letters } => {
-                for (target, built) in campaign.config.targets.iter().zip(letters) {
+                for (target, built) in letters {
                     let t = target.key();
                     seen.insert(fingerprint(&[&supporter.key, &t]));
                     let record = lookup(&supporter.key, &t)?;
@@ -65,11 +92,20 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                         record,
                         message_id: Some(built.message_id),
                         reason: None,
+                        origin: Origin::Ready,
+                        line: Some(supporter.line),
+                        supporter_name: Some(supporter.name.clone()).filter(|n| !n.is_empty()),
+                        target_name: target.name.clone(),
                     });
                 }
             }
-            Prepared::Skipped(Skip { key, reason, .. }) => {
-                for target in &campaign.config.targets {
+            Prepared::Skipped(Skip { key, reason, line }) => {
+                let origin = if reason.starts_with(crate::hold::PREFIX) {
+                    Origin::Held
+                } else {
+                    Origin::Invalid
+                };
+                for target in campaign.unconditional_targets() {
                     let t = target.key();
                     seen.insert(fingerprint(&[&key, &t]));
                     let record = lookup(&key, &t)?;
@@ -87,10 +123,14 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                         record,
                         message_id,
                         reason: Some(reason.clone()),
+                        origin,
+                        line: Some(line),
+                        supporter_name: None,
+                        target_name: target.name.clone(),
                     });
                 }
             }
-            Prepared::Duplicate(Repeat { .. }) => {}
+            Prepared::Duplicate(Repeat { .. }) | Prepared::Unmatched { .. } => {}
         }
     }
     if let Some(ledger) = ledger {
@@ -101,7 +141,12 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
             {
                 continue;
             }
+            let target_name = configured_name(campaign, &record.target);
             visit(Entry {
+                origin: Origin::Departed,
+                line: None,
+                supporter_name: None,
+                target_name,
                 supporter: record.supporter.clone(),
                 target: record.target.clone(),
                 state: record.state,

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -27,10 +28,15 @@ pub(crate) struct Config {
     pub(crate) campaign: CampaignSection,
     /// `[sender]`
     pub(crate) sender: Sender,
-    /// `[[targets]]`, at least one.
-    pub(crate) targets: Vec<Target>,
+    /// `[[targets]]` in config order, then one per row of `[routing] targets`
+    /// (added when the campaign loads, see `targets::load_routed`).
+    pub(crate) targets: Vec<Arc<Target>>,
+    /// `[routing]`: more targets from a CSV file, matched by column.
+    pub(crate) routing: Option<Routing>,
     /// `[supporters] file`, resolved.
     pub(crate) supporters_file: PathBuf,
+    /// How the supporters file is laid out (`email_column`, `delimiter`).
+    pub(crate) supporters_layout: Layout,
     /// `[smtp]`, needed only to send.
     pub(crate) smtp: Option<Smtp>,
     /// `[delivery]`
@@ -52,12 +58,98 @@ pub(crate) struct CampaignSection {
     pub(crate) name: String,
     /// Organization (`campaign.org`).
     pub(crate) org: String,
-    /// The letter template, resolved.
+    /// The letter template, resolved (the first of `letters`).
     pub(crate) letter: PathBuf,
     /// `FILE:LINE` of the `letter` key, for error messages.
     pub(crate) letter_at: String,
-    /// Subject template.
-    pub(crate) subject: Source,
+    /// Every letter file: `letter` is one path or a list; each supporter
+    /// gets one of them, stably.
+    pub(crate) letters: Vec<LetterFile>,
+    /// Every subject template: `subject` is one or a list; each letter gets
+    /// one of them, stably.
+    pub(crate) subjects: Vec<Source>,
+    /// `language_column`: the supporters column naming each one's language
+    /// (normalized like a header); absent = no languages.
+    pub(crate) language_column: Option<String>,
+    /// `attachments`: files attached to every letter (default none).
+    pub(crate) attachments: Vec<AttachmentFile>,
+}
+
+/// One file of `[campaign] attachments`.
+#[derive(Debug, Clone)]
+pub(crate) struct AttachmentFile {
+    /// Resolved against the config's folder.
+    pub(crate) path: PathBuf,
+    /// `FILE:LINE` of its config value.
+    pub(crate) at: String,
+}
+
+/// `[routing]`: one target per row of a CSV file.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    /// `targets`, resolved.
+    pub(crate) file: PathBuf,
+    /// `match`: the columns a row and a supporter must agree on (normalized).
+    pub(crate) columns: Vec<String>,
+    /// `FILE:LINE` of `[routing]`, for errors.
+    pub(crate) at: String,
+}
+
+/// How a CSV file is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The column holding addresses, normalized like a header (default `email`).
+    pub(crate) email_column: String,
+    /// The field separator; `None` = detected from the header line.
+    pub(crate) delimiter: Option<u8>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            email_column: "email".into(),
+            delimiter: None,
+        }
+    }
+}
+
+/// One file of `[campaign] letter`.
+#[derive(Debug, Clone)]
+pub(crate) struct LetterFile {
+    /// Resolved against the config's folder.
+    pub(crate) path: PathBuf,
+    /// As the config writes it: what the ledger records.
+    pub(crate) name: String,
+}
+
+/// A value that may be given once or as a list (`letter`, `subject`).
+#[derive(Debug)]
+enum OneOrList {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for OneOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrList, E> {
+                Ok(OneOrList::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(OneOrList::List(items))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A template string from the config, with where it came from.
@@ -82,15 +174,27 @@ pub(crate) struct Sender {
     pub(crate) bcc: Vec<Mailbox>,
 }
 
-/// One `[[targets]]` entry.
+/// One `[[targets]]` entry, or one row of `[routing] targets`.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     /// Display name, if given.
     pub(crate) name: Option<String>,
     /// Where the letter goes.
     pub(crate) email: Address,
-    /// Every key of the entry, for the template's `target.*`.
+    /// Every key of the entry (but `match`), or every column of the row,
+    /// for the template's `target.*`.
     pub(crate) fields: toml::Table,
+    /// Its position in [`Config::targets`].
+    pub(crate) index: usize,
+    /// `letter`: its own letter instead of `[campaign] letter`.
+    pub(crate) letter: Option<LetterFile>,
+    /// `subject`: its own subject instead of `[campaign] subject`.
+    pub(crate) subject: Option<Source>,
+    /// `match = { column = ["value", …] }`, columns and values normalized
+    /// (lower-case, trimmed); empty = every supporter.
+    pub(crate) matcher: Vec<(String, Vec<String>)>,
+    /// For a row of `[routing] targets`: its line there.
+    pub(crate) routed: Option<u64>,
 }
 
 impl Target {
@@ -317,6 +421,7 @@ impl<'de> Deserialize<'de> for Rate {
 struct RawConfig {
     campaign: RawCampaign,
     sender: RawSender,
+    #[serde(default)]
     targets: Vec<Spanned<toml::Table>>,
     supporters: RawSupporters,
     smtp: Option<RawSmtp>,
@@ -326,6 +431,15 @@ struct RawConfig {
     ledger: RawLedger,
     dkim: Option<RawDkim>,
     bounces: Option<Spanned<RawBounces>>,
+    routing: Option<Spanned<RawRouting>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    targets: PathBuf,
+    #[serde(rename = "match")]
+    columns: Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -336,8 +450,11 @@ struct RawCampaign {
     name: String,
     #[serde(default)]
     org: String,
-    letter: Spanned<PathBuf>,
-    subject: Spanned<String>,
+    letter: Spanned<OneOrList>,
+    subject: Spanned<OneOrList>,
+    language_column: Option<String>,
+    #[serde(default)]
+    attachments: Vec<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +472,8 @@ struct RawSender {
 #[serde(deny_unknown_fields)]
 struct RawSupporters {
     file: PathBuf,
+    email_column: Option<String>,
+    delimiter: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -512,23 +631,8 @@ impl Config {
             text: s.into_inner(),
         };
 
-        let id_at = at(raw.campaign.id.span());
-        let id = raw.campaign.id.into_inner();
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
-        }
-        let campaign = CampaignSection {
-            id: id.clone(),
-            name: raw.campaign.name,
-            org: raw.campaign.org,
-            letter_at: at(raw.campaign.letter.span()),
-            letter: resolve(raw.campaign.letter.into_inner()),
-            subject: source(raw.campaign.subject),
-        };
+        let campaign = campaign_from_raw(raw.campaign, &at, &resolve)?;
+        let id = campaign.id.clone();
         let sender = Sender {
             from: source(raw.sender.from),
             reply_to: raw.sender.reply_to.map(source),
@@ -536,7 +640,12 @@ impl Config {
             bcc: raw.sender.bcc,
         };
 
-        let targets = targets_from_raw(raw.targets, &file, &at)?;
+        let targets = targets_from_raw(raw.targets, &file, &at, &resolve, raw.routing.is_some())?;
+        let routing = raw
+            .routing
+            .map(|r| routing_from_raw(r, &at, &resolve))
+            .transpose()?;
+        let supporters_layout = layout_from_raw(raw.supporters.email_column, raw.supporters.delimiter, &at)?;
 
         let smtp = raw.smtp.map(|s| smtp_from_raw(s, &dir, &at)).transpose()?;
 
@@ -571,6 +680,8 @@ impl Config {
             campaign,
             sender,
             targets,
+            routing,
+            supporters_layout,
             supporters_file: resolve(raw.supporters.file),
             smtp,
             delivery,
@@ -590,18 +701,53 @@ impl Config {
     }
 }
 
+/// `letter` / `subject`: one value or a non-empty list, each with its line.
+fn one_or_list(
+    raw: Spanned<OneOrList>,
+    key: &str,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Vec<Source>> {
+    let whole = raw.span();
+    let items = match raw.into_inner() {
+        OneOrList::One(text) => vec![Source {
+            text,
+            location: at(whole.clone()),
+        }],
+        OneOrList::List(items) => items
+            .into_iter()
+            .map(|s| Source {
+                location: at(s.span()),
+                text: s.into_inner(),
+            })
+            .collect(),
+    };
+    if items.is_empty() {
+        bail!(
+            "{}: `{key}` is an empty list: give one value or a list of them\n\nhint: {key} = [\"…\", \"…\"]",
+            at(whole)
+        );
+    }
+    Ok(items)
+}
+
 fn targets_from_raw(
     raw: Vec<Spanned<toml::Table>>,
     file: &str,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<Vec<Target>> {
-    if raw.is_empty() {
-        bail!("{file}: no [[targets]]: add at least one with `name` and `email`");
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    routed: bool,
+) -> Result<Vec<Arc<Target>>> {
+    if raw.is_empty() && !routed {
+        bail!(
+            "{file}: no [[targets]]: add at least one with `name` and `email`, or a [routing] \
+             section with a targets file"
+        );
     }
-    let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+    let mut targets: Vec<Arc<Target>> = Vec::with_capacity(raw.len());
     for (i, spanned) in raw.into_iter().enumerate() {
-        let where_ = format!("{}: [[targets]] #{}", at(spanned.span()), i + 1);
-        let fields = spanned.into_inner();
+        let line_at = at(spanned.span());
+        let where_ = format!("{line_at}: [[targets]] #{}", i + 1);
+        let mut fields = spanned.into_inner();
         let email = match fields.get("email") {
             Some(toml::Value::String(s)) => s
                 .trim()
@@ -622,10 +768,186 @@ fn targets_from_raw(
         if targets.iter().any(|t| t.key() == key) {
             bail!("{where_}: `{email}` is listed twice");
         }
+        let letter = match fields.get("letter") {
+            Some(toml::Value::String(s)) => Some(LetterFile {
+                path: resolve(PathBuf::from(s)),
+                name: s.clone(),
+            }),
+            Some(_) => bail!("{where_}: `letter` must be a string (a letter file)"),
+            None => None,
+        };
+        let subject = match fields.get("subject") {
+            Some(toml::Value::String(s)) => Some(Source {
+                text: s.clone(),
+                location: line_at.clone(),
+            }),
+            Some(_) => bail!("{where_}: `subject` must be a string (a Tera template)"),
+            None => None,
+        };
+        let matcher = match fields.remove("match") {
+            Some(value) => matcher_from(value).map_err(|why| {
+                anyhow!(
+                    "{where_}: {why}\n\nhint: match = {{ country = [\"US\", \"CA\"] }} (a supporters column and the values that select this target)"
+                )
+            })?,
+            None => Vec::new(),
+        };
         let fields = fields.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect();
-        targets.push(Target { name, email, fields });
+        targets.push(Arc::new(Target {
+            name,
+            email,
+            fields,
+            index: i,
+            letter,
+            subject,
+            matcher,
+            routed: None,
+        }));
     }
     Ok(targets)
+}
+
+/// `[campaign]`, validated.
+fn campaign_from_raw(
+    c: RawCampaign,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<CampaignSection> {
+    let id_at = at(c.id.span());
+    let id = c.id.into_inner();
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
+    }
+    let letter_at = at(c.letter.span());
+    let letters: Vec<LetterFile> = one_or_list(c.letter, "letter", at)?
+        .into_iter()
+        .map(|s| LetterFile {
+            path: resolve(PathBuf::from(&s.text)),
+            name: s.text,
+        })
+        .collect();
+    let subjects = one_or_list(c.subject, "subject", at)?;
+    let attachments = c
+        .attachments
+        .into_iter()
+        .map(|a| AttachmentFile {
+            at: at(a.span()),
+            path: resolve(a.into_inner()),
+        })
+        .collect();
+    let language_column = language_column(c.language_column);
+    Ok(CampaignSection {
+        language_column,
+        attachments,
+        id,
+        name: c.name,
+        org: c.org,
+        letter_at,
+        letter: letters[0].path.clone(),
+        letters,
+        subjects,
+    })
+}
+
+/// `[campaign] language_column`, normalized like a header.
+fn language_column(raw: Option<String>) -> Option<String> {
+    raw.map(|c| crate::roster::normalize_header(&c))
+        .filter(|c| !c.is_empty())
+}
+
+/// `[routing]`, validated.
+fn routing_from_raw(
+    r: Spanned<RawRouting>,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Routing> {
+    let section_at = at(r.span());
+    let r = r.into_inner();
+    let columns_at = at(r.columns.span());
+    let columns: Vec<String> = r
+        .columns
+        .into_inner()
+        .iter()
+        .map(|c| crate::roster::normalize_header(c))
+        .collect();
+    if columns.is_empty() || columns.iter().any(String::is_empty) {
+        bail!("{columns_at}: [routing] match needs at least one column name\n\nhint: match = [\"state\"]");
+    }
+    Ok(Routing {
+        file: resolve(r.targets),
+        columns,
+        at: section_at,
+    })
+}
+
+/// `[supporters] email_column` and `delimiter`, validated.
+fn layout_from_raw(
+    email_column: Option<String>,
+    delimiter_text: Option<Spanned<String>>,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Layout> {
+    Ok(Layout {
+        email_column: email_column.map_or_else(|| "email".into(), |c| crate::roster::normalize_header(&c)),
+        delimiter: match delimiter_text {
+            None => None,
+            Some(d) => Some(delimiter(d.get_ref()).ok_or_else(|| {
+                anyhow!(
+                    "{}: [supporters] delimiter `{}` must be one character: `,`, `;`, `|` or a tab (\"\\t\")",
+                    at(d.span()),
+                    d.get_ref().escape_default()
+                )
+            })?),
+        },
+    })
+}
+
+/// `match = { column = ["value", …] }`, normalized: columns like headers,
+/// values trimmed and lower-cased (comparisons ignore case and spaces).
+fn matcher_from(value: toml::Value) -> std::result::Result<Vec<(String, Vec<String>)>, String> {
+    let toml::Value::Table(table) = value else {
+        return Err("`match` must be a table of column = [values]".into());
+    };
+    let mut out = Vec::with_capacity(table.len());
+    for (column, values) in table {
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.trim().to_lowercase()),
+            toml::Value::Integer(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let list: Vec<String> = match &values {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<_>>(),
+            other => scalar(other).map(|v| vec![v]),
+        }
+        .ok_or_else(|| format!("`match.{column}` must be a list of values"))?;
+        if list.is_empty() {
+            return Err(format!(
+                "`match.{column}` is an empty list: no supporter could match"
+            ));
+        }
+        out.push((crate::roster::normalize_header(&column), list));
+    }
+    if out.is_empty() {
+        return Err("`match` is empty".into());
+    }
+    Ok(out)
+}
+
+/// `delimiter = ";"`: one ASCII character that can separate fields.
+fn delimiter(text: &str) -> Option<u8> {
+    let t = if text == "tab" { "\t" } else { text };
+    match t.as_bytes() {
+        [b] if b.is_ascii()
+            && !matches!(b, b'"' | b'\n' | b'\r')
+            && (b.is_ascii_punctuation() || *b == b'\t') =>
+        {
+            Some(*b)
+        }
+        _ => None,
+    }
 }
 
 /// TOML dates and times become the text they were written as (`2018-06-01`),
@@ -963,7 +1285,7 @@ file = "supporters.csv"
         assert_eq!(c.delivery.concurrency, 1);
         assert_eq!(c.delivery.retries, 3);
         assert!(c.smtp.is_none());
-        assert_eq!(c.campaign.subject.location, "camp/mailer.toml:5");
+        assert_eq!(c.campaign.subjects[0].location, "camp/mailer.toml:5");
     }
 
     #[test]

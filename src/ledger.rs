@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::exit::{Exit, Failure};
+use crate::letter::Variant;
 use crate::smtp::Attempt;
 
 /// A letter's state (SPEC.md "Ledger states").
@@ -107,6 +108,8 @@ pub(crate) struct Key<'a> {
     pub(crate) line: u64,
     /// Message-ID.
     pub(crate) message_id: &'a str,
+    /// Which text it is: recorded when the letter is claimed (handed over).
+    pub(crate) variant: &'a Variant,
 }
 
 /// The open ledger.
@@ -117,6 +120,10 @@ pub(crate) struct Ledger {
     path: PathBuf,
     /// The run lock, for a ledger opened to write.
     _lock: Option<File>,
+    /// The locked file's (device, inode): `path` must keep naming it.
+    identity: Option<(u64, u64)>,
+    /// Set once `path` no longer names the locked file: why the run must stop.
+    lost: std::cell::OnceCell<String>,
 }
 
 const SCHEMA: &str = "
@@ -181,9 +188,23 @@ impl Ledger {
             private_dir(dir)?;
         }
         if !path.exists() {
+            refuse_leftovers(path)?;
             create(path, campaign_id)?;
         }
         let lock = run_lock(path)?;
+        // NOTE: the lock holds only while `path` names the locked inode. A
+        // run that opened the file just before it was deleted or replaced
+        // would hold a lock nobody else can see.
+        let identity = identity_of(&lock.metadata()?);
+        if std::fs::metadata(path).ok().as_ref().map(identity_of) != Some(identity) {
+            return Err(Failure::error(
+                Exit::TryLater,
+                format!(
+                    "the ledger `{shown}` was deleted or replaced while this run was opening it: \
+                     try again"
+                ),
+            ));
+        }
         sound_file(path)?;
         let conn = Connection::open(path).with_context(|| format!("cannot open ledger `{shown}`"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -204,9 +225,7 @@ impl Ledger {
                 "ledger `{shown}` is damaged ({check})\n\nhint: restore it from a backup; do not delete it, or letters may be sent twice"
             );
         }
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("cannot set up ledger `{shown}`"))?;
-        allow_bounced(&conn).with_context(|| format!("cannot upgrade ledger `{shown}`"))?;
+        set_up(&conn).with_context(|| format!("cannot set up ledger `{shown}`"))?;
         if !owned_by(&conn, path, campaign_id)? {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
@@ -217,6 +236,8 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             _lock: Some(lock),
+            identity: Some(identity),
+            lost: std::cell::OnceCell::new(),
         })
     }
 
@@ -229,7 +250,10 @@ impl Ledger {
         // inside `send` beside its writing connection, and closing any
         // descriptor of the file would drop that connection's POSIX locks.
         match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                refuse_leftovers(path)?;
+                return Ok(None);
+            }
             _ => sound_file(path)?,
         }
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -244,6 +268,8 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             _lock: None,
+            identity: None,
+            lost: std::cell::OnceCell::new(),
         }))
     }
 
@@ -301,23 +327,43 @@ impl Ledger {
     /// `Err` is a letter already recorded as sent, which must not go again,
     /// or one that is `sending`: another run holds it (the run lock makes
     /// that impossible; this refusal is the ledger's own second line).
+    ///
+    /// Refuses every letter (outer `Err`) once the ledger's path no longer
+    /// names the file this run locked ([`Ledger::still_ours`]).
     pub(crate) fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
+        self.still_ours()?;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = self.conn.unchecked_transaction()?;
         let mut results = Vec::with_capacity(letters.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at)
-                 VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5)
+                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at,
+                    fingerprint, letter_file, language, subject_variant, letter_version)
+                 VALUES (?1, ?2, 'sending', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (supporter, target) DO UPDATE SET
-                    state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5
+                    state = 'sending', attempts = attempts + 1, line = ?3, message_id = ?4, updated_at = ?5,
+                    fingerprint = ?6, letter_file = ?7, language = ?8, subject_variant = ?9,
+                    letter_version = ?10
                  WHERE state NOT IN ('sent', 'bounced', 'sending')",
             )?;
             let mut held =
                 tx.prepare_cached("SELECT state FROM letters WHERE supporter = ?1 AND target = ?2")?;
             for k in letters {
+                let v = k.variant;
+                let known = !v.version.is_empty();
                 let changed = stmt
-                    .execute(params![k.supporter, k.target, k.line as i64, k.message_id, now])
+                    .execute(params![
+                        k.supporter,
+                        k.target,
+                        k.line as i64,
+                        k.message_id,
+                        now,
+                        Some(v.fingerprint.as_str()).filter(|f| !f.is_empty()),
+                        known.then_some(&*v.letter_file),
+                        known.then_some(&*v.language),
+                        known.then_some(v.subject),
+                        known.then_some(&*v.version),
+                    ])
                     .map_err(|e| disk_error(e, &self.path))?;
                 results.push(if changed == 1 {
                     Ok(())
@@ -497,10 +543,77 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Writes everything to the main database file (end of a run).
+    /// Writes everything to the main database file (end of a run). A
+    /// ledger deleted after the run's last claim is saved here.
     pub(crate) fn checkpoint(&self) -> Result<()> {
+        self.still_ours()?;
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
+    }
+
+    /// Checks, with one `stat`, that the ledger's path still names the file
+    /// this run locked. If it was deleted (`rm`, with its `-wal` left) or
+    /// replaced, the run's lock protects nothing: another run can start on
+    /// the path and send the same letters, and when this run ends its record
+    /// vanishes with the deleted file. So this run stops handing letters
+    /// over, and first saves what it recorded (`PATH.rescued-PID`, a
+    /// complete copy, `sending` rows included: they become `unknown`, never
+    /// resent by themselves), which a later run refuses to ignore.
+    pub(crate) fn still_ours(&self) -> Result<()> {
+        let Some(identity) = self.identity else {
+            return Ok(());
+        };
+        if let Some(why) = self.lost.get() {
+            return Err(anyhow::anyhow!("{why}"));
+        }
+        let what = match std::fs::metadata(&self.path) {
+            Ok(meta) if identity_of(&meta) == identity => return Ok(()),
+            Ok(_) => "replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+            // Cannot tell (e.g. a permission change): keep going; the lock
+            // still holds for any run that can open the file.
+            Err(_) => return Ok(()),
+        };
+        let shown = self.path.display();
+        let stop = format!(
+            "the ledger `{shown}` was {what} while this run was using it: stopped before handing \
+             over another letter, so that none goes twice"
+        );
+        let why = match self.rescue() {
+            Ok(saved) => format!(
+                "{stop}; what this run recorded is saved in `{saved}`\n\nhint: when this run has \
+                 ended, put it back (`mv {saved} {shown}`{}), then run `mailer send` again",
+                if what == "deleted" {
+                    ""
+                } else {
+                    ", after keeping whatever replaced it"
+                },
+                saved = saved.display()
+            ),
+            Err(e) => format!(
+                "{stop}; saving what it recorded failed ({e:#}), so the letters it sent are known \
+                 only from this output\n\nhint: restore the ledger from a backup before the next run"
+            ),
+        };
+        let _ = self.lost.set(why.clone());
+        Err(anyhow::anyhow!("{why}"))
+    }
+
+    /// Writes a complete copy of the open (lost) ledger beside its path.
+    fn rescue(&self) -> Result<PathBuf> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".rescued-{}", std::process::id()));
+        let to = PathBuf::from(name);
+        drop(new_private_file(&to).map_err(|e| write_error(&e, &to))?);
+        let target = to
+            .to_str()
+            .with_context(|| format!("`{}` is not valid UTF-8", to.display()))?;
+        self.conn
+            .execute("VACUUM INTO ?1", [target])
+            .map_err(|e| disk_error(e, &to))?;
+        File::open(&to)?.sync_all()?;
+        sync_dir(&to)?;
+        Ok(to)
     }
 }
 
@@ -641,6 +754,117 @@ impl Ledger {
     }
 }
 
+/// The columns that say which text a handed-over letter was (issue 12).
+const VARIANT_COLUMNS: [(&str, &str); 5] = [
+    ("fingerprint", "TEXT"),
+    ("letter_file", "TEXT"),
+    ("language", "TEXT"),
+    ("subject_variant", "INTEGER"),
+    ("letter_version", "TEXT"),
+];
+
+/// Ledgers written before variants were recorded lack their columns: add
+/// them (NULL for the letters already there: their text is not known), in
+/// one transaction. `ALTER TABLE … ADD COLUMN` keeps every row, index and
+/// constraint, and a later rebuild (see [`allow_bounced`]) keeps the columns.
+fn add_variant_columns(conn: &Connection) -> Result<()> {
+    let have = letter_columns(conn)?;
+    let missing: Vec<_> = VARIANT_COLUMNS
+        .iter()
+        .filter(|(name, _)| !have.iter().any(|h| h == name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    for (name, kind) in missing {
+        tx.execute_batch(&format!("ALTER TABLE letters ADD COLUMN {name} {kind}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The `letters` table's column names.
+fn letter_columns(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('letters')")?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(Into::into)
+}
+
+/// Letters sent from one text: what [`Ledger::sent_versions`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SentVersion {
+    /// The letter file, as the config named it then.
+    pub(crate) letter_file: String,
+    /// Its language (empty: the file itself).
+    pub(crate) language: String,
+    /// The subject variant (1-based).
+    pub(crate) subject: u32,
+    /// The text version (see [`Variant::version`]).
+    pub(crate) version: String,
+    /// How many letters went with it.
+    pub(crate) letters: u64,
+}
+
+impl Ledger {
+    /// Whether this ledger records variants (a read-only ledger from
+    /// before them does not, and reads as if none were recorded).
+    fn has_variants(&self) -> Result<bool> {
+        Ok(letter_columns(&self.conn)?.iter().any(|c| c == "letter_version"))
+    }
+
+    /// Which text a letter was handed over with, if recorded.
+    pub(crate) fn variant(&self, supporter: &str, target: &str) -> Result<Option<Variant>> {
+        let stmt = self.conn.prepare_cached(
+            "SELECT fingerprint, letter_file, language, subject_variant, letter_version
+             FROM letters WHERE supporter = ?1 AND target = ?2 AND letter_version IS NOT NULL",
+        );
+        let mut stmt = match stmt {
+            Ok(stmt) => stmt,
+            // A ledger from before variants, opened read-only: none recorded.
+            Err(e) if e.to_string().contains("no such column") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        stmt.query_row([supporter, target], |r| {
+            Ok(Variant {
+                fingerprint: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                letter_file: r.get::<_, Option<String>>(1)?.unwrap_or_default().into(),
+                language: r.get::<_, Option<String>>(2)?.unwrap_or_default().into(),
+                subject: r.get::<_, Option<u32>>(3)?.unwrap_or_default(),
+                version: r.get::<_, String>(4)?.into(),
+            })
+        })
+        .optional()
+        .map_err(Into::into)
+    }
+
+    /// Sent (and bounced) letters counted by the text they went with;
+    /// letters sent before texts were recorded are left out.
+    pub(crate) fn sent_versions(&self) -> Result<Vec<SentVersion>> {
+        if !self.has_variants()? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT coalesce(letter_file, ''), coalesce(language, ''), coalesce(subject_variant, 0),
+                letter_version, count(*)
+             FROM letters WHERE state IN ('sent', 'bounced') AND letter_version IS NOT NULL
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SentVersion {
+                letter_file: r.get(0)?,
+                language: r.get(1)?,
+                subject: r.get(2)?,
+                version: r.get(3)?,
+                letters: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+}
+
 /// Ledgers written before `bounced` existed have a CHECK that refuses it:
 /// rebuild `letters` from its own stored definition with the state added
 /// (keeping every column and index it has), in one transaction.
@@ -680,6 +904,15 @@ fn allow_bounced(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The schema, and the upgrades of ledgers older versions wrote: each
+/// writes only what is missing, so on a current ledger it writes nothing.
+fn set_up(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    allow_bounced(conn)?;
+    add_held_column(conn)?;
+    add_variant_columns(conn)
+}
+
 /// Writes a new, complete ledger file at `path`: built under a temporary
 /// name, then linked into place only if `path` is still free. So mailer
 /// never leaves a zero-length ledger behind, and a zero-length one is never
@@ -690,17 +923,19 @@ fn create(path: &Path, campaign_id: &str) -> Result<()> {
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     drop(new_private_file(&tmp).map_err(|e| write_error(&e, path))?);
-    let built = (|| -> rusqlite::Result<()> {
-        let conn = Connection::open(&tmp)?;
-        conn.execute_batch(SCHEMA)?;
+    // Built complete (every upgrade included), so that opening it writes
+    // nothing: a fresh ledger's first open never adds columns in its WAL.
+    let built = (|| -> Result<()> {
+        let conn = Connection::open(&tmp).map_err(|e| disk_error(e, path))?;
+        set_up(&conn)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('campaign_id', ?1)",
             [campaign_id],
-        )?;
-        conn.close().map_err(|(_, e)| e)
+        )
+        .map_err(|e| disk_error(e, path))?;
+        conn.close().map_err(|(_, e)| disk_error(e, path))
     })();
     let placed = built
-        .map_err(|e| disk_error(e, path))
         .and_then(|()| File::open(&tmp)?.sync_all().map_err(Into::into))
         .and_then(|()| match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
@@ -742,6 +977,119 @@ fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What [`Ledger::hold`] or [`Ledger::release`] did to one letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Changed; the state it had before (`None`: no row yet, i.e. pending).
+    Changed(Option<State>),
+    /// Left as it is, in this state.
+    Untouched(State),
+}
+
+impl Ledger {
+    /// Holds a letter back by hand: `skipped` with `reason`, flagged so that
+    /// no run sends it (nor re-evaluates it) until [`Ledger::release`].
+    /// Never touches a letter that is `sent` or in flight (`sending`).
+    pub(crate) fn hold(
+        &self,
+        supporter: &str,
+        target: &str,
+        line: Option<u64>,
+        reason: &str,
+        now: i64,
+    ) -> Result<Change> {
+        let tx = self.conn.unchecked_transaction()?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT state FROM letters WHERE supporter = ?1 AND target = ?2",
+                [supporter, target],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let before = before.as_deref().map(State::parse).transpose()?;
+        if let Some(s @ (State::Sent | State::Sending)) = before {
+            return Ok(Change::Untouched(s));
+        }
+        tx.execute(
+            "INSERT INTO letters (supporter, target, state, line, reply, held, updated_at)
+             VALUES (?1, ?2, 'skipped', ?3, ?4, 1, ?5)
+             ON CONFLICT (supporter, target) DO UPDATE SET state = 'skipped', line = coalesce(?3, line),
+                reply = ?4, held = 1, next_attempt_at = NULL, updated_at = ?5
+             WHERE state NOT IN ('sent', 'sending')",
+            params![supporter, target, line.map(|l| l as i64), reason, now],
+        )?;
+        tx.commit().map_err(|e| disk_error(e, &self.path))?;
+        Ok(Change::Changed(before))
+    }
+
+    /// Puts a `failed`, `unknown` or `skipped` letter back in the queue
+    /// (`pending`, no longer held). Any other state is left as it is.
+    pub(crate) fn release(&self, supporter: &str, target: &str, now: i64) -> Result<Change> {
+        let tx = self.conn.unchecked_transaction()?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT state FROM letters WHERE supporter = ?1 AND target = ?2",
+                [supporter, target],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let before = before.as_deref().map(State::parse).transpose()?;
+        match before {
+            Some(State::Failed | State::Unknown | State::Skipped) => {}
+            Some(s) => return Ok(Change::Untouched(s)),
+            None => return Ok(Change::Untouched(State::Pending)),
+        }
+        tx.execute(
+            "UPDATE letters SET state = 'pending', held = 0, reply = NULL, next_attempt_at = NULL,
+                updated_at = ?3
+             WHERE supporter = ?1 AND target = ?2 AND state IN ('failed', 'unknown', 'skipped')",
+            params![supporter, target, now],
+        )?;
+        tx.commit().map_err(|e| disk_error(e, &self.path))?;
+        Ok(Change::Changed(before))
+    }
+
+    /// Letters held back by hand: (supporter, target, reason).
+    pub(crate) fn holds(&self) -> Result<Vec<(String, String, String)>> {
+        if !has_held_column(&self.conn)? {
+            return Ok(Vec::new()); // a ledger written before holds existed
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT supporter, target, coalesce(reply, '') FROM letters
+             WHERE held = 1 AND state = 'skipped' ORDER BY supporter, target",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+
+    /// Every target this supporter has a ledger row for.
+    pub(crate) fn targets_of(&self, supporter: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target FROM letters WHERE supporter = ?1 ORDER BY target")?;
+        let rows = stmt.query_map([supporter], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+}
+
+fn has_held_column(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('letters') WHERE name = 'held'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// `held` marks a letter skipped by hand (`mailer skip`), as opposed to one
+/// skipped for its row's data, which every run re-evaluates.
+fn add_held_column(conn: &Connection) -> Result<()> {
+    if !has_held_column(conn)? {
+        conn.execute_batch("ALTER TABLE letters ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
 /// Takes the run lock: an exclusive `flock` on the ledger file itself.
 ///
 /// NOTE: the lock is on the database's own inode, not on a side file that
@@ -775,6 +1123,89 @@ fn run_lock(path: &Path) -> Result<File> {
             Err(e).with_context(|| format!("cannot lock ledger `{}`", path.display()))
         }
     }
+}
+
+/// A file's (device, inode).
+fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
+}
+
+/// With no ledger at `path`, refuses to start afresh when what is beside
+/// it says letters were recorded: its `-wal` or `-shm` journal (a run may
+/// hold the deleted ledger, or a copy missed the main file), or a copy a
+/// run saved when its ledger was deleted under it.
+///
+/// NOTE: exit 1, not 75: if a run does hold a deleted ledger it stops at
+/// its next letter and saves its record, and then this refusal names that
+/// copy; either way a person must put a ledger back. "Try later" would let
+/// cron retry until the journal is gone and start afresh, resending.
+fn refuse_leftovers(path: &Path) -> Result<()> {
+    let shown = path.display();
+    let journals: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut journal = path.as_os_str().to_owned();
+            journal.push(suffix);
+            PathBuf::from(journal)
+        })
+        .filter(|j| std::fs::symlink_metadata(j).is_ok())
+        .collect();
+    if let Some(saved) = rescued_copy(path) {
+        // NOTE: the deleted ledger's journal stays behind (SQLite neither
+        // checkpoints nor deletes the WAL of an unlinked database); its
+        // frames belong to the deleted file and would corrupt the copy.
+        let rm = if journals.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = journals.iter().map(|j| j.display().to_string()).collect();
+            format!("rm {} && ", names.join(" "))
+        };
+        bail!(
+            "the ledger `{shown}` is missing, but `{}` holds the record a run saved when the \
+             ledger was deleted under it\n\nhint: once that run has ended, put it back \
+             (`{rm}mv {} {shown}`), then run again",
+            saved.display(),
+            saved.display()
+        );
+    }
+    if let Some(journal) = journals.first() {
+        bail!(
+            "the ledger `{shown}` is missing but its journal `{}` is there: another run may hold \
+             a deleted ledger, or a copy was incomplete\n\nhint: restore the ledger from a \
+             backup; if a run is still going, wait for it to end (it saves its record as \
+             `{shown}.rescued-PID`). Do not delete the journal to get past this: letters \
+             would be sent twice",
+            journal.display()
+        );
+    }
+    Ok(())
+}
+
+/// A copy [`Ledger::still_ours`] saved beside `path`, if any.
+fn rescued_copy(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = path.file_name()?.to_owned();
+    prefix.push(".rescued-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| path.with_file_name(e.file_name()))
 }
 
 /// Refuses a ledger path that is a folder, or an empty file: an empty
@@ -1016,6 +1447,7 @@ struct OwnedKey {
     target: String,
     line: u64,
     message_id: String,
+    variant: Variant,
 }
 
 impl SharedLedger {
@@ -1049,6 +1481,7 @@ impl SharedLedger {
                 target: key.target.to_string(),
                 line: key.line,
                 message_id: key.message_id.to_string(),
+                variant: key.variant.clone(),
             };
             q.pending.push((ticket, owned));
             ticket
@@ -1068,6 +1501,7 @@ impl SharedLedger {
                 target: &k.target,
                 line: k.line,
                 message_id: &k.message_id,
+                variant: &k.variant,
             })
             .collect();
         let outcome = ledger.claim_many(&keys, now);
@@ -1100,6 +1534,90 @@ impl SharedLedger {
     #[must_use]
     pub(crate) fn into_inner(self) -> Ledger {
         self.ledger.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How the latest `mailer send` (not a dry run) ended, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastRun {
+    /// Unix second it started.
+    pub(crate) started: i64,
+    /// Unix second it ended; `None` when no run said how it ended (a
+    /// ledger from before runs were noted, or a run that was killed).
+    pub(crate) finished: Option<i64>,
+    /// Its exit code, when it ended.
+    pub(crate) exit: Option<u8>,
+    /// Its error, when it ended with one (first line).
+    pub(crate) error: String,
+    /// Letter attempts during the run, by outcome (`sent`, `deferred` …);
+    /// empty when the run did not say how it ended.
+    pub(crate) outcomes: Vec<(String, u64)>,
+}
+
+impl Ledger {
+    /// Notes how a run ended (`status` shows it as "Last run").
+    pub(crate) fn note_run(&self, started: i64, finished: i64, exit: u8, error: &str) -> Result<()> {
+        let value = serde_json::json!({
+            "started": started, "finished": finished, "exit": exit, "error": error,
+        });
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run', ?1)",
+                [value.to_string()],
+            )
+            .map_err(|e| disk_error(e, &self.path))?;
+        Ok(())
+    }
+
+    /// The latest run: the noted one, unless letters were attempted after
+    /// it ended (a run that never said how it ended: the latest attempt).
+    pub(crate) fn last_run(&self) -> Result<Option<LastRun>> {
+        let noted: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_run'", [], |r| r.get(0))
+            .optional()?;
+        let noted: Option<serde_json::Value> = noted.and_then(|v| serde_json::from_str(&v).ok());
+        let latest: Option<i64> = self
+            .conn
+            .query_row("SELECT max(at) FROM attempts", [], |r| r.get(0))?;
+        let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_i64);
+        let mut run = match noted {
+            Some(v) if latest.is_none_or(|at| field(&v, "finished").is_some_and(|f| at <= f)) => LastRun {
+                started: field(&v, "started").unwrap_or_default(),
+                finished: field(&v, "finished"),
+                exit: field(&v, "exit").and_then(|e| u8::try_from(e).ok()),
+                error: v
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                outcomes: Vec::new(),
+            },
+            _ => match latest {
+                // No run noted its end after the latest attempt: say when that was.
+                Some(at) => LastRun {
+                    started: at,
+                    finished: None,
+                    exit: None,
+                    error: String::new(),
+                    outcomes: Vec::new(),
+                },
+                None => return Ok(None),
+            },
+        };
+        let Some(until) = run.finished else {
+            return Ok(Some(run));
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT outcome, count(*) FROM attempts WHERE at >= ?1 AND at <= ?2
+             GROUP BY outcome ORDER BY count(*) DESC, outcome",
+        )?;
+        run.outcomes = stmt
+            .query_map(params![run.started, until], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(run))
     }
 }
 
@@ -1137,6 +1655,33 @@ mod tests {
     }
 
     #[test]
+    fn the_last_run_is_the_noted_one_unless_letters_went_after_it() {
+        let (_d, l) = ledger();
+        assert_eq!(l.last_run().unwrap(), None);
+        let v = Variant::default();
+        let key = |supporter| Key {
+            supporter,
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+            variant: &v,
+        };
+        l.record(&key("a@x.org"), &sent("250", "ok", &[]), 0, false, 100)
+            .unwrap();
+        let deferred = classify(reply(451, "later"), false, Vec::new());
+        l.record(&key("b@x.org"), &deferred, 500, false, 101).unwrap();
+        l.note_run(99, 102, 3, "").unwrap();
+        let run = l.last_run().unwrap().unwrap();
+        assert_eq!((run.started, run.finished, run.exit), (99, Some(102), Some(3)));
+        assert_eq!(run.outcomes, vec![("deferred".into(), 1), ("sent".into(), 1)]);
+        // A run that died without a word: its latest attempt, no outcome.
+        l.record(&key("c@x.org"), &sent("250", "ok", &[]), 0, false, 200)
+            .unwrap();
+        let run = l.last_run().unwrap().unwrap();
+        assert_eq!((run.started, run.finished, run.exit), (200, None, None));
+    }
+
+    #[test]
     fn transitions_and_recovery() {
         let (_d, l) = ledger();
         let a = Key {
@@ -1144,6 +1689,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         assert_eq!(
@@ -1172,6 +1718,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 3,
             message_id: "<id2@o>",
+            variant: &Variant::default(),
         };
         l.record(
             &b,
@@ -1200,6 +1747,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         let refused = vec![
@@ -1265,6 +1813,7 @@ mod tests {
                         target: "t@x.org",
                         line: i,
                         message_id: "<m@o>",
+                        variant: &Variant::default(),
                     };
                     shared.claim(&key, 1).unwrap();
                     shared
@@ -1281,6 +1830,125 @@ mod tests {
         }
         let l = std::sync::Arc::try_unwrap(shared).ok().unwrap().into_inner();
         assert_eq!(l.counts().unwrap(), vec![(State::Sent, 8)]);
+    }
+
+    #[test]
+    fn hold_and_release_never_touch_a_sent_letter() {
+        let (_d, l) = ledger();
+        let sent = Key {
+            supporter: "a@x.org",
+            target: "t@x.org",
+            line: 2,
+            message_id: "<a@o>",
+            variant: &Variant::default(),
+        };
+        l.claim(&sent, 1).unwrap();
+        l.record(&sent, &super::tests::sent("250", "ok", &[]), 0, true, 2)
+            .unwrap();
+        assert_eq!(
+            l.hold("a@x.org", "t@x.org", Some(2), "asked", 3).unwrap(),
+            Change::Untouched(State::Sent)
+        );
+        assert_eq!(
+            l.release("a@x.org", "t@x.org", 3).unwrap(),
+            Change::Untouched(State::Sent)
+        );
+        let r = l.get("a@x.org", "t@x.org").unwrap().unwrap();
+        assert_eq!((r.state, r.reply.as_deref()), (State::Sent, Some("250 ok")));
+
+        // A letter never tried is held with its reason, and listed as held.
+        assert_eq!(
+            l.hold("b@x.org", "t@x.org", Some(3), "asked to wait", 4).unwrap(),
+            Change::Changed(None)
+        );
+        let r = l.get("b@x.org", "t@x.org").unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.reply.as_deref()),
+            (State::Skipped, Some("asked to wait"))
+        );
+        assert_eq!(
+            l.holds().unwrap(),
+            vec![("b@x.org".into(), "t@x.org".into(), "asked to wait".into())]
+        );
+        // A skip for invalid data is not a hold.
+        l.skip("c@x.org", "t@x.org", 4, "bad email", 4).unwrap();
+        assert_eq!(l.holds().unwrap().len(), 1);
+        // Release puts it back in the queue.
+        assert_eq!(
+            l.release("b@x.org", "t@x.org", 5).unwrap(),
+            Change::Changed(Some(State::Skipped))
+        );
+        assert_eq!(
+            l.get("b@x.org", "t@x.org").unwrap().unwrap().state,
+            State::Pending
+        );
+        assert!(l.holds().unwrap().is_empty());
+        // A pending letter is already queued.
+        assert_eq!(
+            l.release("b@x.org", "t@x.org", 6).unwrap(),
+            Change::Untouched(State::Pending)
+        );
+    }
+
+    #[test]
+    fn old_ledgers_gain_the_variant_columns_and_keep_their_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // A ledger as the previous version wrote it: no variant columns,
+        // no `bounced` either (both upgrades run, in order).
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",'bounced'", "")).unwrap();
+        old.execute_batch(
+            "INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO letters (supporter, target, state, attempts, message_id, sent_at, updated_at)
+             VALUES ('a@x.org', 't@x.org', 'sent', 1, '<m@o>', 5, 5);",
+        )
+        .unwrap();
+        drop(old);
+        // Read-only, before any upgrade: no variants, no error.
+        let ro = Ledger::open_existing(&path, "c").unwrap().unwrap();
+        assert_eq!(ro.variant("a@x.org", "t@x.org").unwrap(), None);
+        assert!(ro.sent_versions().unwrap().is_empty());
+        drop(ro);
+        let l = Ledger::open(&path, "c").unwrap();
+        let cols = letter_columns(&l.conn).unwrap();
+        for (name, _) in VARIANT_COLUMNS {
+            assert!(cols.iter().any(|c| c == name), "{name} missing: {cols:?}");
+        }
+        assert_eq!(l.get("a@x.org", "t@x.org").unwrap().unwrap().state, State::Sent);
+        // The old letter's text is unknown; a new one records its own.
+        assert_eq!(l.variant("a@x.org", "t@x.org").unwrap(), None);
+        let v = Variant {
+            letter_file: "letters/a.md".into(),
+            language: "".into(),
+            subject: 2,
+            version: "00112233aabbccdd".into(),
+            fingerprint: "ffeeddccbbaa9988".into(),
+        };
+        let key = Key {
+            supporter: "b@x.org",
+            target: "t@x.org",
+            line: 3,
+            message_id: "<n@o>",
+            variant: &v,
+        };
+        l.claim(&key, 6).unwrap();
+        l.record(&key, &sent("250", "", &[]), 0, true, 7).unwrap();
+        assert_eq!(l.variant("b@x.org", "t@x.org").unwrap(), Some(v));
+        assert_eq!(
+            l.sent_versions().unwrap(),
+            vec![SentVersion {
+                letter_file: "letters/a.md".into(),
+                language: String::new(),
+                subject: 2,
+                version: "00112233aabbccdd".into(),
+                letters: 1,
+            }]
+        );
+        drop(l);
+        // Opening again changes nothing.
+        let l = Ledger::open(&path, "c").unwrap();
+        assert_eq!(letter_columns(&l.conn).unwrap().len(), cols.len());
     }
 
     #[test]
@@ -1344,6 +2012,7 @@ mod tests {
             target: "t@x.org",
             line: 2,
             message_id: "<m@o>",
+            variant: &Variant::default(),
         };
         assert!(l.claim(&key, 20).is_err());
         assert_eq!(l.bounces().unwrap(), vec![b]);
@@ -1380,6 +2049,71 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_or_replaced_ledger_stops_claims_and_is_saved() {
+        let a = Key {
+            supporter: "a@x.org",
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<a@o>",
+            variant: &Variant::default(),
+        };
+        let b = Key {
+            supporter: "b@x.org",
+            message_id: "<b@o>",
+            ..a
+        };
+        for replace in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(".mailer/c.sqlite3");
+            let l = Ledger::open(&path, "c").unwrap();
+            l.claim(&a, 100).unwrap();
+            l.record(&a, &sent("250", "ok", &[]), 0, true, 101).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            if replace {
+                std::fs::write(&path, b"another file").unwrap();
+            }
+            // With the journal left behind, no run may start afresh.
+            if !replace {
+                let err = format!("{:#}", Ledger::open(&path, "c").err().unwrap());
+                assert!(err.contains("is missing but its journal"), "{err}");
+            }
+            let err = l.claim(&b, 102).unwrap_err().to_string();
+            let what = if replace {
+                "replaced by another file"
+            } else {
+                "deleted"
+            };
+            assert!(
+                err.contains(&format!("was {what} while this run was using it")),
+                "{err}"
+            );
+            assert!(l.claim(&b, 103).is_err(), "every later claim is refused too");
+            assert!(l.checkpoint().is_err());
+            drop(l);
+            let saved = rescued_copy(&path).expect("a saved copy");
+            assert!(err.contains(&format!("saved in `{}`", saved.display())), "{err}");
+            let perms = std::fs::metadata(&saved).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&perms) & 0o777, 0o600);
+            if !replace {
+                let err = format!("{:#}", Ledger::open(&path, "c").err().unwrap());
+                assert!(err.contains("holds the record a run saved"), "{err}");
+                assert!(
+                    err.contains("hint: once that run has ended, put it back (`rm "),
+                    "{err}"
+                );
+                for j in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{j}", path.display()));
+                }
+                std::fs::rename(&saved, &path).unwrap();
+                let l = Ledger::open(&path, "c").unwrap();
+                let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+                assert_eq!(r.state, State::Sent);
+                assert!(l.get("b@x.org", "ceo@corp.example").unwrap().is_none());
+            }
+        }
+    }
+
+    #[test]
     fn a_claim_refuses_a_letter_another_run_holds() {
         let (_d, l) = ledger();
         let a = Key {
@@ -1387,6 +2121,7 @@ mod tests {
             target: "ceo@corp.example",
             line: 2,
             message_id: "<id@o>",
+            variant: &Variant::default(),
         };
         l.claim(&a, 100).unwrap();
         let err = l.claim(&a, 101).unwrap_err();

@@ -1,22 +1,28 @@
 //! The letter and the config's header templates, compiled with Tera 2.
 //!
-//! Owns: loading templates (the letter's folder, so includes work), the
-//! context SPEC.md defines, and the text / HTML renditions. Supporter values
-//! only ever enter as context data, never as template source.
+//! Owns: loading templates (each letter file's folder, so includes work),
+//! the context SPEC.md defines, the text / HTML renditions, and which
+//! variant a letter gets: its letter file (stably per supporter), its
+//! subject (stably per letter) and every `one_of(...)` choice. Supporter
+//! values only ever enter as context data, never as template source.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use pulldown_cmark::{Event, Options, Parser};
-use tera::{Context, ErrorKind, Tera};
+use sha2::{Digest as _, Sha256};
+use tera::{Context, ErrorKind, Kwargs, State, Tera, TeraResult, Value};
 
 use crate::config::{Config, Source, Target};
 use crate::roster::Supporter;
 
-/// Template names for the config's header fields (never file names).
+/// Template names for the config's header fields (never file names). The
+/// subject variants after the first are `config:subject.2`, `.3`, …
 const SUBJECT: &str = "config:subject";
 const FROM_NAME: &str = "config:from.name";
 const FROM_ADDR: &str = "config:from.address";
@@ -39,17 +45,6 @@ pub(crate) enum Part {
 }
 
 impl Part {
-    /// The template name it is compiled under.
-    fn key(self) -> &'static str {
-        match self {
-            Part::Subject => SUBJECT,
-            Part::FromName => FROM_NAME,
-            Part::FromAddress => FROM_ADDR,
-            Part::ReplyToName => REPLY_NAME,
-            Part::ReplyToAddress => REPLY_ADDR,
-        }
-    }
-
     /// The config key it comes from, for hints.
     #[must_use]
     pub(crate) fn config_key(self) -> &'static str {
@@ -58,6 +53,15 @@ impl Part {
             Part::FromName | Part::FromAddress => "[sender] from",
             Part::ReplyToName | Part::ReplyToAddress => "[sender] reply_to",
         }
+    }
+}
+
+/// The template name of subject variant `i` (0-based).
+fn subject_key(i: usize) -> String {
+    if i == 0 {
+        SUBJECT.to_string()
+    } else {
+        format!("{SUBJECT}.{}", i + 1)
     }
 }
 
@@ -70,6 +74,8 @@ pub(crate) struct HeaderTemplate {
     pub(crate) text: String,
     /// `FILE:LINE` of the config value.
     pub(crate) location: String,
+    /// The name it is compiled under.
+    key: String,
 }
 
 /// How the letter is sent, chosen by its file extension.
@@ -81,24 +87,81 @@ pub(crate) enum Format {
     Markdown,
 }
 
-/// The compiled letter and header templates.
-pub(crate) struct Letter {
-    /// Renders everything unescaped: text part and headers.
+/// One letter file of `[campaign] letter`, compiled.
+struct Body {
+    /// The file as the config names it: what the ledger records.
+    file: Arc<str>,
+    /// Renders the text part unescaped.
     plain: Tera,
     /// `.md` only: renders the letter with values Markdown-escaped, for HTML.
     markdown: Option<Tera>,
     /// The letter's template name (its file name within its folder).
     name: String,
     dir: PathBuf,
+    /// The letter folder's template texts by name, for error locations.
+    texts: BTreeMap<String, String>,
+    /// Its language (`es` for `letter.es.md`), empty for the file itself.
+    language: Arc<str>,
+    /// The name of its front matter `subject` template in `headers_tera`.
+    subject: Option<String>,
+    /// For a file the config names: its language files (language → body).
+    languages: HashMap<String, usize>,
+}
+
+/// The compiled letter files and header templates.
+pub(crate) struct Letter {
+    /// The config's header templates (and the first letter's files, so a
+    /// header may include one as it always could).
+    headers_tera: Tera,
+    /// `[campaign] letter`, in config order (one file, or a list).
+    bodies: Vec<Body>,
+    /// How many subject variants `[campaign] subject` lists.
+    subjects: usize,
+    /// The text version of each (letter file, subject variant), see [`Variant::version`].
+    versions: Vec<Vec<Arc<str>>>,
     reply_to: bool,
     from_has_name: bool,
     reply_has_name: bool,
     /// Where each config template came from, for error messages.
-    sources: BTreeMap<&'static str, String>,
-    /// The letter folder's template texts by name, for error locations.
-    texts: BTreeMap<String, String>,
+    sources: BTreeMap<String, String>,
     /// The config's header templates, for load-time checks.
     headers: Vec<HeaderTemplate>,
+    /// Whether any template calls `one_of` (else its seed is not computed).
+    uses_one_of: bool,
+    /// How many of `bodies` are `[campaign] letter` (the rest are targets'
+    /// own letters and language files).
+    campaign_bodies: usize,
+    /// Per target (by index): its own letter's body.
+    target_bodies: Vec<Option<usize>>,
+    /// Per target (by index): its own subject's template name.
+    target_subjects: Vec<Option<String>>,
+    /// The version of a body with its front matter subject.
+    own_versions: Vec<Option<Arc<str>>>,
+    /// The version of (body, target) for targets with their own subject.
+    target_versions: HashMap<(usize, usize), Arc<str>>,
+    /// `[campaign] language_column`.
+    language_column: Option<String>,
+}
+
+/// Which text a letter used: recorded per handed-over letter in the ledger,
+/// shown by `preview --variants`, exported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Variant {
+    /// The letter file, as `[campaign] letter` names it.
+    pub(crate) letter_file: Arc<str>,
+    /// The letter file's language (`es` for `letter.es.md`); empty for a
+    /// file without one (also when the supporter's language has no file).
+    pub(crate) language: Arc<str>,
+    /// The subject variant: its 1-based position in `[campaign] subject`;
+    /// 0 when the letter file's front matter or the target gives the subject.
+    pub(crate) subject: u32,
+    /// A fingerprint of the templates this letter came from (the letter
+    /// file and everything it includes, the subject variant, From and
+    /// Reply-To): it changes when the organizer edits any of them.
+    pub(crate) version: Arc<str>,
+    /// A fingerprint of this letter's rendered text body; set when the
+    /// message is encoded for sending (empty in `check`).
+    pub(crate) fingerprint: String,
 }
 
 /// The per-letter values a template sees besides supporter and target.
@@ -132,25 +195,325 @@ pub(crate) struct Rendered {
     pub(crate) text: String,
     /// text/html body (`.md` letters).
     pub(crate) html: Option<String>,
+    /// Which letter file and subject it used.
+    pub(crate) variant: Variant,
+}
+
+/// A stable choice among `n` from a letter's identity: SHA-256 of the parts
+/// (never row order, row count, the run or the Rust version), reduced mod `n`.
+#[must_use]
+pub(crate) fn pick(parts: &[&str], n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    (digest64(parts) % n as u64) as usize
+}
+
+/// The first 8 bytes of SHA-256 over `parts`, each ended by a NUL.
+fn digest64(parts: &[&str]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// 16 hex digits of SHA-256: the fingerprints the ledger records.
+#[must_use]
+pub(crate) fn fingerprint(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d[..8].iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+thread_local! {
+    /// The letter being rendered on this thread, for `one_of`: set by
+    /// [`Letter::render`] around each rendering.
+    ///
+    /// NOTE: a thread-local rather than a context variable, so `one_of`
+    /// works the same inside includes and macros, and templates cannot
+    /// read or overwrite it.
+    static LETTER_SEED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// `one_of(options=["…", "…"])`: one of the phrasings, the same one every
+/// time for a given letter and call (its options), a different one across
+/// letters. `key="…"` tells apart two calls with the same options.
+#[allow(clippy::needless_pass_by_value)] // the signature Tera calls
+fn one_of(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let usage = || {
+        tera::Error::message(
+            "one_of takes a list of phrasings: one_of(options=[\"I urge you\", \"I ask you\"])",
+        )
+    };
+    let options: &[Value] = kwargs.get("options")?.ok_or_else(usage)?;
+    if options.is_empty() {
+        return Err(usage());
+    }
+    let key: Option<&str> = kwargs.get("key")?;
+    let seed = LETTER_SEED.with(Cell::get).to_be_bytes();
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(key.unwrap_or_default().as_bytes());
+    for o in options {
+        h.update([0]);
+        h.update(o.to_string().as_bytes());
+    }
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    Ok(options[(n % options.len() as u64) as usize].clone())
+}
+
+/// Sets [`LETTER_SEED`] for one rendering, and back to 0 after.
+struct Seeded;
+
+impl Seeded {
+    fn new(seed: u64) -> Seeded {
+        LETTER_SEED.with(|s| s.set(seed));
+        Seeded
+    }
+}
+
+impl Drop for Seeded {
+    fn drop(&mut self) {
+        LETTER_SEED.with(|s| s.set(0));
+    }
 }
 
 impl Letter {
-    /// Loads the letter named in the config (with its folder, for includes)
-    /// and compiles the subject / from / reply-to templates.
+    /// Loads every letter file named in the config (with its folder, for
+    /// includes) and compiles the subject / from / reply-to templates.
+    #[allow(clippy::too_many_lines)] // one pass over every letter source, in order
     pub(crate) fn load(config: &Config) -> Result<Letter> {
-        let path = &config.campaign.letter;
+        let mut headers: Vec<HeaderTemplate> = Vec::new();
+        let mut add = |part: Part, key: String, text: String, src: &Source| {
+            headers.push(HeaderTemplate {
+                part,
+                text,
+                location: src.location.clone(),
+                key,
+            });
+        };
+        for (i, s) in config.campaign.subjects.iter().enumerate() {
+            add(Part::Subject, subject_key(i), s.text.clone(), s);
+        }
+        let (from_name, from_addr) = split_mailbox(&config.sender.from.text);
+        let from_has_name = from_name.is_some();
+        add(
+            Part::FromAddress,
+            FROM_ADDR.into(),
+            from_addr,
+            &config.sender.from,
+        );
+        if let Some(n) = from_name {
+            add(Part::FromName, FROM_NAME.into(), n, &config.sender.from);
+        }
+        let mut reply_has_name = false;
+        if let Some(reply) = &config.sender.reply_to {
+            let (n, a) = split_mailbox(&reply.text);
+            reply_has_name = n.is_some();
+            add(Part::ReplyToAddress, REPLY_ADDR.into(), a, reply);
+            if let Some(n) = n {
+                add(Part::ReplyToName, REPLY_NAME.into(), n, reply);
+            }
+        }
+        let many = config.campaign.subjects.len() > 1;
+        let sources = headers
+            .iter()
+            .map(|h| {
+                let loc = if many && h.part == Part::Subject {
+                    format!("{} ({})", h.location, h.key.trim_start_matches("config:"))
+                } else {
+                    h.location.clone()
+                };
+                (h.key.clone(), loc)
+            })
+            .collect();
+
+        let mut letter = Letter {
+            headers_tera: Tera::new(),
+            bodies: Vec::new(),
+            subjects: config.campaign.subjects.len(),
+            versions: Vec::new(),
+            reply_to: config.sender.reply_to.is_some(),
+            from_has_name,
+            reply_has_name,
+            sources,
+            headers: Vec::new(),
+            uses_one_of: false,
+            campaign_bodies: config.campaign.letters.len(),
+            target_bodies: vec![None; config.targets.len()],
+            target_subjects: vec![None; config.targets.len()],
+            own_versions: Vec::new(),
+            target_versions: HashMap::new(),
+            language_column: config.campaign.language_column.clone(),
+        };
+        let mut first_files = Vec::new();
+        // Extra subject templates: front matter and targets' own, (key, text, location).
+        let mut extra: Vec<(String, String, String)> = Vec::new();
+        let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        let add_body = |letter: &mut Letter,
+                        extra: &mut Vec<(String, String, String)>,
+                        path: &Path,
+                        name: &str,
+                        at: &str,
+                        language: &str|
+         -> Result<(usize, Vec<(String, String)>)> {
+            let (mut body, files, front) = letter.load_body(path, name, at)?;
+            let index = letter.bodies.len();
+            body.language = Arc::from(language);
+            if let Some((text, location)) = front {
+                let key = format!("letter:{index}:subject");
+                letter.sources.insert(key.clone(), location.clone());
+                extra.push((key.clone(), text, location));
+                body.subject = Some(key);
+            }
+            letter.bodies.push(body);
+            Ok((index, files))
+        };
+        let mut bases = Vec::new();
+        for file in &config.campaign.letters {
+            let (i, files) = add_body(
+                &mut letter,
+                &mut extra,
+                &file.path,
+                &file.name,
+                &config.campaign.letter_at,
+                "",
+            )?;
+            if first_files.is_empty() {
+                first_files = files;
+            }
+            by_path.insert(file.path.clone(), i);
+            bases.push(i);
+        }
+        for target in &config.targets {
+            if let Some(file) = &target.letter {
+                let i = if let Some(&i) = by_path.get(&file.path) {
+                    i
+                } else {
+                    let at = target_at(config, target);
+                    let (i, _) = add_body(&mut letter, &mut extra, &file.path, &file.name, &at, "")?;
+                    by_path.insert(file.path.clone(), i);
+                    bases.push(i);
+                    i
+                };
+                letter.target_bodies[target.index] = Some(i);
+            }
+            if let Some(subject) = &target.subject {
+                let key = format!("target:{}:subject", target.index);
+                letter.sources.insert(key.clone(), subject.location.clone());
+                extra.push((key.clone(), subject.text.clone(), subject.location.clone()));
+                letter.target_subjects[target.index] = Some(key);
+            }
+        }
+        if config.campaign.language_column.is_some() {
+            for base in bases {
+                let (dir, file, shown) = {
+                    let b = &letter.bodies[base];
+                    (b.dir.clone(), b.name.clone(), b.file.to_string())
+                };
+                for (language, name) in language_files(&dir, &file)? {
+                    let shown = with_language(&shown, &language);
+                    let (i, _) = add_body(
+                        &mut letter,
+                        &mut extra,
+                        &dir.join(&name),
+                        &shown,
+                        &config.campaign.letter_at,
+                        &language,
+                    )?;
+                    letter.bodies[base].languages.insert(language, i);
+                }
+            }
+        }
+        let mut compiled: Vec<(&str, String)> =
+            headers.iter().map(|h| (h.key.as_str(), h.text.clone())).collect();
+        compiled.extend(extra.iter().map(|(k, t, _)| (k.as_str(), t.clone())));
+        letter.headers_tera =
+            compile(&first_files, &compiled, false).map_err(|e| letter.explain(&e, &letter.bodies[0]))?;
+        letter.versions = versions(&headers, &letter.bodies);
+        let subject_text: HashMap<&str, &str> =
+            extra.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+        letter.own_versions = letter
+            .bodies
+            .iter()
+            .map(|b| {
+                b.subject
+                    .as_deref()
+                    .map(|k| version_with(&headers, b, subject_text.get(k).copied().unwrap_or("")))
+            })
+            .collect();
+        for target in &config.targets {
+            let Some(key) = &letter.target_subjects[target.index] else {
+                continue;
+            };
+            let text = subject_text.get(key.as_str()).copied().unwrap_or("");
+            for b in letter.bodies_of(target.index) {
+                let v = version_with(&headers, &letter.bodies[b], text);
+                letter.target_versions.insert((b, target.index), v);
+            }
+        }
+        letter.uses_one_of = headers.iter().any(|h| h.text.contains("one_of"))
+            || extra.iter().any(|(_, t, _)| t.contains("one_of"))
+            || letter
+                .bodies
+                .iter()
+                .any(|b| b.texts.values().any(|t| t.contains("one_of")));
+        letter.headers = headers;
+        Ok(letter)
+    }
+
+    /// The bodies a target's letters can come from: its own letter or the
+    /// campaign's, each with its language files.
+    fn bodies_of(&self, target: usize) -> Vec<usize> {
+        let bases: Vec<usize> = match self.target_bodies[target] {
+            Some(b) => vec![b],
+            None => (0..self.campaign_bodies).collect(),
+        };
+        let mut out = bases.clone();
+        for b in bases {
+            out.extend(self.bodies[b].languages.values().copied());
+        }
+        out
+    }
+
+    /// Whether some letter file comes in this language (`letter.es.md`).
+    #[must_use]
+    pub(crate) fn has_language(&self, language: &str) -> bool {
+        self.bodies.iter().any(|b| &*b.language == language)
+    }
+
+    /// `[campaign] language_column`, if set.
+    #[must_use]
+    pub(crate) fn language_column(&self) -> Option<&str> {
+        self.language_column.as_deref()
+    }
+
+    /// Compiles one letter file; also returns its templates (name, text)
+    /// and its front matter subject (text, `FILE:LINE`).
+    #[allow(clippy::type_complexity)]
+    fn load_body(
+        &self,
+        path: &Path,
+        shown: &str,
+        at: &str,
+    ) -> Result<(Body, Vec<(String, String)>, Option<(String, String)>)> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("md") => Format::Markdown,
             Some("txt") => Format::Text,
             _ => bail!(
-                "letter `{}` must end in .md (text + HTML) or .txt (text only)",
+                "{at}: letter `{}` must end in .md (text + HTML) or .txt (text only)",
                 path.display()
             ),
         };
         if !path.is_file() {
             bail!(
-                "{}: cannot read letter `{}`: no such file\n\nhint: check [campaign] letter",
-                config.campaign.letter_at,
+                "{at}: cannot read letter `{}`: no such file\n\nhint: check [campaign] letter",
                 path.display()
             );
         }
@@ -160,84 +523,37 @@ impl Letter {
             .and_then(|n| n.to_str())
             .context("letter name is not UTF-8")?
             .to_string();
-        let files = template_files(&dir, &name)?;
-
-        let mut sources = BTreeMap::new();
-        let mut headers: Vec<HeaderTemplate> = Vec::new();
-        let mut add = |part: Part, text: String, src: &Source| {
-            sources.insert(part.key(), src.location.clone());
-            headers.push(HeaderTemplate {
-                part,
-                text,
-                location: src.location.clone(),
-            });
-        };
-        add(
-            Part::Subject,
-            config.campaign.subject.text.clone(),
-            &config.campaign.subject,
-        );
-        let (from_name, from_addr) = split_mailbox(&config.sender.from.text);
-        let from_has_name = from_name.is_some();
-        add(Part::FromAddress, from_addr, &config.sender.from);
-        if let Some(n) = from_name {
-            add(Part::FromName, n, &config.sender.from);
-        }
-        let mut reply_has_name = false;
-        if let Some(reply) = &config.sender.reply_to {
-            let (n, a) = split_mailbox(&reply.text);
-            reply_has_name = n.is_some();
-            add(Part::ReplyToAddress, a, reply);
-            if let Some(n) = n {
-                add(Part::ReplyToName, n, reply);
-            }
-        }
-
-        let mut letter = Letter {
+        let (files, front) = template_files(&dir, &name)?;
+        let mut body = Body {
+            file: Arc::from(shown),
             plain: Tera::new(),
             markdown: None,
             name,
             dir,
-            reply_to: config.sender.reply_to.is_some(),
-            from_has_name,
-            reply_has_name,
-            sources,
-            texts: BTreeMap::new(),
-            headers: Vec::new(),
+            texts: files.iter().cloned().collect(),
+            language: Arc::from(""),
+            subject: None,
+            languages: HashMap::new(),
         };
-        letter.texts = files.iter().cloned().collect();
-        let compiled: Vec<(&str, String)> = headers.iter().map(|h| (h.part.key(), h.text.clone())).collect();
-        letter.plain = letter.compile(&files, &compiled, false)?;
-        letter.headers = headers;
+        body.plain = compile(&files, &[], false).map_err(|e| self.explain(&e, &body))?;
         if format == Format::Markdown {
-            letter.markdown = Some(letter.compile(&files, &[], true)?);
+            body.markdown = Some(compile(&files, &[], true).map_err(|e| self.explain(&e, &body))?);
         }
-        Ok(letter)
-    }
-
-    fn compile(&self, files: &[(String, String)], headers: &[(&str, String)], md: bool) -> Result<Tera> {
-        let mut tera = Tera::new();
-        if md {
-            tera.autoescape_on(vec![".md"]);
-            tera.set_escape_fn(escape_markdown);
-        } else {
-            tera.autoescape_on(Vec::<&str>::new());
-        }
-        for (key, text) in headers {
-            tera.add_raw_template(key, text).map_err(|e| self.explain(&e))?;
-        }
-        tera.add_raw_templates(files.iter().cloned())
-            .map_err(|e| self.explain(&e))?;
-        Ok(tera)
+        Ok((body, files, front))
     }
 
     /// Turns a Tera error into `FILE:LINE:COL: message`.
-    #[must_use]
-    pub(crate) fn explain(&self, err: &tera::Error) -> anyhow::Error {
+    fn explain(&self, err: &tera::Error, body: &Body) -> anyhow::Error {
         let place = |template: &str| -> String {
             self.sources.get(template).map_or_else(
-                || self.dir.join(template).display().to_string(),
-                |loc| format!("{loc} ({})", template.trim_start_matches("config:")),
+                || body.dir.join(template).display().to_string(),
+                |loc| {
+                    if loc.ends_with(')') {
+                        loc.clone()
+                    } else {
+                        format!("{loc} ({})", template.trim_start_matches("config:"))
+                    }
+                },
             )
         };
         match err.kind() {
@@ -245,7 +561,7 @@ impl Letter {
                 let span = r.span();
                 if r.message().contains("end of input")
                     && let Some((line, col, tag)) =
-                        self.texts.get(r.filename()).and_then(|t| unclosed_block(t))
+                        body.texts.get(r.filename()).and_then(|t| unclosed_block(t))
                 {
                     return anyhow!(
                         "{}:{line}:{col}: `{{% {tag} %}}` is never closed: add `{{% end{tag} %}}`",
@@ -267,15 +583,15 @@ impl Letter {
             ErrorKind::CircularInclude { include_chain, .. } => {
                 anyhow!(
                     "{}: templates include each other in a loop: {}",
-                    place(&self.name),
+                    place(&body.name),
                     include_chain.join(" → ")
                 )
             }
             ErrorKind::TemplateNotFound(name) => {
                 anyhow!(
                     "{}: includes `{name}`, which is not in `{}`",
-                    place(&self.name),
-                    self.dir.display()
+                    place(&body.name),
+                    body.dir.display()
                 )
             }
             // Load-time checks (unknown filters, functions, includes) come as
@@ -286,7 +602,7 @@ impl Letter {
                     .lines()
                     .find_map(|l| l.trim_start().strip_prefix("--> "))
                     .and_then(|loc| loc.split_once(':'))
-                    .map_or_else(|| place(&self.name), |(name, lc)| format!("{}:{lc}", place(name)));
+                    .map_or_else(|| place(&body.name), |(name, lc)| format!("{}:{lc}", place(name)));
                 anyhow!("{at}: {first}")
             }
             _ => {
@@ -296,25 +612,61 @@ impl Letter {
                     let _ = write!(msg, ": {s}");
                     source = s.source();
                 }
-                anyhow!("{}: {msg}", place(&self.name))
+                anyhow!("{}: {msg}", place(&body.name))
             }
         }
     }
 
-    /// The config's header templates (subject, from and reply-to parts).
+    /// The config's header templates (subject variants, from and reply-to parts).
     #[must_use]
     pub(crate) fn header_templates(&self) -> &[HeaderTemplate] {
         &self.headers
     }
 
+    /// How many letter files `[campaign] letter` lists.
+    #[must_use]
+    pub(crate) fn files(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// The text version of each letter file and subject variant:
+    /// `(letter file, subject variant (1-based), version)`.
+    #[must_use]
+    pub(crate) fn versions(&self) -> Vec<(Arc<str>, u32, Arc<str>)> {
+        let mut all: Vec<(Arc<str>, u32, Arc<str>)> = self
+            .bodies
+            .iter()
+            .zip(&self.versions)
+            .flat_map(|(b, vs)| {
+                vs.iter()
+                    .enumerate()
+                    .map(|(i, v)| (Arc::clone(&b.file), i as u32 + 1, Arc::clone(v)))
+            })
+            .collect();
+        for (b, v) in self.bodies.iter().zip(&self.own_versions) {
+            if let Some(v) = v {
+                all.push((Arc::clone(&b.file), 0, Arc::clone(v)));
+            }
+        }
+        for ((b, _), v) in &self.target_versions {
+            all.push((Arc::clone(&self.bodies[*b].file), 0, Arc::clone(v)));
+        }
+        all
+    }
+
     /// Renders one header template with no supporter values at all (every
     /// `supporter.*` undefined): for templates that never mention them.
-    pub(crate) fn render_header(&self, part: Part, target: &Target, globals: &Globals) -> Result<String> {
+    pub(crate) fn render_header(
+        &self,
+        h: &HeaderTemplate,
+        target: &Target,
+        globals: &Globals,
+    ) -> Result<String> {
         let ctx = context_with(&BTreeMap::new(), target, globals);
         Ok(self
-            .plain
-            .render(part.key(), &ctx)
-            .map_err(|e| self.explain(&e))?
+            .headers_tera
+            .render(&h.key, &ctx)
+            .map_err(|e| self.explain(&e, &self.bodies[0]))?
             .trim()
             .to_string())
     }
@@ -322,6 +674,10 @@ impl Letter {
     /// Renders one letter. Errors are template errors (the caller adds the row).
     /// `html`: also render the HTML part of a `.md` letter (same template and
     /// values, so it cannot fail where the text part did not).
+    ///
+    /// The letter file is chosen from (campaign id, supporter), so a
+    /// supporter writes the same letter to every target; the subject and
+    /// every `one_of` from (campaign id, supporter, target).
     pub(crate) fn render(
         &self,
         supporter: &Supporter,
@@ -329,8 +685,55 @@ impl Letter {
         globals: &Globals,
         html: bool,
     ) -> Result<Rendered> {
+        let id = globals.campaign.get("id").map_or("", String::as_str);
+        // Only computed when there is a choice to make (check renders millions).
+        let target_key = if self.subjects > 1 || self.uses_one_of {
+            target.key()
+        } else {
+            String::new()
+        };
+        let base = match self.target_bodies.get(target.index).copied().flatten() {
+            Some(b) => b,
+            None => pick(&[id, &supporter.key, "letter"], self.campaign_bodies),
+        };
+        let b = match &self.language_column {
+            Some(column) => {
+                let languages = &self.bodies[base].languages;
+                match supporter.get(column).map(str::trim) {
+                    Some(l) if !l.is_empty() && !languages.is_empty() => {
+                        languages.get(&l.to_lowercase()).copied().unwrap_or(base)
+                    }
+                    _ => base,
+                }
+            }
+            None => base,
+        };
+        let s = pick(&[id, &supporter.key, &target_key, "subject"], self.subjects);
+        let body = &self.bodies[b];
+        let own_subject = self.target_subjects.get(target.index).and_then(Option::as_ref);
+        let (subject_name, subject_no, version) = if let Some(key) = &body.subject {
+            (key.clone(), 0, self.own_versions[b].clone().unwrap_or_default())
+        } else if let Some(key) = own_subject {
+            let v = self
+                .target_versions
+                .get(&(b, target.index))
+                .cloned()
+                .unwrap_or_default();
+            (key.clone(), 0, v)
+        } else {
+            (subject_key(s), s as u32 + 1, Arc::clone(&self.versions[b][s]))
+        };
+        let _seed = Seeded::new(if self.uses_one_of {
+            digest64(&[id, &supporter.key, &target_key, "one_of"])
+        } else {
+            0
+        });
         let ctx = context(supporter, target, globals);
-        let r = |name: &str| self.plain.render(name, &ctx).map_err(|e| self.explain(&e));
+        let r = |name: &str| {
+            self.headers_tera
+                .render(name, &ctx)
+                .map_err(|e| self.explain(&e, body))
+        };
         let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
             Ok(RenderedMailbox {
                 name: if name {
@@ -341,15 +744,18 @@ impl Letter {
                 address: r(addr_key)?.trim().to_string(),
             })
         };
-        let text = r(&self.name)?;
-        let html = match self.markdown.as_ref().filter(|_| html) {
+        let text = body
+            .plain
+            .render(&body.name, &ctx)
+            .map_err(|e| self.explain(&e, body))?;
+        let html = match body.markdown.as_ref().filter(|_| html) {
             Some(md) => Some(markdown_to_html(
-                &md.render(&self.name, &ctx).map_err(|e| self.explain(&e))?,
+                &md.render(&body.name, &ctx).map_err(|e| self.explain(&e, body))?,
             )),
             None => None,
         };
         Ok(Rendered {
-            subject: r(SUBJECT)?.trim().to_string(),
+            subject: r(&subject_name)?.trim().to_string(),
             from: mailbox(self.from_has_name, FROM_NAME, FROM_ADDR)?,
             reply_to: if self.reply_to {
                 Some(mailbox(self.reply_has_name, REPLY_NAME, REPLY_ADDR)?)
@@ -358,8 +764,208 @@ impl Letter {
             },
             text,
             html,
+            variant: Variant {
+                letter_file: Arc::clone(&body.file),
+                language: Arc::clone(&body.language),
+                subject: subject_no,
+                version,
+                fingerprint: String::new(),
+            },
         })
     }
+}
+
+/// The text version of each (letter file, subject variant): SHA-256 over
+/// the letter file and every template it includes, the subject variant's
+/// template, and the From / Reply-To templates (16 hex digits).
+fn versions(headers: &[HeaderTemplate], bodies: &[Body]) -> Vec<Vec<Arc<str>>> {
+    let mut common = Sha256::new();
+    for h in headers.iter().filter(|h| h.part != Part::Subject) {
+        common.update(h.key.as_bytes());
+        common.update([0]);
+        common.update(h.text.as_bytes());
+        common.update([0]);
+    }
+    bodies
+        .iter()
+        .map(|b| {
+            let mut h = common.clone();
+            for (name, text) in &b.texts {
+                h.update(name.as_bytes());
+                h.update([0]);
+                h.update(text.as_bytes());
+                h.update([0]);
+            }
+            headers
+                .iter()
+                .filter(|s| s.part == Part::Subject)
+                .map(|s| {
+                    let mut h = h.clone();
+                    h.update(s.text.as_bytes());
+                    let d = h.finalize();
+                    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
+                        let _ = write!(s, "{b:02x}");
+                        s
+                    }))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The version of one body with a subject of its own (front matter or the
+/// target's), as [`versions`] computes it for the campaign's subjects.
+fn version_with(headers: &[HeaderTemplate], body: &Body, subject: &str) -> Arc<str> {
+    let mut h = Sha256::new();
+    for t in headers.iter().filter(|h| h.part != Part::Subject) {
+        h.update(t.key.as_bytes());
+        h.update([0]);
+        h.update(t.text.as_bytes());
+        h.update([0]);
+    }
+    for (name, text) in &body.texts {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    h.update(subject.as_bytes());
+    let d = h.finalize();
+    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+/// Where a target is configured, for errors about its letter.
+fn target_at(config: &Config, target: &Target) -> String {
+    match (&config.routing, target.routed) {
+        (Some(r), Some(line)) => format!("{}:{line}", r.file.display()),
+        _ => format!("{}: [[targets]] `{}`", config.path.display(), target.email),
+    }
+}
+
+/// The language files of letter `file` in `dir`: `letter.es.md` for
+/// `letter.md`, as (language lower-cased, file name), sorted.
+fn language_files(dir: &Path, file: &str) -> Result<Vec<(String, String)>> {
+    let Some((stem, ext)) = file.rsplit_once('.') else {
+        return Ok(Vec::new());
+    };
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(language) = name
+            .strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_suffix(ext))
+            .and_then(|r| r.strip_suffix('.'))
+        else {
+            continue;
+        };
+        let valid = !language.is_empty()
+            && language.len() <= 35
+            && language
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid && entry.path().is_file() {
+            out.push((language.to_lowercase(), name));
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// `letters/letter.md` → `letters/letter.es.md`.
+fn with_language(shown: &str, language: &str) -> String {
+    match shown.rsplit_once('.') {
+        Some((stem, ext)) if !ext.contains('/') => format!("{stem}.{language}.{ext}"),
+        _ => format!("{shown}.{language}"),
+    }
+}
+
+/// A letter file's text without a UTF-8 BOM, and without its front matter:
+/// a first line `+++`, TOML up to the next `+++` line. The block becomes a
+/// Tera comment over as many lines, so line numbers in errors stay right.
+/// Returns the text and the front matter's `subject` with its line.
+fn front_matter(path: &Path, text: &str) -> Result<(String, Option<(String, String)>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Front {
+        subject: Option<String>,
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let first = text.lines().next().unwrap_or("");
+    if first.trim_end() != "+++" {
+        return Ok((text.to_string(), None));
+    }
+    let after_open = text.find('\n').map_or(text.len(), |i| i + 1);
+    let mut offset = after_open;
+    let mut close = None;
+    for line in text[after_open..].split_inclusive('\n') {
+        if line.trim_end() == "+++" {
+            close = Some((offset, offset + line.len()));
+            break;
+        }
+        offset += line.len();
+    }
+    let Some((toml_end, end)) = close else {
+        bail!(
+            "{}:1: the front matter opened by `+++` is never closed: end it with a line `+++`",
+            path.display()
+        );
+    };
+    let front: Front = toml::from_str(&text[after_open..toml_end]).map_err(|e| {
+        let line = e.span().map_or(2, |s| {
+            text[after_open..after_open + s.start].matches('\n').count() + 2
+        });
+        anyhow!(
+            "{}:{line}: front matter: {}",
+            path.display(),
+            e.message().trim_end()
+        )
+    })?;
+    let block = &text[..end];
+    let subject = front.subject.map(|s| {
+        let line = 2 + text[after_open..toml_end]
+            .lines()
+            .position(|l| l.trim_start().starts_with("subject"))
+            .unwrap_or(0);
+        (s, format!("{}:{line}", path.display()))
+    });
+    let body = &text[end..];
+    let stripped = if block.contains("#}") {
+        body.to_string()
+    } else {
+        // `{#` + the block's line ends + `#}`: the body keeps its line numbers.
+        let newlines = block.matches('\n').count();
+        let mut t = String::with_capacity(body.len() + newlines + 4);
+        t.push_str("{#");
+        t.push_str(&"\n".repeat(newlines));
+        t.push_str("#}");
+        t.push_str(body);
+        t
+    };
+    Ok((stripped, subject))
+}
+
+/// A Tera instance with our settings, `one_of`, and these templates.
+fn compile(files: &[(String, String)], headers: &[(&str, String)], md: bool) -> tera::TeraResult<Tera> {
+    let mut tera = Tera::new();
+    if md {
+        tera.autoescape_on(vec![".md"]);
+        tera.set_escape_fn(escape_markdown);
+    } else {
+        tera.autoescape_on(Vec::<&str>::new());
+    }
+    tera.register_function("one_of", one_of);
+    for (key, text) in headers {
+        tera.add_raw_template(key, text)?;
+    }
+    tera.add_raw_templates(files.iter().cloned())?;
+    Ok(tera)
 }
 
 /// The letter and every template it reaches through `include`, `extends`
@@ -373,11 +979,13 @@ impl Letter {
 /// including tag (`FILE:LINE:COL`), and files are read through the checked
 /// canonical path. Otherwise `dir.join("/proc/self/environ")` would put any
 /// file the user can read into every letter.
-fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
+#[allow(clippy::type_complexity)]
+fn template_files(dir: &Path, letter: &str) -> Result<(Vec<(String, String)>, Option<(String, String)>)> {
     let root = dir
         .canonicalize()
         .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
     let mut out: Vec<(String, String)> = Vec::new();
+    let mut front = None;
     let mut todo = vec![letter.to_string()];
     while let Some(name) = todo.pop() {
         if out.iter().any(|(n, _)| *n == name) {
@@ -391,6 +999,14 @@ fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read template `{}`", dir.join(&name).display()))?;
+        // The letter itself may carry a front matter; any file may start with a BOM.
+        let text = if name == letter {
+            let (text, subject) = front_matter(&dir.join(&name), &text)?;
+            front = subject;
+            text
+        } else {
+            text.strip_prefix('\u{feff}').map_or(text.clone(), str::to_string)
+        };
         for r in referenced_templates(&text) {
             if let Some(why) = outside_folder(&root, dir, &r.name) {
                 let (line, col) = line_col(&text, r.offset);
@@ -409,7 +1025,7 @@ fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
         }
         out.push((name, text));
     }
-    Ok(out)
+    Ok((out, front))
 }
 
 /// Why template `name` is not inside the letters folder `root` (canonical),
@@ -964,6 +1580,30 @@ file = "s.csv"
         assert_eq!(
             split_mailbox("{{ supporter.email }}"),
             (None, "{{ supporter.email }}".into())
+        );
+    }
+
+    #[test]
+    fn front_matter_gives_the_subject_and_keeps_body_line_numbers() {
+        let path = Path::new("letters/letter.es.md");
+        let (body, subject) =
+            front_matter(path, "\u{feff}+++\nsubject = \"Hola\"\n+++\nEstimado\n{{ x }}\n").unwrap();
+        assert_eq!(
+            subject,
+            Some(("Hola".to_string(), "letters/letter.es.md:2".to_string()))
+        );
+        assert_eq!(body, "{#\n\n\n#}Estimado\n{{ x }}\n");
+        assert_eq!(
+            body.lines().position(|l| l == "{{ x }}"),
+            Some(4),
+            "still on line 5"
+        );
+        let (plain, none) = front_matter(path, "\u{feff}Dear\n").unwrap();
+        assert_eq!((plain.as_str(), none), ("Dear\n", None));
+        let open = front_matter(path, "+++\nsubject = \"x\"\nDear\n").unwrap_err();
+        assert!(
+            format!("{open:#}").contains("letters/letter.es.md:1: the front matter"),
+            "{open:#}"
         );
     }
 }

@@ -14,7 +14,10 @@
 //!   `Attempt`, classified once, which `ledger` (`SQLite`, crash-safe states,
 //!   the run lock) records and `report` counts.
 //! - `census` joins CSV and ledger for `status` and `export`; `bounces`
-//!   ties each delivery status notification to its letter (VERP, Message-ID).
+//!   ties each delivery status notification to its letter (VERP, Message-ID);
+//!   `uniformity` measures how alike the letters are, for `check`; `targets`
+//!   routes supporters to targets; `hold`, `placeholder`, `provider` and `man`
+//!   serve `skip`/`requeue`, `check`, `init` and `man`.
 //! - `report` formats data for stdout; `ui` talks to the person on stderr;
 //!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
 //!   `secret` keep time and passwords behind small seams.
@@ -29,15 +32,21 @@ mod config;
 mod delivery;
 mod dkim;
 mod exit;
+mod hold;
 mod ledger;
 mod letter;
+mod man;
 mod message;
+mod placeholder;
+mod provider;
 mod report;
 mod roster;
 mod secret;
 mod smtp;
+mod targets;
 mod throttle;
 mod ui;
+mod uniformity;
 
 pub use crate::exit::{Exit, exit_for};
 pub use crate::ui::Ui;
@@ -46,7 +55,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::CommandFactory as _;
 
 use crate::campaign::Campaign;
 use crate::cli::{Cli, Command};
@@ -57,14 +65,25 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
+    // `send`, `status` and `export` see letters held by hand (`mailer skip`).
+    let load_held = || -> Result<Campaign> {
+        let mut campaign = load()?;
+        hold::apply(&mut campaign, false)?;
+        Ok(campaign)
+    };
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
-        Command::Check { smtp } => cmd::check::run(&load()?, smtp, ui),
+        Command::Check { smtp, strict } => {
+            cmd::check::run(&load()?, cmd::check::Options { smtp, strict }, ui)
+        }
         Command::Preview {
             supporter,
             target,
             limit,
+            all,
             out,
+            variants,
+            html,
         } => cmd::preview::run(
             &load()?,
             &cmd::preview::Options {
@@ -72,9 +91,15 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 target,
                 limit,
                 out,
+                all,
+                variants,
+                html,
             },
             ui,
         ),
+        Command::Send(a) if a.test.is_some() => {
+            cmd::send_test::run(&load()?, a.test.as_deref().unwrap_or_default(), a.limit, ui)
+        }
         Command::Send(a) => {
             let opts = cmd::send::Options {
                 dry_run: a.dry_run,
@@ -83,21 +108,49 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
             };
-            cmd::send::run(&load()?, &opts, ui, &clock)
+            let mut campaign = load()?;
+            let started = clock.unix();
+            let mut send = || -> Result<Exit> {
+                if !opts.dry_run {
+                    placeholder::refuse_on_real_relay(&campaign)?;
+                    cmd::init::refuse_unwritten(&campaign)?;
+                }
+                hold::apply(&mut campaign, !opts.dry_run)?;
+                cmd::send::run(&campaign, &opts, ui, &clock)
+            };
+            let result = send();
+            if !opts.dry_run {
+                cmd::status::note_run(&campaign.config, started, clock.unix(), &result);
+            }
+            result
         }
         Command::Bounces => cmd::bounces::run(&load()?, ui, clock.as_ref()),
-        Command::Status { json } => cmd::status::run(&load()?, json),
-        Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
+        Command::Skip {
+            supporter,
+            target,
+            reason,
+        } => {
+            let opts = cmd::skip::Options {
+                supporter,
+                target,
+                reason,
+            };
+            cmd::skip::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Requeue { supporter, target } => {
+            let opts = cmd::requeue::Options { supporter, target };
+            cmd::requeue::run(&load()?, &opts, ui, clock.unix())
+        }
+        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed),
+        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "mailer", &mut script);
+            clap_complete::generate(shell, &mut cli::command(), "mailer", &mut script);
             report::out(&String::from_utf8_lossy(&script))?;
             Ok(Exit::Done)
         }
         Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            report::out(&String::from_utf8_lossy(&page))?;
+            report::out(&man::render(&cli::command())?)?;
             Ok(Exit::Done)
         }
     }

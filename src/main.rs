@@ -1,12 +1,10 @@
 //! The `mailer` binary: parse, run, report the error, exit with its code.
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use mailer::cli::Cli;
 use mailer::{Ui, exit_for};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = mailer::cli::parse();
     let ui = Ui::new(cli.global.quiet, cli.global.verbose, cli.global.color);
     match mailer::run(cli, &ui) {
         Ok(exit) => exit.into(),

@@ -9,13 +9,15 @@ use std::time::SystemTime;
 
 use lettre::address::Envelope;
 use lettre::message::dkim::DkimConfig;
-use lettre::message::header::Date;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, Date};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
 
-use crate::config::Target;
-use crate::letter::{Part, Rendered, RenderedMailbox};
+use std::sync::Arc;
+
+use crate::config::{AttachmentFile, Target};
+use crate::letter::{Part, Rendered, RenderedMailbox, Variant};
 use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
@@ -38,6 +40,89 @@ pub(crate) struct Envelopes<'a> {
     /// the validation, the Message-ID and the summary: skipping MIME
     /// encoding makes them several times faster.
     pub(crate) encode: bool,
+    /// Files attached to every letter.
+    pub(crate) attachments: &'a [Attachment],
+}
+
+/// One file of `[campaign] attachments`, read.
+#[derive(Debug, Clone)]
+pub(crate) struct Attachment {
+    /// The file name the recipient sees.
+    pub(crate) filename: String,
+    /// Its MIME type, from the extension.
+    pub(crate) content_type: ContentType,
+    /// Its bytes.
+    pub(crate) bytes: Arc<[u8]>,
+}
+
+/// Reads `[campaign] attachments`: a missing or unreadable file is an
+/// error at its config line.
+pub(crate) fn read_attachments(files: &[AttachmentFile]) -> anyhow::Result<Vec<Attachment>> {
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f.path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read attachment `{}`: {e}\n\nhint: check [campaign] attachments",
+                    f.at,
+                    f.path.display()
+                )
+            })?;
+            let filename = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if filename.chars().any(char::is_control) {
+                anyhow::bail!(
+                    "{}: attachment name `{}` holds a control character",
+                    f.at,
+                    filename.escape_debug()
+                );
+            }
+            Ok(Attachment {
+                content_type: content_type_of(&filename),
+                filename,
+                bytes: bytes.into(),
+            })
+        })
+        .collect()
+}
+
+/// The MIME type for a file name's extension (`application/octet-stream`
+/// when it is not a common document, image or archive type).
+#[must_use]
+pub(crate) fn content_type_of(filename: &str) -> ContentType {
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mime = match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "txt" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "md" => "text/markdown; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "ics" => "text/calendar; charset=utf-8",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "odt" => "application/vnd.oasis.opendocument.text",
+        "ods" => "application/vnd.oasis.opendocument.spreadsheet",
+        "rtf" => "application/rtf",
+        "zip" => "application/zip",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    };
+    ContentType::parse(mime).unwrap_or(ContentType::TEXT_PLAIN)
 }
 
 /// A finished message and its SMTP envelope.
@@ -53,10 +138,15 @@ pub(crate) struct Built {
     pub(crate) summary: Vec<(&'static str, String)>,
     /// The text/plain body as rendered.
     pub(crate) text: String,
+    /// The text/html body of a `.md` letter, when it was rendered (`encode`).
+    pub(crate) html: Option<String>,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
     pub(crate) bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
     unsigned: Option<Message>,
+    /// Which text it is (letter file, subject variant, version); with
+    /// `encode`, also its body's fingerprint.
+    pub(crate) variant: Variant,
 }
 
 impl Built {
@@ -89,6 +179,8 @@ impl Built {
             text: "text\n".into(),
             bytes: b"Subject: s\r\n\r\ntext\r\n".to_vec(),
             unsigned: None,
+            html: None,
+            variant: crate::letter::Variant::default(),
         }
     }
 }
@@ -220,6 +312,7 @@ impl Headers<'_> {
 }
 
 /// Builds one message. An `Err` is a reason the supporter's row cannot be sent.
+#[allow(clippy::too_many_lines)] // headers, envelope, then the MIME tree, in order
 pub(crate) fn build(
     rendered: &Rendered,
     supporter: &Supporter,
@@ -284,17 +377,41 @@ pub(crate) fn build(
             recipients,
             summary,
             text,
+            html: rendered.html.clone(),
             bytes: Vec::new(),
             unsigned: None,
+            variant: rendered.variant.clone(),
         });
     }
-    let message = match &rendered.html {
-        Some(html) => builder.multipart(
-            MultiPart::alternative()
-                .singlepart(SinglePart::plain(text.clone()))
-                .singlepart(SinglePart::html(html.clone())),
-        ),
-        None => builder.singlepart(SinglePart::plain(text.clone())),
+    let message = if settings.attachments.is_empty() {
+        match &rendered.html {
+            Some(html) => builder.multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(text.clone()))
+                    .singlepart(SinglePart::html(html.clone())),
+            ),
+            None => builder.singlepart(SinglePart::plain(text.clone())),
+        }
+    } else {
+        // multipart/mixed: the body (text, or text + HTML), then each file.
+        let mut mixed = match &rendered.html {
+            Some(html) => MultiPart::mixed().multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(text.clone()))
+                    .singlepart(SinglePart::html(html.clone())),
+            ),
+            None => MultiPart::mixed().singlepart(SinglePart::plain(text.clone())),
+        };
+        for a in settings.attachments {
+            // NOTE: always base64, text files too: a 7bit text part keeps its
+            // bare LFs, which the wire turns into CRLF after DKIM signed it.
+            let body = Body::new_with_encoding(a.bytes.to_vec(), ContentTransferEncoding::Base64)
+                .map_err(|_| format!("cannot encode attachment `{}`", a.filename))?;
+            mixed = mixed.singlepart(
+                lettre::message::Attachment::new(a.filename.clone()).body(body, a.content_type.clone()),
+            );
+        }
+        builder.multipart(mixed)
     };
     let unsigned = message.map_err(|e| format!("cannot build the message: {e}"))?;
     let mut message = unsigned.clone();
@@ -306,7 +423,12 @@ pub(crate) fn build(
         from: from.email,
         recipients,
         summary,
+        variant: Variant {
+            fingerprint: crate::letter::fingerprint(&text),
+            ..rendered.variant.clone()
+        },
         text,
+        html: rendered.html.clone(),
         bytes: message.formatted(),
         unsigned: Some(unsigned),
     })
@@ -332,13 +454,17 @@ fn normalize_newlines(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn target() -> Target {
         Target {
             name: Some("Satya Nadella".into()),
             email: "Satya@Corp.example".parse().unwrap(),
             fields: toml::Table::new(),
+            index: 0,
+            letter: None,
+            subject: None,
+            matcher: Vec::new(),
+            routed: None,
         }
     }
 
@@ -366,6 +492,7 @@ mod tests {
             }),
             text: "Dear Satya,\r\nline two\rline three\n.leading dot\n".into(),
             html: None,
+            variant: Variant::default(),
         }
     }
 
@@ -376,6 +503,7 @@ mod tests {
             bcc,
             dkim: None,
             encode: true,
+            attachments: &[],
         }
     }
 

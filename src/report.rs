@@ -3,13 +3,16 @@
 //! Commands build the values; this module formats them (tables on a
 //! terminal, one line on a pipe, JSON on request).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::campaign::Campaign;
 use crate::message::Built;
+use crate::targets::Unmatched;
 use crate::ui::Ui;
 
 /// What `send` found due (pass 1).
@@ -35,6 +38,21 @@ pub(crate) struct Plan {
     pub(crate) duplicates: u64,
     /// The first due letter, shown in full by `--dry-run`.
     pub(crate) first: Option<Built>,
+    /// Valid supporters who match no target.
+    pub(crate) unmatched: Unmatched,
+    /// Due letters per (letter file, language).
+    pub(crate) per_letter: BTreeMap<(Arc<str>, Arc<str>), u64>,
+}
+
+impl Plan {
+    /// Counts a due letter under its letter file and language.
+    pub(crate) fn count_letter(&mut self, built: &Built) {
+        let v = &built.variant;
+        *self
+            .per_letter
+            .entry((Arc::clone(&v.letter_file), Arc::clone(&v.language)))
+            .or_insert(0) += 1;
+    }
 }
 
 /// How a `send` run went.
@@ -134,7 +152,12 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         let _ = out(&t);
     } else {
         let copies = if s.refused_copies > 0 {
-            format!(" ({} copies refused)", s.refused_copies)
+            let n = s.refused_copies;
+            format!(
+                " ({} cop{} refused)",
+                thousands(n),
+                if n == 1 { "y" } else { "ies" }
+            )
         } else {
             String::new()
         };
@@ -151,8 +174,13 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         ));
     } else if s.not_reached > 0 && budget.is_some() && !s.stopped {
         ui.note(&format!(
-            "{} letters wait for the next run (max_per_run, --limit or daily_limit).",
-            thousands(s.not_reached)
+            "{} wait{} for the next run (max_per_run, --limit or daily_limit).",
+            if s.not_reached == 1 {
+                "1 letter".to_string()
+            } else {
+                format!("{} letters", thousands(s.not_reached))
+            },
+            if s.not_reached == 1 { "s" } else { "" }
         ));
     }
     if s.failed + p.held_failed > 0 {
@@ -166,6 +194,52 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     }
     if s.refused_copies > 0 {
         ui.hint("the letters reached their targets and are not sent again; `mailer status` lists the refused copies");
+    }
+}
+
+/// Routed targets shown by name in a dry run; the rest are summed up.
+const ROUTED_SHOWN: usize = 10;
+
+/// Due letters per target: each `[[targets]]` entry, then the routed ones
+/// grouped (the 10 with the most letters, then "… N more").
+fn plan_targets(text: &mut String, campaign: &Campaign, p: &Plan) {
+    let count = |i: usize| p.per_target.get(i).copied().unwrap_or(0);
+    let mut routed = Vec::new();
+    for t in &campaign.config.targets {
+        if t.routed.is_some() {
+            routed.push((count(t.index), t));
+        } else {
+            let _ = writeln!(text, "  {:>8}  to {}", thousands(count(t.index)), t.mailbox());
+        }
+    }
+    if routed.is_empty() {
+        return;
+    }
+    let total: u64 = routed.iter().map(|(n, _)| n).sum();
+    let file = campaign
+        .config
+        .routing
+        .as_ref()
+        .map_or_else(String::new, |r| r.file.display().to_string());
+    let _ = writeln!(
+        text,
+        "  {:>8}  to the {} targets of `{file}`:",
+        thousands(total),
+        thousands(routed.len() as u64)
+    );
+    routed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.index.cmp(&b.1.index)));
+    for (n, t) in routed.iter().take(ROUTED_SHOWN) {
+        let _ = writeln!(text, "    {:>8}  to {}", thousands(*n), t.mailbox());
+    }
+    if routed.len() > ROUTED_SHOWN {
+        let rest = &routed[ROUTED_SHOWN..];
+        let letters: u64 = rest.iter().map(|(n, _)| n).sum();
+        let _ = writeln!(
+            text,
+            "    {:>8}  … {} more",
+            thousands(letters),
+            thousands(rest.len() as u64)
+        );
     }
 }
 
@@ -185,9 +259,21 @@ pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> 
         p.skipped_rows,
         p.duplicates
     );
+    if p.unmatched.total > 0 {
+        let _ = writeln!(text, "No letter: {}", p.unmatched);
+    }
     let _ = writeln!(text, "Letters due now: {}", thousands(p.due));
-    for (t, n) in campaign.config.targets.iter().zip(&p.per_target) {
-        let _ = writeln!(text, "  {:>8}  to {}", thousands(*n), t.mailbox());
+    plan_targets(&mut text, campaign, p);
+    if p.per_letter.len() > 1 || p.per_letter.keys().any(|(_, l)| !l.is_empty()) {
+        let _ = writeln!(text, "Letters due per letter file:");
+        for ((file, language), n) in &p.per_letter {
+            let language = if language.is_empty() {
+                String::new()
+            } else {
+                format!(" (language {language})")
+            };
+            let _ = writeln!(text, "  {:>8}  {file}{language}", thousands(*n));
+        }
     }
     if p.already_sent + p.waiting + p.held_failed + p.held_unknown > 0 {
         let _ = writeln!(

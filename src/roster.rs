@@ -16,6 +16,8 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use lettre::Address;
 
+use crate::config::Layout;
+
 /// The longest value a cell may hold; a longer one skips its row.
 pub(crate) const MAX_FIELD_CHARS: usize = 10_000;
 
@@ -51,8 +53,7 @@ pub(crate) struct Supporter {
 
 impl Supporter {
     /// A column's value by normalized header name.
-    #[cfg(test)]
-    fn get(&self, column: &str) -> Option<&str> {
+    pub(crate) fn get(&self, column: &str) -> Option<&str> {
         self.headers
             .iter()
             .position(|h| h == column)
@@ -107,7 +108,7 @@ impl Row {
 /// A streaming reader over the supporters file.
 pub(crate) struct Roster {
     path: PathBuf,
-    reader: csv::Reader<Scanned<File>>,
+    reader: csv::Reader<Scanned<io::Chain<io::Cursor<Vec<u8>>, File>>>,
     headers: Arc<[String]>,
     email_col: usize,
     name_cols: NameCols,
@@ -121,17 +122,20 @@ enum NameCols {
 }
 
 impl Roster {
-    /// Opens the file and reads its header row.
-    pub(crate) fn open(path: &Path) -> Result<Roster> {
+    /// Opens the file and reads its header row. `layout`: which column holds
+    /// the addresses, and the delimiter (detected from the header line when
+    /// not given).
+    pub(crate) fn open(path: &Path, layout: &Layout) -> Result<Roster> {
         let shown = path.display();
-        let open = || {
-            File::open(path).map_err(|e| {
-                anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
-            })
-        };
+        let mut file = open_regular(path)?;
+        // The header line is read once, for the delimiter, and then read
+        // again from memory: the file may be a pipe that cannot be reopened.
+        let head = read_head(&mut file).map_err(|e| anyhow!("cannot read supporters file `{shown}`: {e}"))?;
+        let delimiter = layout.delimiter.unwrap_or_else(|| detect_delimiter(&head));
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
-            .from_reader(Scanned::new(open()?, b','));
+            .delimiter(delimiter)
+            .from_reader(Scanned::new(io::Cursor::new(head).chain(file), delimiter));
         let raw = match reader.byte_headers() {
             Ok(raw) => raw.clone(),
             Err(e) => {
@@ -169,10 +173,11 @@ impl Roster {
             headers.push(name);
         }
         let col = |n: &str| headers.iter().position(|h| h == n);
-        let Some(email_col) = col("email") else {
+        let email_name = &layout.email_column;
+        let Some(email_col) = col(email_name) else {
             bail!(
-                "{shown}:1: no `email` column (found: {})\n\nhint: name the column holding addresses `email`; \
-                 a file separated by `;` must be re-saved with commas",
+                "{shown}:1: no `{email_name}` column (found: {})\n\nhint: name the column holding addresses \
+                 `{email_name}`, or set [supporters] email_column = \"…\" to its header",
                 headers.join(", ")
             );
         };
@@ -189,6 +194,12 @@ impl Roster {
             seen: HashMap::new(),
             record: csv::ByteRecord::new(),
         })
+    }
+
+    /// The column names, normalized.
+    #[must_use]
+    pub(crate) fn headers(&self) -> &[String] {
+        &self.headers
     }
 
     /// The file, as given.
@@ -285,7 +296,7 @@ impl Roster {
                     format!("column `{column}` is {chars} characters long (at most {MAX_FIELD_CHARS})"),
                 );
             }
-            values.push(text.to_string());
+            values.push(text.trim().to_string());
         }
         let email = match validate_email(&raw_email) {
             Ok(a) => a,
@@ -315,6 +326,113 @@ impl Iterator for Roster {
     fn next(&mut self) -> Option<Result<Row>> {
         self.next_row().transpose()
     }
+}
+
+/// Opens the supporters file, refusing anything but a regular file.
+///
+/// NOTE: mailer reads the file twice (`send` checks every row, then sends),
+/// and rows are named by their line: it needs a file that stays put. A FIFO,
+/// a device or a process substitution (`<(…)`) reads differently each time,
+/// or never ends, and opening a FIFO with no writer blocks for ever (with the
+/// ledger locked, beyond the reach of a single SIGTERM). So the type is
+/// checked before anything is opened for reading, and again on the opened
+/// descriptor, which cannot change under us.
+fn open_regular(path: &Path) -> Result<File> {
+    let shown = path.display();
+    let unreadable = |e: io::Error| {
+        anyhow!("cannot read supporters file `{shown}`: {e}\n\nhint: check [supporters] file in the config")
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        let kind = file_kind(meta);
+        anyhow!(
+            "supporters file `{shown}` is {kind}, not a regular file: mailer reads the supporters \
+             twice (it checks every row before it sends) and names rows by their line, so it needs \
+             a file that stays put\n\nhint: export the supporters to a file (e.g. `supporters.csv`) \
+             and set [supporters] file to it"
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file = File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "a special file"
+    }
+}
+
+/// The delimiter of a CSV file, from its header line: the most frequent
+/// of `,`, `;` and tab outside quotes (a comma when none appears).
+fn detect_delimiter(head: &[u8]) -> u8 {
+    let (mut counts, mut quoted) = ([0usize; 3], false);
+    for &b in head {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' | b'\r' if !quoted => break,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3)
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t'][best]
+    }
+}
+
+/// The file's first bytes, up to the end of the header line (at most 64 KiB:
+/// a longer line decides on what it has).
+fn read_head(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while head.len() < 1 << 16 {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(head)
 }
 
 /// `First Name` → `first_name`.
@@ -470,6 +588,10 @@ struct Scanned<R> {
     columns: u64,
     /// (offset, line) of each row's first byte, not yet asked for.
     starts: VecDeque<(u64, u64)>,
+    /// The header row's column count, once it has ended.
+    header_columns: Option<u64>,
+    /// What the lines of the open quoted value look like.
+    suspect: Suspect,
     /// Stopped: every later read fails with this.
     broken: Option<Broken>,
 }
@@ -489,6 +611,8 @@ impl<R: Read> Scanned<R> {
             value_bytes: 0,
             columns: 0,
             starts: VecDeque::new(),
+            header_columns: None,
+            suspect: Suspect::default(),
             broken: None,
         }
     }
@@ -544,10 +668,14 @@ impl<R: Read> Scanned<R> {
         if self.row_bytes > MAX_ROW_BYTES {
             return Err(self.too_big(format!("this row is longer than {MAX_ROW_BYTES} bytes")));
         }
+        if self.at == At::QuoteInQuoted && (b == self.delimiter || end) {
+            self.closed()?;
+        }
         // RowStart was turned into ValueStart above; it shares the arms.
         self.at = match (self.at, b) {
             (At::RowStart | At::ValueStart, b'"') => {
                 self.quote_line = self.line;
+                self.suspect = Suspect::default();
                 At::Quoted
             }
             (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if b == self.delimiter => {
@@ -558,13 +686,68 @@ impl<R: Read> Scanned<R> {
                 }
                 At::ValueStart
             }
-            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => At::RowStart,
+            (At::RowStart | At::ValueStart | At::Bare | At::QuoteInQuoted, _) if end => {
+                self.header_columns.get_or_insert(self.columns);
+                At::RowStart
+            }
             (At::RowStart | At::ValueStart | At::Bare, _) => self.grow(At::Bare)?,
-            (At::Quoted, b'"') => At::QuoteInQuoted,
-            (At::Quoted, _) | (At::QuoteInQuoted, b'"') => self.grow(At::Quoted)?,
+            (At::Quoted, b'"') => {
+                self.suspect.boundary();
+                At::QuoteInQuoted
+            }
+            (At::Quoted, _) => {
+                self.note_quoted(b, end);
+                self.grow(At::Quoted)?
+            }
+            (At::QuoteInQuoted, b'"') => self.grow(At::Quoted)?,
             (At::QuoteInQuoted, _) => return Err(self.text_after_quote()),
         };
         Ok(())
+    }
+
+    /// Notes one byte of a quoted value (not a quote) for [`Suspect`].
+    fn note_quoted(&mut self, b: u8, end: bool) {
+        if end {
+            if self.line > self.quote_line {
+                self.suspect.end_line(self.line, self.header_columns);
+            } else {
+                self.suspect.new_line();
+            }
+        } else if b == self.delimiter {
+            self.suspect.delimiters += 1;
+            self.suspect.boundary();
+        } else {
+            self.suspect.byte(b);
+        }
+    }
+
+    /// A quoted value has just closed (its closing quote is followed by a
+    /// delimiter, a line end or the end of the file). Refuses one that ran
+    /// over lines that look like supporter rows: an opening quote whose
+    /// value should have ended on its own line, closed by a quote that
+    /// ends a later row (`…,I am 6 foot tall"`). That is valid CSV, but a
+    /// real multi-line note is prose, not a run of whole rows with emails.
+    fn closed(&mut self) -> std::result::Result<(), Broken> {
+        if self.line > self.quote_line {
+            self.suspect.end_line(self.line, self.header_columns);
+        }
+        let Some(first) = self.suspect.first_row else {
+            return Ok(());
+        };
+        let n = self.suspect.rows;
+        let (lines, rows) = if n == 1 {
+            ("1 line that looks like a supporter row".to_string(), "that row")
+        } else {
+            (format!("{n} lines that look like supporter rows"), "those rows")
+        };
+        Err(Broken {
+            line: self.quote_line,
+            reason: format!(
+                "a quoted value here runs over {lines} (from line {first}): a quote is probably \
+                 missing its end, and {rows} would be read as part of this row's value"
+            ),
+            hint: QUOTE_HINT,
+        })
     }
 
     /// One more byte of the current value.
@@ -615,7 +798,10 @@ impl<R: Read> Scanned<R> {
     }
 
     /// At the end of the file: a quote still open swallowed the rest.
-    fn finish(&self) -> std::result::Result<(), Broken> {
+    fn finish(&mut self) -> std::result::Result<(), Broken> {
+        if self.at == At::QuoteInQuoted {
+            self.closed()?;
+        }
         if self.at == At::Quoted {
             return Err(Broken {
                 line: self.quote_line,
@@ -626,6 +812,94 @@ impl<R: Read> Scanned<R> {
             });
         }
         Ok(())
+    }
+}
+
+/// What the lines of one open quoted value look like, line by line: a
+/// line after the first that holds as many delimiters as the header (a
+/// whole row's worth) *and* an email-shaped token is a supporter row that
+/// a stray quote swallowed. Both are needed: prose with commas, or with an
+/// address, is a note.
+#[derive(Debug, Default, Clone, Copy)]
+struct Suspect {
+    /// Delimiters on the current line (inside the value).
+    delimiters: u64,
+    /// The token being read.
+    token: EmailShape,
+    /// Whether the current line holds an email-shaped token.
+    email: bool,
+    /// Lines that looked like rows so far, and the first of them.
+    rows: u64,
+    first_row: Option<u64>,
+}
+
+impl Suspect {
+    fn byte(&mut self, b: u8) {
+        if b.is_ascii_whitespace() || b"\"<>()[],;:".contains(&b) {
+            self.boundary();
+        } else {
+            self.token.push(b);
+        }
+    }
+
+    fn boundary(&mut self) {
+        self.email |= self.token.shaped();
+        self.token = EmailShape::default();
+    }
+
+    /// Ends the current line, a continuation line of the value.
+    fn end_line(&mut self, line: u64, header_columns: Option<u64>) {
+        self.boundary();
+        let whole_row = header_columns.is_some_and(|n| self.delimiters + 1 >= n);
+        if whole_row && self.email {
+            self.rows += 1;
+            self.first_row.get_or_insert(line);
+        }
+        self.new_line();
+    }
+
+    fn new_line(&mut self) {
+        (self.delimiters, self.email, self.token) = (0, false, EmailShape::default());
+    }
+}
+
+/// Whether a token read byte by byte has the shape `local@domain.tld`:
+/// something before one `@`, then dot-separated labels of letters, digits
+/// and `-` (a trailing dot, as at the end of a sentence, is allowed).
+#[derive(Debug, Default, Clone, Copy)]
+struct EmailShape {
+    local: bool,
+    at: bool,
+    /// Bytes of the domain label being read, and the labels ended by a dot.
+    label: u32,
+    dots: u32,
+    bad: bool,
+}
+
+impl EmailShape {
+    fn push(&mut self, b: u8) {
+        if self.bad {
+            return;
+        }
+        if !self.at {
+            if b == b'@' {
+                self.at = self.local;
+                self.bad = !self.local;
+            } else {
+                self.local = true;
+            }
+        } else if b == b'.' {
+            self.bad = self.label == 0;
+            (self.dots, self.label) = (self.dots + 1, 0);
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            self.label += 1;
+        } else {
+            self.bad = true;
+        }
+    }
+
+    fn shaped(self) -> bool {
+        !self.bad && self.at && (self.dots >= 2 || (self.dots == 1 && self.label > 0))
     }
 }
 
@@ -668,14 +942,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        Roster::open(&path).unwrap().map(Result::unwrap).collect()
+        Roster::open(&path, &Layout::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn open_err(content: &[u8]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        format!("{:#}", Roster::open(&path).err().expect("should fail"))
+        format!(
+            "{:#}",
+            Roster::open(&path, &Layout::default())
+                .err()
+                .expect("should fail")
+        )
     }
 
     fn lines(rows: &[Row]) -> Vec<u64> {
@@ -711,7 +993,7 @@ mod tests {
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
         let mut good = Vec::new();
-        let err = match Roster::open(&path) {
+        let err = match Roster::open(&path, &Layout::default()) {
             Err(e) => e,
             Ok(roster) => {
                 let mut rows = roster;
@@ -769,6 +1051,84 @@ mod tests {
         );
         let (_, err) = broken(b"\"email\"x,note\na@x.org,\n");
         assert!(err.starts_with("s.csv:1: a quoted value"), "{err}");
+    }
+
+    #[test]
+    fn a_quote_closed_at_the_end_of_a_later_row_breaks_the_file() {
+        // Review of issue 9 item 4: the closing quote ends Cat's line, so
+        // the csv crate reads lines 3-5 as Ana's note, validly.
+        let csv = "email,name,note\nz@m.test,Zoe,hi\nana@m.test,Ana,\"I support this\n\
+                   bob@m.test,Bob,count me in\ncat@m.test,Cat,I am 6 foot tall\"\ndan@m.test,Dan,hi\n";
+        let (good, err) = broken(csv.as_bytes());
+        assert_eq!(lines(&good), vec![2]);
+        assert!(
+            err.starts_with(
+                "s.csv:3: a quoted value here runs over 2 lines that look like supporter rows \
+                 (from line 4): a quote is probably missing its end"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("\n\nhint: close the quote"), "{err}");
+        // CRLF, the last row, one swallowed row, the file ending at the quote.
+        let (_, err) = broken(b"email,name,note\r\nana@m.test,Ana,\"x\r\nbob@m.test,Bob,y\"");
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line that looks like a supporter row"),
+            "{err}"
+        );
+        // A swallowed row in the middle of the value, with more text after it.
+        let (_, err) = broken(b"email,name,note\nana@m.test,Ana,\"x\nbob@m.test,Bob,y\nand so on\"\n");
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_note_is_still_a_note() {
+        // Prose spanning lines is accepted, commas and all; a line is a
+        // swallowed row only with a row's worth of delimiters AND an
+        // email-shaped token.
+        for note in [
+            "Dear Satya,\nas a parent, a voter, and a customer, I ask you:\ndrop it.\nThanks, Ana",
+            // An address, but too few delimiters for a row of 4 columns.
+            "Write to me\nat ana@m.test, any time.\nAna",
+            // Delimiters for a whole row, but no address.
+            "one\ntwo, three, four, five, six\nseven",
+            // `@` without a mail domain is no address.
+            "hi\n@ana, @bob, @cat, and @dan\nbye",
+            "hi\nana@localhost, b, c, d\nbye",
+        ] {
+            let csv = format!("email,name,city,note\na@m.test,Ana,Oslo,\"{note}\"\nb@m.test,Bob,Rome,ok\n");
+            let r = rows(csv.as_bytes());
+            assert_eq!(lines(&r), vec![2, 2 + note.lines().count() as u64], "{note}");
+            assert!(matches!(&r[0], Row::Valid(s) if s.values[3] == note), "{r:?}");
+        }
+        // Exactly a row's worth: 3 delimiters for 4 columns, and an address.
+        let csv = "email,name,city,note\na@m.test,Ana,Oslo,\"x\nb@m.test,Bob,Rome,ok\"\n";
+        let (_, err) = broken(csv.as_bytes());
+        assert!(
+            err.starts_with("s.csv:2: a quoted value here runs over 1 line"),
+            "{err}"
+        );
+        let csv = "email,name,city,note\na@m.test,Ana,Oslo,\"x\nb@m.test,Bob,ok\"\n";
+        assert_eq!(lines(&rows(csv.as_bytes())), vec![2]);
+    }
+
+    #[test]
+    fn email_shaped_tokens() {
+        let shaped = |t: &str| {
+            let mut e = EmailShape::default();
+            t.bytes().for_each(|b| e.push(b));
+            e.shaped()
+        };
+        for yes in ["a@b.co", "jane.doe+x@mail.example.org", "a@b.co."] {
+            assert!(shaped(yes), "{yes}");
+        }
+        for no in [
+            "@b.co", "a@b", "a@b.", "a@.b", "a@@b.co", "a@b_c.co", "plain", "a.b.c",
+        ] {
+            assert!(!shaped(no), "{no}");
+        }
     }
 
     #[test]
@@ -911,5 +1271,14 @@ mod tests {
         let r = rows(format!("email,note\na@x.org,{big}\nb@x.org,a\0b\n").as_bytes());
         assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
         assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
+    }
+
+    #[test]
+    fn the_delimiter_is_the_most_frequent_outside_quotes() {
+        assert_eq!(detect_delimiter(b"email,first_name,city\na;b;c;d\n"), b',');
+        assert_eq!(detect_delimiter(b"email;first_name;city\n"), b';');
+        assert_eq!(detect_delimiter(b"Email Address\tFirst Name\n"), b'\t');
+        assert_eq!(detect_delimiter(b"\"a;b;c\",email\n"), b',');
+        assert_eq!(detect_delimiter(b"email\n"), b',');
     }
 }

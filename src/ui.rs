@@ -149,20 +149,30 @@ impl Ui {
         matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
     }
 
-    /// Asks for a value with a default (terminal only).
+    /// Asks for a line (terminal only): the answer trimmed, `default` when
+    /// it is empty (shown in brackets when there is one), `None` at the end
+    /// of input (Ctrl-D).
     // NOTE: a method like its siblings, so every word to the person goes through `Ui`.
     #[allow(clippy::unused_self)]
-    pub(crate) fn ask(&self, question: &str, default: &str) -> String {
-        eprint!("{question} [{default}]: ");
+    pub(crate) fn ask_line(&self, question: &str, default: Option<&str>) -> Option<String> {
+        match default {
+            Some(d) if !d.is_empty() => eprint!("{question} [{d}]: "),
+            _ => eprint!("{question}: "),
+        }
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        let answer = answer.trim();
-        if answer.is_empty() {
-            default.to_string()
-        } else {
-            answer.to_string()
+        match std::io::stdin().lock().read_line(&mut answer) {
+            Ok(0) | Err(_) => {
+                eprintln!();
+                return None;
+            }
+            Ok(_) => {}
         }
+        let answer = answer.trim();
+        Some(match default {
+            Some(d) if answer.is_empty() => d.to_string(),
+            _ => answer.to_string(),
+        })
     }
 
     /// A progress bar on a terminal; hidden otherwise.

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use mail_parser::{MessageParser, MimeHeaders as _, PartType};
 use sha2::{Digest as _, Sha256};
 
+use crate::ui::printable;
+
 /// One message from the mailbox, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Read {
@@ -289,16 +291,10 @@ fn untyped(value: &str) -> String {
     }
 }
 
-/// One line, no control characters, bounded.
+/// One line, control characters escaped (`ui::printable`), bounded.
 fn one_line(text: &str) -> String {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let joined = words.join(" ");
-    let clean: String = joined
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_DIAGNOSTIC)
-        .collect();
-    clean
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    printable(&joined).chars().take(MAX_DIAGNOSTIC).collect()
 }
 
 /// The addresses in a header value (`Name <a@b>, c@d`), lower-cased.
@@ -407,6 +403,21 @@ Message-ID: <0123abcd@org.example>\r\n\
             "From: ceo@corp.example\r\nAuto-Submitted: auto-replied\r\nSubject: Re: hi\r\n\r\nAway.\r\n";
         assert_eq!(read(ooo.as_bytes()).kind, Kind::AutoReply);
         assert!(read(b"").source.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn diagnostics_keep_their_controls_escaped() {
+        let text = POSTFIX.replace(
+            "Diagnostic-Code: smtp; 550 5.7.1 Message rejected as bulk\r\n",
+            "Diagnostic-Code: smtp; 550 5.7.1 \u{1b}[2Jrejected \u{202e}moc.x\r\n",
+        );
+        let Kind::Dsn(d) = read(text.as_bytes()).kind else {
+            panic!("not a DSN")
+        };
+        assert_eq!(
+            d.recipients[0].diagnostic.as_deref(),
+            Some("550 5.7.1 \\u{1b}[2Jrejected \\u{202e}moc.x mail (queue id 4XyZ12abQ9)")
+        );
     }
 
     #[test]

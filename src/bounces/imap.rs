@@ -14,6 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::secret::Password;
+use crate::ui::printable;
 
 /// Why a session failed.
 #[derive(Debug)]
@@ -36,13 +37,36 @@ impl std::error::Error for ImapError {}
 
 /// Longest response line (without literals) accepted.
 const MAX_LINE: usize = 64 * 1024;
-/// Largest message fetched (bigger ones are not bounce reports).
-const MAX_LITERAL: usize = 50 * 1024 * 1024;
+/// Largest literal kept (a message): bigger ones are read past and dropped.
+const MAX_LITERAL: usize = crate::bounces::MAX_MESSAGE;
+/// Most bytes accepted in reply to one command, literals included.
+const MAX_REPLY: usize = 32 * 1024 * 1024;
+/// Most untagged lines accepted in reply to one command.
+const MAX_UNTAGGED: usize = 10_000;
+/// Longest server text shown, in characters.
+const MAX_SHOWN: usize = 300;
 
 /// One response line, with the literals (`{n}` octets) it carried.
 struct Line {
     text: String,
-    literals: Vec<Vec<u8>>,
+    literals: Vec<Literal>,
+}
+
+/// A literal of a response.
+enum Literal {
+    Kept(Vec<u8>),
+    /// Larger than [`MAX_LITERAL`]: read past, not kept.
+    Dropped,
+}
+
+/// What `fetch` got.
+pub(crate) enum Fetched {
+    /// The message.
+    Message(Vec<u8>),
+    /// Larger than 10 MB: skipped.
+    TooLarge,
+    /// The server sent no body for it.
+    Missing,
 }
 
 /// An authenticated-or-not IMAP session.
@@ -52,6 +76,8 @@ pub(crate) struct Session {
     tag: u32,
     timeout: Duration,
     host: String,
+    /// Bytes received since the current command went out.
+    received: usize,
 }
 
 impl Session {
@@ -81,8 +107,12 @@ impl Session {
             tag: 0,
             timeout,
             host: host.to_string(),
+            received: 0,
         };
-        let greeting = session.line().map_err(|e| session.lost("no greeting", &e))?;
+        let deadline = Instant::now() + timeout;
+        let greeting = session
+            .line(deadline)
+            .map_err(|e| session.lost("no greeting", &e))?;
         let upper = greeting.text.to_ascii_uppercase();
         if !(upper.starts_with("* OK") || upper.starts_with("* PREAUTH")) {
             return Err(ImapError::Unreachable(format!(
@@ -141,7 +171,7 @@ impl Session {
     }
 
     /// One message's bytes, without setting `\Seen`.
-    pub(crate) fn fetch(&mut self, uid: u32) -> Result<Option<Vec<u8>>, ImapError> {
+    pub(crate) fn fetch(&mut self, uid: u32) -> Result<Fetched, ImapError> {
         let cmd = format!("UID FETCH {uid} BODY.PEEK[]");
         let (status, lines) = self
             .command(&[Arg::Atom(&cmd)], &[])
@@ -150,7 +180,11 @@ impl Session {
         Ok(lines
             .into_iter()
             .filter(|l| l.text.to_ascii_uppercase().contains("FETCH"))
-            .find_map(|mut l| (!l.literals.is_empty()).then(|| l.literals.swap_remove(0))))
+            .find_map(|mut l| (!l.literals.is_empty()).then(|| l.literals.swap_remove(0)))
+            .map_or(Fetched::Missing, |literal| match literal {
+                Literal::Kept(bytes) => Fetched::Message(bytes),
+                Literal::Dropped => Fetched::TooLarge,
+            }))
     }
 
     /// Marks a message `\Seen` (never deletes).
@@ -180,12 +214,22 @@ impl Session {
     }
 
     fn lost(&self, what: &str, e: &io::Error) -> ImapError {
-        ImapError::Unreachable(format!("IMAP server `{}`: {what}: {}", self.host, describe_io(e)))
+        let message = format!("IMAP server `{}`: {what}: {}", self.host, describe_io(e));
+        if e.kind() == io::ErrorKind::InvalidData {
+            // It answered, but not as an IMAP server does: a person should look.
+            ImapError::Refused(message)
+        } else {
+            ImapError::Unreachable(message)
+        }
     }
 
     /// Sends one tagged command and reads until its tagged status. Strings
     /// go quoted, or as synchronizing literals when they are not plain ASCII.
+    /// The whole reply must arrive within the timeout, in at most
+    /// [`MAX_REPLY`] bytes and [`MAX_UNTAGGED`] untagged lines.
     fn command(&mut self, args: &[Arg<'_>], secrets: &[&str]) -> io::Result<(Status, Vec<Line>)> {
+        let deadline = Instant::now() + self.timeout;
+        self.received = 0;
         self.tag += 1;
         let tag = format!("m{}", self.tag);
         let mut pending = tag.clone().into_bytes();
@@ -208,7 +252,7 @@ impl Session {
                     self.stream.write_all(&pending)?;
                     self.stream.flush()?;
                     pending.clear();
-                    let go = self.line()?;
+                    let go = self.line(deadline)?;
                     if !go.text.starts_with('+') {
                         let ok = false;
                         let text = clean(&go.text, secrets);
@@ -223,7 +267,7 @@ impl Session {
         self.stream.flush()?;
         let mut untagged = Vec::new();
         loop {
-            let line = self.line()?;
+            let line = self.line(deadline)?;
             if let Some(rest) = line.text.strip_prefix(&format!("{tag} ")) {
                 let ok = strip_prefix_ci(rest, "OK").is_some();
                 return Ok((
@@ -242,13 +286,18 @@ impl Session {
                     format!("the server closed the session: {}", clean(&line.text, secrets)),
                 ));
             }
+            if untagged.len() >= MAX_UNTAGGED {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the server sent more than {MAX_UNTAGGED} lines in reply to one command"),
+                ));
+            }
             untagged.push(line);
         }
     }
 
-    /// One response line with its literals, within the timeout.
-    fn line(&mut self) -> io::Result<Line> {
-        let deadline = Instant::now() + self.timeout;
+    /// One response line with its literals, by `deadline`.
+    fn line(&mut self, deadline: Instant) -> io::Result<Line> {
         let mut text = Vec::new();
         let mut literals = Vec::new();
         loop {
@@ -260,10 +309,15 @@ impl Session {
                 .and_then(|(i, n)| std::str::from_utf8(n).ok()?.parse::<usize>().ok().map(|n| (i, n)));
             text.extend_from_slice(&part);
             let Some((_, len)) = literal else { break };
-            if len > MAX_LITERAL {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "message too large"));
+            if len > MAX_REPLY {
+                return Err(too_much());
             }
-            literals.push(self.read_exact_by(len, deadline)?);
+            literals.push(if len > MAX_LITERAL {
+                self.skip_by(len, deadline)?;
+                Literal::Dropped
+            } else {
+                Literal::Kept(self.read_exact_by(len, deadline)?)
+            });
         }
         Ok(Line {
             text: String::from_utf8_lossy(&text).into_owned(),
@@ -295,14 +349,34 @@ impl Session {
         Ok(self.rbuf.drain(..len).collect())
     }
 
+    /// Reads past `len` octets without keeping them.
+    fn skip_by(&mut self, mut len: usize, deadline: Instant) -> io::Result<()> {
+        loop {
+            let n = len.min(self.rbuf.len());
+            self.rbuf.drain(..n);
+            len -= n;
+            if len == 0 {
+                return Ok(());
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Reads what the server sent, waiting no later than `deadline`.
     fn fill(&mut self, deadline: Instant) -> io::Result<()> {
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
+        self.stream.sock.set_read_timeout(Some(left))?;
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.received += n;
+        if self.received > MAX_REPLY {
+            return Err(too_much());
         }
         self.rbuf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -333,13 +407,29 @@ fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
-/// Server text made printable, secrets removed.
+fn too_much() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the server sent more than {} MB in reply to one command",
+            MAX_REPLY >> 20
+        ),
+    )
+}
+
+/// Server text made printable: secrets removed first (while whole), then
+/// control characters escaped, then cut at [`MAX_SHOWN`] characters.
 fn clean(text: &str, secrets: &[&str]) -> String {
-    let shown: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-    secrets
+    let redacted = secrets
         .iter()
         .filter(|s| !s.is_empty())
-        .fold(shown, |t, s| t.replace(s, "(redacted)"))
+        .fold(text.to_string(), |t, s| t.replace(s, "(redacted)"));
+    let shown = printable(&redacted);
+    if shown.chars().count() > MAX_SHOWN {
+        format!("{}…", shown.chars().take(MAX_SHOWN).collect::<String>())
+    } else {
+        shown.into_owned()
+    }
 }
 
 fn open_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -370,14 +460,41 @@ fn describe_io(e: &io::Error) -> String {
 fn tls_error(host: &str, e: &io::Error) -> ImapError {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(why)) => ImapError::Refused(format!(
-            "the certificate of IMAP server `{host}` was rejected ({why:?}); nothing was sent to it\n\n\
-             hint: if the mailbox server uses a private CA, set [bounces] ca_file to its PEM certificate"
+            "the certificate of IMAP server `{host}` was rejected: {}; nothing was sent to it\n\n\
+             hint: if the mailbox server uses a private CA, set [bounces] ca_file to its PEM certificate",
+            certificate_problem(why)
         )),
-        Some(other) => ImapError::Refused(format!("TLS handshake with IMAP server `{host}` failed: {other}")),
+        Some(other) => ImapError::Refused(
+            printable(&format!(
+                "TLS handshake with IMAP server `{host}` failed: {other}"
+            ))
+            .into_owned(),
+        ),
         None => ImapError::Unreachable(format!(
             "TLS handshake with IMAP server `{host}` failed: {}",
             describe_io(e)
         )),
+    }
+}
+
+/// Why a certificate was refused, as a sentence.
+fn certificate_problem(why: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match why {
+        E::UnknownIssuer => "it is not signed by a certificate authority mailer trusts".into(),
+        E::Expired | E::ExpiredContext { .. } => "it has expired".into(),
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            "it is not valid yet (check this machine's clock)".into()
+        }
+        E::Revoked => "it has been revoked".into(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            format!(
+                "it is not issued for this host name ({})",
+                printable(&why.to_string())
+            )
+        }
+        E::BadSignature | E::BadEncoding => "it is malformed or its signature does not verify".into(),
+        other => format!("it is not acceptable ({})", printable(&other.to_string())),
     }
 }
 
@@ -396,7 +513,15 @@ mod tests {
     fn server_text_is_cleaned() {
         assert_eq!(
             clean("m1 NO [AUTHENTICATIONFAILED] bad hunter2\u{1b}[31m", &["hunter2"]),
-            "m1 NO [AUTHENTICATIONFAILED] bad (redacted)[31m"
+            "m1 NO [AUTHENTICATIONFAILED] bad (redacted)\\u{1b}[31m"
         );
+    }
+
+    #[test]
+    fn a_secret_is_redacted_before_the_text_is_cut() {
+        let text = format!("m1 NO {}hunter2-secret", "x".repeat(295));
+        let shown = clean(&text, &["hunter2-secret"]);
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.ends_with('…'), "{shown}");
     }
 }

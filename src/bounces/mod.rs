@@ -8,14 +8,18 @@
 pub(crate) mod dsn;
 pub(crate) mod imap;
 
-use std::collections::HashMap;
-use std::io::BufReader;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use lettre::Address;
 
+use crate::campaign::{Campaign, Prepared};
 use crate::config::{Config, ReturnPath};
+use crate::exit::{Exit, Failure};
 use crate::ledger::{Bounce, Ledger, Record};
 
 /// Bytes of HMAC kept in a token: 80 bits, 16 base32 characters.
@@ -87,6 +91,51 @@ impl Verp {
     }
 }
 
+/// `[bounces] return_path` must share From's domain (or be a subdomain of
+/// it, or the reverse): DMARC's SPF alignment compares the two. The reason,
+/// when it does not.
+#[must_use]
+pub(crate) fn misaligned(config: &Config, from_domain: &str) -> Option<String> {
+    let bounces = config.bounces.as_ref()?;
+    let rp = bounces.return_path.as_ref()?;
+    let (from, verp) = (from_domain.to_ascii_lowercase(), rp.domain().to_ascii_lowercase());
+    let aligned = from == verp || from.ends_with(&format!(".{verp}")) || verp.ends_with(&format!(".{from}"));
+    (!aligned).then(|| {
+        format!(
+            "{}: [bounces] return_path is in `{verp}`, From in `{from}`: receivers check SPF for the \
+             return path's domain, and DMARC passes on SPF only when that domain aligns with From's\n\n\
+             hint: return_path = \"bounces+{{token}}@{from}\"",
+            bounces.at
+        )
+    })
+}
+
+/// For `send`: a misaligned return path is a config error (exit 1, nothing
+/// sent). From is a template: its domain is the first letter's, as `check`
+/// judges it.
+pub(crate) fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
+    if campaign
+        .config
+        .bounces
+        .as_ref()
+        .and_then(|b| b.return_path.as_ref())
+        .is_none()
+    {
+        return Ok(());
+    }
+    for prepared in campaign.prepared(false)? {
+        if let Ok(Prepared::Letters { letters, .. }) = prepared
+            && let Some(first) = letters.first()
+        {
+            return match misaligned(&campaign.config, first.1.from.domain()) {
+                Some(problem) => Err(Failure::error(Exit::BadInput, problem)),
+                None => Ok(()),
+            };
+        }
+    }
+    Ok(())
+}
+
 /// Which letter a notification is about: by VERP token, else by Message-ID.
 pub(crate) struct Index {
     return_path: Option<ReturnPath>,
@@ -128,13 +177,18 @@ impl Index {
     }
 
     /// The letter a notification names, and how it was matched.
+    ///
+    /// NOTE: with a `return_path`, only a keyed VERP token names a letter.
+    /// Message-IDs are an unkeyed hash and the target receives every one,
+    /// so a target could forge bounces with them; they are the fallback
+    /// only for campaigns that send without VERP.
     fn letter(&self, read: &dsn::Read, d: &dsn::Dsn) -> Option<((String, String), Matched)> {
         if let Some(rp) = &self.return_path {
-            for to in &read.addressed_to {
-                if let Some(letter) = rp.token_of(to).and_then(|t| self.by_token.get(&t)) {
-                    return Some((letter.clone(), Matched::Token));
-                }
-            }
+            return read.addressed_to.iter().find_map(|to| {
+                rp.token_of(to)
+                    .and_then(|t| self.by_token.get(&t))
+                    .map(|letter| (letter.clone(), Matched::Token))
+            });
         }
         let id = d.original_message_id.as_deref()?;
         self.by_message_id
@@ -152,6 +206,15 @@ pub(crate) enum Matched {
     MessageId,
 }
 
+impl std::fmt::Display for Matched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Matched::Token => "matched by its VERP token",
+            Matched::MessageId => "matched by the Message-ID of the returned letter",
+        })
+    }
+}
+
 /// What one message from the mailbox is, for the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -162,6 +225,9 @@ pub(crate) enum Verdict {
     Copy,
     /// A notification about mail that is not one of this campaign's letters.
     NotOurs,
+    /// A notification tied to one of our letters that names another
+    /// recipient than the letter's target (forged, or misrouted): ignored.
+    Mismatched,
     /// An automatic reply.
     AutoReply,
     /// Anything else: left alone.
@@ -180,12 +246,25 @@ pub(crate) fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
     let Some(((supporter, target), matched)) = index.letter(&read, d) else {
         return Verdict::NotOurs;
     };
-    // Blocks about the supporter's Cc or a Bcc copy are not about the letter.
-    let is_copy = |r: &dsn::Recipient| {
-        let addr = r.original_recipient.as_ref().or(r.final_recipient.as_ref());
-        addr.is_some_and(|a| *a != target && (*a == supporter || index.copies.contains(a)))
+    // Each block must name the letter's target, or one of its copies (the
+    // supporter's Cc, a Bcc): a block about anyone else is not this letter's.
+    let named = |r: &dsn::Recipient| {
+        [&r.original_recipient, &r.final_recipient]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<String>>()
     };
-    let about_target: Vec<&dsn::Recipient> = d.recipients.iter().filter(|r| !is_copy(r)).collect();
+    let is_target = |r: &dsn::Recipient| named(r).iter().any(|a| a.eq_ignore_ascii_case(&target));
+    let is_copy = |r: &dsn::Recipient| {
+        named(r)
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&supporter) || index.copies.contains(a))
+    };
+    if d.recipients.iter().any(|r| !is_target(r) && !is_copy(r)) {
+        return Verdict::Mismatched;
+    }
+    let about_target: Vec<&dsn::Recipient> = d.recipients.iter().filter(|r| is_target(r)).collect();
     let pick = about_target
         .iter()
         .find(|r| r.is_failure())
@@ -220,48 +299,228 @@ pub(crate) fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
     )
 }
 
-/// The messages of a local mailbox: a Maildir folder (`new/` and `cur/`)
-/// or an mbox file. Each comes with a name for messages.
-pub(crate) fn local_messages(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+/// Largest message judged (a bounce report is a few kilobytes); a larger
+/// one is skipped and counted, never read whole.
+pub(crate) const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+
+/// One entry of a mailbox, as it is read.
+pub(crate) enum Entry<'a> {
+    /// A message's bytes.
+    Message(&'a [u8]),
+    /// A message that was not judged, and why.
+    Skipped(&'static str),
+}
+
+/// Why an entry is skipped.
+const TOO_LARGE: &str = "larger than 10 MB, not a bounce report";
+const NOT_A_FILE: &str = "not a regular file (a link to nothing or to a folder, a pipe, a device)";
+const VANISHED: &str = "gone before it could be read (moved or deleted by a mail client)";
+
+/// Reads a local mailbox — a Maildir folder (`new/` and `cur/`) or an mbox
+/// file — one message at a time, handing each to `visit` with a name for
+/// messages. Memory stays bounded by [`MAX_MESSAGE`], whatever the size of
+/// the mailbox. `at` is `FILE:LINE` of `[bounces]`, for errors.
+pub(crate) fn read_local(
+    path: &Path,
+    at: &str,
+    visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>,
+) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
-            "cannot read the bounce mailbox `{}`\n\nhint: set [bounces] mailbox to a Maildir folder, an mbox file \
-             or imaps://host",
+            "{at}: cannot read the bounce mailbox `{}`\n\nhint: set [bounces] mailbox to a Maildir folder, an mbox \
+             file or imaps://host",
             path.display()
         )
     })?;
-    let mut out = Vec::new();
     if meta.is_dir() {
-        let (new, cur) = (path.join("new"), path.join("cur"));
-        if !new.is_dir() && !cur.is_dir() {
-            bail!(
-                "`{}` is a folder but not a Maildir (no `new/` or `cur/` in it)",
-                path.display()
-            );
-        }
-        for sub in [new, cur] {
-            let Ok(entries) = std::fs::read_dir(&sub) else {
-                continue;
-            };
-            let mut files: Vec<_> = entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.path())
-                .collect();
-            files.sort();
-            for f in files {
-                let bytes = std::fs::read(&f).with_context(|| format!("cannot read `{}`", f.display()))?;
-                out.push((f.display().to_string(), bytes));
-            }
-        }
+        read_maildir(path, visit)
+    } else if meta.is_file() {
+        let file = File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        read_mbox(path, file, visit)
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-        for (i, m) in mail_parser::mailbox::mbox::MessageIterator::new(BufReader::new(file)).enumerate() {
-            let m = m.with_context(|| format!("cannot read mbox file `{}`", path.display()))?;
-            out.push((format!("{}#{}", path.display(), i + 1), m.unwrap_contents()));
+        bail!(
+            "{at}: [bounces] mailbox `{}` is neither a Maildir folder nor an mbox file\n\nhint: set [bounces] \
+             mailbox to a Maildir folder, an mbox file or imaps://host",
+            path.display()
+        )
+    }
+}
+
+/// A Maildir: `new/` then `cur/`, each in name order, listed once up front.
+/// A message a mail client moves from `new/` to `cur/` meanwhile is read
+/// from `cur/` (once); links are followed to regular files.
+fn read_maildir(path: &Path, visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>) -> Result<()> {
+    let (new, cur) = (path.join("new"), path.join("cur"));
+    if !new.is_dir() && !cur.is_dir() {
+        bail!(
+            "`{}` is a folder but not a Maildir (no `new/` or `cur/` in it)",
+            path.display()
+        );
+    }
+    let list = |dir: &Path| -> Vec<OsString> {
+        let mut names: Vec<OsString> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let (in_new, in_cur) = (list(&new), list(&cur));
+    // Messages of `new/` found in `cur/` after a move: not read twice.
+    let mut moved: HashSet<OsString> = HashSet::new();
+    for name in &in_new {
+        let file = new.join(name);
+        let shown = file.display().to_string();
+        match load(&file)? {
+            Loaded::Gone => match moved_to_cur(&cur, name) {
+                Some(found) => {
+                    let shown = cur.join(&found).display().to_string();
+                    let loaded = load(&cur.join(&found))?;
+                    moved.insert(found);
+                    visit_loaded(&shown, loaded, visit)?;
+                }
+                None => visit(&shown, Entry::Skipped(VANISHED))?,
+            },
+            loaded => visit_loaded(&shown, loaded, visit)?,
         }
     }
-    Ok(out)
+    for name in in_cur.iter().filter(|n| !moved.contains(*n)) {
+        let file = cur.join(name);
+        visit_loaded(&file.display().to_string(), load(&file)?, visit)?;
+    }
+    Ok(())
+}
+
+/// The name in `cur/` of a message once called `name` in `new/`: the same
+/// name, or the same name with flags (`name:2,S`).
+fn moved_to_cur(cur: &Path, name: &OsString) -> Option<OsString> {
+    let base = name.to_string_lossy();
+    std::fs::read_dir(cur)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .find(|n| {
+            let n = n.to_string_lossy();
+            n == base
+                || n.strip_prefix(base.as_ref())
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })
+}
+
+/// One Maildir file, read.
+enum Loaded {
+    Message(Vec<u8>),
+    Skipped(&'static str),
+    Gone,
+}
+
+fn visit_loaded(
+    name: &str,
+    loaded: Loaded,
+    visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>,
+) -> Result<()> {
+    match loaded {
+        Loaded::Message(bytes) => visit(name, Entry::Message(&bytes)),
+        Loaded::Skipped(why) => visit(name, Entry::Skipped(why)),
+        Loaded::Gone => visit(name, Entry::Skipped(VANISHED)),
+    }
+}
+
+/// Reads one Maildir file, following a link to a regular file.
+fn load(file: &Path) -> Result<Loaded> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let context = || format!("cannot read `{}`", file.display());
+    match std::fs::symlink_metadata(file) {
+        Err(e) if gone(&e) => return Ok(Loaded::Gone),
+        Err(e) => return Err(e).with_context(context),
+        Ok(_) => {}
+    }
+    let meta = match std::fs::metadata(file) {
+        Err(e) if gone(&e) => return Ok(Loaded::Skipped(NOT_A_FILE)),
+        other => other.with_context(context)?,
+    };
+    if !meta.is_file() {
+        return Ok(Loaded::Skipped(NOT_A_FILE));
+    }
+    if meta.len() > MAX_MESSAGE as u64 {
+        return Ok(Loaded::Skipped(TOO_LARGE));
+    }
+    let f = match File::open(file) {
+        Err(e) if gone(&e) => return Ok(Loaded::Gone),
+        other => other.with_context(context)?,
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_MESSAGE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(context)?;
+    Ok(if bytes.len() > MAX_MESSAGE {
+        Loaded::Skipped(TOO_LARGE)
+    } else {
+        Loaded::Message(bytes)
+    })
+}
+
+/// An mbox file: messages start at `From ` lines. Read in bounded chunks;
+/// a message past [`MAX_MESSAGE`] is dropped as it streams by and counted.
+/// Text before the first `From ` line is a message of its own.
+fn read_mbox(path: &Path, file: File, visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>) -> Result<()> {
+    const CHUNK: u64 = 64 * 1024;
+    let context = || format!("cannot read mbox file `{}`", path.display());
+    let mut reader = BufReader::with_capacity(CHUNK as usize, file);
+    let (mut message, mut chunk) = (Vec::new(), Vec::new());
+    let (mut n, mut too_large, mut at_line_start) = (0usize, false, true);
+    let mut emit = |n: usize, message: &mut Vec<u8>, too_large: bool| -> Result<()> {
+        let name = format!("{}#{n}", path.display());
+        if too_large {
+            visit(&name, Entry::Skipped(TOO_LARGE))?;
+        } else {
+            // The blank line before the next `From ` belongs to the mbox.
+            if message.ends_with(b"\n\n") || message.ends_with(b"\r\n\r\n") {
+                message.truncate(message.len() - if message.ends_with(b"\r\n") { 2 } else { 1 });
+            }
+            visit(&name, Entry::Message(message))?;
+        }
+        message.clear();
+        Ok(())
+    };
+    loop {
+        chunk.clear();
+        let read = (&mut reader)
+            .take(CHUNK)
+            .read_until(b'\n', &mut chunk)
+            .with_context(context)?;
+        if read == 0 {
+            break;
+        }
+        let line_start = at_line_start;
+        at_line_start = chunk.ends_with(b"\n");
+        if line_start && chunk.starts_with(b"From ") {
+            if n > 0 {
+                emit(n, &mut message, too_large)?;
+            }
+            n += 1;
+            too_large = false;
+            continue;
+        }
+        if n == 0 {
+            if chunk.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            n = 1;
+        }
+        if too_large {
+            continue;
+        }
+        if message.len() + chunk.len() > MAX_MESSAGE {
+            too_large = true;
+            message = Vec::new();
+            continue;
+        }
+        message.extend_from_slice(&chunk);
+    }
+    if n > 0 {
+        emit(n, &mut message, too_large)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

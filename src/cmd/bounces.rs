@@ -7,15 +7,15 @@
 
 use anyhow::{Context as _, Result, anyhow};
 
-use crate::bounces::imap::{ImapError, Session};
-use crate::bounces::{self, Index, Verdict};
+use crate::bounces::imap::{Fetched, ImapError, Session};
+use crate::bounces::{self, Entry, Index, Matched, Verdict};
 use crate::campaign::Campaign;
 use crate::clock::Clock;
-use crate::config::{BounceMailbox, Bounces};
+use crate::config::{BounceMailbox, Bounces, Config};
 use crate::exit::{Exit, Failure};
-use crate::ledger::{BounceEffect, Ledger};
+use crate::ledger::{Bounce, BounceEffect, Ledger};
 use crate::report::out;
-use crate::ui::Ui;
+use crate::ui::{Ui, printable};
 
 /// What one run found.
 #[derive(Debug, Default)]
@@ -27,6 +27,8 @@ struct Tally {
     noted: u64,
     copies: u64,
     not_ours: u64,
+    mismatched: u64,
+    skipped: u64,
     auto_replies: u64,
     other: u64,
 }
@@ -47,20 +49,39 @@ pub(crate) fn run(campaign: &Campaign, ui: &Ui, clock: &dyn Clock) -> Result<Exi
             settings.at
         )
     })?;
-    let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
-    let secret = ledger.stored_verp_secret()?;
-    let index = Index::new(config, &ledger.all()?, secret.as_deref());
+    // Before any `send` there is no ledger: the mailbox is still read (a
+    // config problem shows now, not at the first cron run after sending),
+    // but nothing can match and no ledger is created for it.
+    let ledger = if config.ledger_path.exists() {
+        Some(Ledger::open(&config.ledger_path, &config.campaign.id)?)
+    } else {
+        None
+    };
+    let (records, secret) = match &ledger {
+        Some(l) => (l.all()?, l.stored_verp_secret()?),
+        None => (Vec::new(), None),
+    };
+    let index = Index::new(config, &records, secret.as_deref());
     let mut tally = Tally::default();
-    let mut judge = |name: &str, raw: &[u8]| -> Result<bool> {
+    let mut judge = |name: &str, entry: Entry<'_>| -> Result<bool> {
+        let raw = match entry {
+            Entry::Message(raw) => raw,
+            Entry::Skipped(why) => {
+                tally.skipped += 1;
+                ui.detail(&format!("{}: skipped: {why}", printable(name)));
+                return Ok(false);
+            }
+        };
         tally.read += 1;
         let now = clock.unix();
         let ours = match bounces::judge(raw, &index, now) {
             Verdict::Letter(b, matched) => {
+                let Some(ledger) = &ledger else {
+                    tally.not_ours += 1;
+                    return Ok(false);
+                };
                 let effect = ledger.record_bounce(&b, now)?;
-                ui.detail(&format!(
-                    "{name}: {} → {}: {} {} {} ({}, matched by {matched:?})",
-                    b.supporter, b.target, b.action, b.status, b.diagnostic, b.reporter
-                ));
+                ui.detail(&detail(name, &b, matched));
                 match effect {
                     BounceEffect::Bounced => tally.bounced += 1,
                     BounceEffect::Known => tally.known += 1,
@@ -77,6 +98,14 @@ pub(crate) fn run(campaign: &Campaign, ui: &Ui, clock: &dyn Clock) -> Result<Exi
                 tally.not_ours += 1;
                 false
             }
+            Verdict::Mismatched => {
+                tally.mismatched += 1;
+                ui.detail(&format!(
+                    "{}: names another recipient than its letter's: ignored",
+                    printable(name)
+                ));
+                false
+            }
             Verdict::AutoReply => {
                 tally.auto_replies += 1;
                 false
@@ -90,17 +119,38 @@ pub(crate) fn run(campaign: &Campaign, ui: &Ui, clock: &dyn Clock) -> Result<Exi
     };
     match mailbox {
         BounceMailbox::Local(path) => {
-            for (name, raw) in bounces::local_messages(path)? {
-                judge(&name, &raw)?;
-            }
+            bounces::read_local(path, &settings.at, &mut |name, entry| {
+                judge(name, entry).map(drop)
+            })?;
         }
         BounceMailbox::Imap { host, port } => read_imap(settings, host, *port, &mut judge)?,
     }
-    let _ = ledger.checkpoint();
-    if !ui.quiet {
-        out(&format!("{}\n", summary(&tally, &mailbox.to_string())))?;
-    }
+    finish(ui, &tally, mailbox, ledger.as_ref(), config)?;
     Ok(Exit::Done)
+}
+
+/// The summary line; checkpoints the ledger, or says nothing was sent yet.
+fn finish(
+    ui: &Ui,
+    tally: &Tally,
+    mailbox: &BounceMailbox,
+    ledger: Option<&Ledger>,
+    config: &Config,
+) -> Result<()> {
+    if !ui.quiet {
+        out(&format!("{}\n", summary(tally, &mailbox.to_string())))?;
+    }
+    match ledger {
+        Some(ledger) => {
+            let _ = ledger.checkpoint();
+        }
+        None if !ui.quiet => out(&format!(
+            "Nothing sent yet (no ledger `{}`): no notification can be about this campaign's letters\n",
+            config.ledger_path.display()
+        ))?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// Reads the unseen messages of the IMAP folder; marks `\Seen` those
@@ -109,7 +159,7 @@ fn read_imap(
     settings: &Bounces,
     host: &str,
     port: u16,
-    judge: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    judge: &mut dyn FnMut(&str, Entry<'_>) -> Result<bool>,
 ) -> Result<()> {
     let tls = crate::smtp::tls_client_config(settings.ca_file.as_deref())?;
     let user = settings
@@ -131,15 +181,33 @@ fn read_imap(
     session.login(&user, &password).map_err(fail)?;
     session.select(&settings.folder).map_err(fail)?;
     for uid in session.unseen().map_err(fail)? {
-        let Some(raw) = session.fetch(uid).map_err(fail)? else {
-            continue;
+        let name = format!("{}/{uid}", settings.folder);
+        let ours = match session.fetch(uid).map_err(fail)? {
+            Fetched::Message(raw) => judge(&name, Entry::Message(&raw))?,
+            // Left unseen, for a person to look at.
+            Fetched::TooLarge => judge(&name, Entry::Skipped("larger than 10 MB, not a bounce report"))?,
+            Fetched::Missing => continue,
         };
-        if judge(&format!("{}/{uid}", settings.folder), &raw)? {
+        if ours {
             session.mark_seen(uid).map_err(fail)?;
         }
     }
     session.logout();
     Ok(())
+}
+
+/// `-v`: one recorded notification (server text escaped).
+fn detail(name: &str, b: &Bounce, matched: Matched) -> String {
+    format!(
+        "{}: {} → {}: {} {} {} ({}, {matched})",
+        printable(name),
+        printable(&b.supporter),
+        printable(&b.target),
+        printable(&b.action),
+        printable(&b.status),
+        printable(&b.diagnostic),
+        printable(&b.reporter)
+    )
 }
 
 /// `Read 7 messages from …: 2 letters bounced, …`.
@@ -152,8 +220,13 @@ fn summary(t: &Tally, mailbox: &str) -> String {
         (t.noted, "bounce for a letter not recorded as sent"),
         (t.copies, "about a copy (Cc/Bcc) or a success"),
         (t.not_ours, "not about this campaign's letters"),
+        (t.mismatched, "naming another recipient than its letter's target"),
         (t.auto_replies, "auto-reply"),
         (t.other, "other message"),
+        (
+            t.skipped,
+            "skipped (too large, not a file, or gone; `-v` names them)",
+        ),
     ] {
         if n > 0 {
             let plural = if what.ends_with("notice") || what.ends_with("reply") || what.ends_with("message") {

@@ -2,15 +2,20 @@
 //! anything is sent; optionally a full SMTP handshake.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
+use crate::placeholder;
+use crate::provider;
 use crate::report::{out, thousands};
 use crate::roster::{Malformed, Repeat, Skip};
 use crate::smtp::{ConnectError, Connector};
+use crate::targets::Unmatched;
 use crate::ui::Ui;
+use crate::uniformity::{Meter, Uniformity};
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
 const FREE_MAIL: [&str; 14] = [
@@ -30,21 +35,63 @@ const FREE_MAIL: [&str; 14] = [
     "gmx.com",
 ];
 
+/// Attachments heavier than this in total get a warning (10 MB).
+const ATTACHMENTS_WARN_BYTES: usize = 10_000_000;
+
+/// `check` flags, free of clap.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    /// Also connect, negotiate TLS, authenticate and quit.
+    pub(crate) smtp: bool,
+    /// Rows `send` would skip are errors, not warnings.
+    pub(crate) strict: bool,
+}
+
 /// Runs `mailer check`.
-pub(crate) fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
+///
+/// Exit 1 for what would stop `send` (config, letter, the supporters file
+/// itself, a letter that cannot render); rows `send` would merely skip are
+/// listed too but only fail the check with `--strict` (SPEC "Commands").
+#[allow(clippy::too_many_lines)] // one pass over the rows, each kind counted in place
+pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
+    let Options { smtp, strict } = opts;
     let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
+    // Problems that stop `send`, as opposed to rows it skips.
+    let mut blocking = 0u64;
     let mut template_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut from = None;
+    // Placeholders matter only where a real relay would deliver them.
+    let mut placeholders = placeholder::real_relay(campaign).map(|_| placeholder::Scan::new(campaign));
+    let routing_file = campaign
+        .config
+        .routing
+        .as_ref()
+        .map(|r| r.file.display().to_string());
+    let mut meter = Meter::new(&campaign.config.targets, routing_file.as_deref());
+    let mut unmatched = Unmatched::default();
+    let mut languages: BTreeMap<String, u64> = BTreeMap::new();
     for prepared in campaign.prepared(false)? {
         match prepared {
-            Ok(Prepared::Letters { letters: built, .. }) => {
+            Ok(Prepared::Letters {
+                letters: built,
+                supporter,
+            }) => {
+                if let Some(scan) = &mut placeholders {
+                    scan.observe(&supporter, &built);
+                }
+                meter.add(&supporter, &built);
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
-                    from = built.first().map(|b| b.from.clone());
+                    from = built.first().map(|(_, b)| b.from.clone());
+                }
+                if let Some(column) = campaign.letter.language_column() {
+                    let l = supporter.get(column).unwrap_or("").trim().to_lowercase();
+                    *languages.entry(l).or_insert(0) += 1;
                 }
             }
+            Ok(Prepared::Unmatched { label, .. }) => unmatched.add(label),
             Ok(Prepared::Skipped(Skip { line, reason, .. })) => {
                 problems += 1;
                 out(&format!("{file}:{line}: {reason}\n"))?;
@@ -73,12 +120,14 @@ pub(crate) fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     }
                     *seen += 1;
                     problems += 1;
+                    blocking += 1;
                 }
                 Err(e) => match e.downcast::<Malformed>() {
                     // The file cannot be read past this line: list it with
                     // the rest, and stop reading rows.
                     Ok(Malformed { at, hint }) => {
                         problems += 1;
+                        blocking += 1;
                         out(&format!("{at}\n"))?;
                         ui.hint(hint);
                         break;
@@ -88,42 +137,194 @@ pub(crate) fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
             },
         }
     }
-    for (msg, n) in &template_errors {
-        if *n > 1 {
-            ui.note(&format!(
-                "(the same letter error repeats for {} more rows: {})",
-                n - 1,
-                short(msg)
-            ));
-        }
+    note_repeats(&template_errors, ui);
+    problems += shape_lines(campaign, &unmatched, &languages, ui)?;
+    if let Some(scan) = placeholders {
+        let n = report_placeholders(campaign, scan, ui)?;
+        problems += n;
+        blocking += n;
     }
+    let unwritten = report_unwritten(campaign)?;
+    problems += unwritten;
+    blocking += unwritten;
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
-        if let Some(problem) = return_path_problem(campaign, from.domain()) {
+        if let Some(problem) = crate::bounces::misaligned(&campaign.config, from.domain()) {
+            // A misaligned return path is the config's problem, not a row's.
             problems += 1;
+            blocking += 1;
             out(&format!("{problem}\n"))?;
         }
     }
     unknown_target_warnings(campaign, ui)?;
-    let targets = campaign.target_count();
-    let s = |n: u64| if n == 1 { "" } else { "s" };
-    let summary = format!(
-        "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}",
-        thousands(supporters),
-        s(supporters),
-        s(targets as u64),
-        thousands(letters),
-        s(letters),
-        thousands(problems),
-        s(problems),
-    );
-    if !ui.quiet {
-        out(&format!("{summary}\n"))?;
+    print_summary(campaign, [supporters, letters, problems], ui)?;
+    let rows = problems - blocking;
+    if rows > 0 && blocking == 0 && !strict {
+        skip_hint(rows, ui);
     }
+    uniformity_lines(meter, ui)?;
     if smtp {
         check_smtp(campaign, ui)?;
     }
-    Ok(if problems == 0 { Exit::Done } else { Exit::BadInput })
+    Ok(if blocking > 0 || (strict && rows > 0) {
+        Exit::BadInput
+    } else {
+        Exit::Done
+    })
+}
+
+/// Lists each letter file that is still `mailer init`'s skeleton (nobody
+/// wrote the letter yet); returns how many.
+fn report_unwritten(campaign: &Campaign) -> Result<u64> {
+    let found = crate::cmd::init::unwritten_letters(campaign);
+    for at in &found {
+        out(&format!(
+            "{at}: the letter still says \"{}\": write your letter there first\n",
+            crate::cmd::init::UNWRITTEN
+        ))?;
+    }
+    Ok(found.len() as u64)
+}
+
+/// Rows that only `send` would skip: what happens to them, and `--strict`.
+fn skip_hint(rows: u64, ui: &Ui) {
+    ui.hint(&format!(
+        "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
+        if rows == 1 { "that row" } else { "those rows" }
+    ));
+}
+
+/// The campaign's shape: supporters who match no target (returns how
+/// many: rows `send` skips), the languages found, heavy attachments.
+fn shape_lines(
+    campaign: &Campaign,
+    unmatched: &Unmatched,
+    languages: &BTreeMap<String, u64>,
+    ui: &Ui,
+) -> Result<u64> {
+    if unmatched.total > 0 {
+        out(&format!("{unmatched}\n"))?;
+    }
+    language_lines(campaign, languages, ui)?;
+    let attached: usize = campaign.attachments().iter().map(|a| a.bytes.len()).sum();
+    if attached > ATTACHMENTS_WARN_BYTES {
+        ui.warn(&format!(
+            "the attachments ([campaign] attachments) weigh {:.1} MB together, more than 10 MB: many \
+             mail servers refuse large messages, and every letter carries them\n\nhint: link to the \
+             file instead, or make it smaller",
+            attached as f64 / 1_000_000.0
+        ));
+    }
+    Ok(unmatched.total)
+}
+
+/// `languages: es 120, en 3,400, fr 7 (no letter of its own: fr)`.
+fn language_lines(campaign: &Campaign, languages: &BTreeMap<String, u64>, ui: &Ui) -> Result<()> {
+    if languages.is_empty() || ui.quiet {
+        return Ok(());
+    }
+    let list: Vec<String> = languages
+        .iter()
+        .map(|(l, n)| {
+            let l = if l.is_empty() { "(empty)" } else { l.as_str() };
+            format!("{l} {}", thousands(*n))
+        })
+        .collect();
+    let missing: Vec<&str> = languages
+        .keys()
+        .filter(|l| !l.is_empty() && !campaign.letter.has_language(l))
+        .map(String::as_str)
+        .collect();
+    let mut line = format!("languages: {}", list.join(", "));
+    if !missing.is_empty() {
+        let _ = write!(
+            line,
+            "; without a letter of their own (they get the default letter): {}",
+            missing.join(", ")
+        );
+    }
+    out(&format!("{line}\n"))?;
+    Ok(())
+}
+
+/// Says how often each letter error (printed once, with its first row) repeats.
+fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
+    for (msg, n) in template_errors {
+        if *n > 1 {
+            ui.note(&format!(
+                "(the same letter error repeats for {} more row{}: {})",
+                thousands(n - 1),
+                if *n == 2 { "" } else { "s" },
+                short(msg)
+            ));
+        }
+    }
+}
+
+/// `N supporters × T targets = L letters ready; P problems` (hidden by `-q`).
+fn print_summary(campaign: &Campaign, [supporters, letters, problems]: [u64; 3], ui: &Ui) -> Result<()> {
+    let targets = campaign.target_count();
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    if !ui.quiet && campaign.is_routed() {
+        // Each supporter writes to their own targets: no product to show.
+        out(&format!(
+            "{} supporter{} → {} letter{} to {} target{} ready; {} problem{}\n",
+            thousands(supporters),
+            s(supporters),
+            thousands(letters),
+            s(letters),
+            thousands(targets as u64),
+            s(targets as u64),
+            thousands(problems),
+            s(problems),
+        ))?;
+    } else if !ui.quiet {
+        out(&format!(
+            "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}\n",
+            thousands(supporters),
+            s(supporters),
+            s(targets as u64),
+            thousands(letters),
+            s(letters),
+            thousands(problems),
+            s(problems),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Lists each placeholder address a real relay would get; returns how many.
+fn report_placeholders(campaign: &Campaign, scan: placeholder::Scan, ui: &Ui) -> Result<u64> {
+    let found = scan.finish();
+    for f in &found {
+        out(&format!("{f}\n"))?;
+    }
+    if let (false, Some(host)) = (found.is_empty(), placeholder::real_relay(campaign)) {
+        ui.hint(&format!(
+            "`mailer send` refuses to give `{host}` a letter with a placeholder address: \
+             put real ones in their place"
+        ));
+    }
+    Ok(found.len() as u64)
+}
+
+/// One `uniformity:` line per target (stdout), with a hint when high.
+fn uniformity_lines(meter: Meter, ui: &Ui) -> Result<()> {
+    if ui.quiet {
+        return Ok(());
+    }
+    let lines = meter.finish();
+    for line in &lines {
+        out(&format!("{line}\n"))?;
+    }
+    if lines.iter().any(Uniformity::is_high) {
+        ui.hint(
+            "letters that read alike are grouped by mail filters and discounted by staff: add a \
+             `note` field to your signup form and `{{ supporter.note }}` to the letter, or use \
+             subject/letter variants and `one_of(options=[…])` (see the README, \"Variation\")",
+        );
+    }
+    Ok(())
 }
 
 /// The gist of a template error: without its location and the list of
@@ -137,7 +338,18 @@ fn short(msg: &str) -> &str {
 /// DMARC alignment and DKIM advice (warnings, never errors).
 fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     let from_domain = from_domain.to_ascii_lowercase();
-    if FREE_MAIL.contains(&from_domain.as_str()) {
+    let host = campaign.config.smtp.as_ref().map_or("", |s| s.host.as_str());
+    let login_domain = campaign
+        .config
+        .smtp
+        .as_ref()
+        .and_then(|s| s.username.as_deref())
+        .and_then(|u| u.rsplit_once('@'))
+        .map(|(_, d)| d);
+    // A volunteer sending as themselves through their provider's own server
+    // is exactly what that provider's DMARC policy allows.
+    let as_itself = provider::sends_as_itself(host, &from_domain, login_domain);
+    if FREE_MAIL.contains(&from_domain.as_str()) && !as_itself {
         ui.warn(&format!(
             "From uses `{from_domain}`, a free-mail domain: its DMARC policy makes receivers reject mail \
              from it sent through other servers\n\nhint: send From an address on your organization's own \
@@ -159,6 +371,8 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
         ));
     }
     match &campaign.config.dkim {
+        // Gmail, Outlook, Fastmail… sign every letter they take.
+        None if provider::always_signs(host) => {}
         None => ui.warn(&format!(
             "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
              `{from_domain}`; otherwise add [dkim] (see config.example.toml)"
@@ -176,23 +390,6 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     }
 }
 
-/// `[bounces] return_path` must share From's domain (or be a subdomain of
-/// it, or the reverse): DMARC's SPF alignment compares the two.
-fn return_path_problem(campaign: &Campaign, from_domain: &str) -> Option<String> {
-    let bounces = campaign.config.bounces.as_ref()?;
-    let rp = bounces.return_path.as_ref()?;
-    let (from, verp) = (from_domain.to_ascii_lowercase(), rp.domain().to_ascii_lowercase());
-    let aligned = from == verp || from.ends_with(&format!(".{verp}")) || verp.ends_with(&format!(".{from}"));
-    (!aligned).then(|| {
-        format!(
-            "{}: [bounces] return_path is in `{verp}`, From in `{from}`: receivers check SPF for the \
-             return path's domain, and DMARC passes on SPF only when that domain aligns with From's\n\n\
-             hint: return_path = \"bounces+{{token}}@{from}\"",
-            bounces.at
-        )
-    })
-}
-
 /// Names each target whose letters bounced as an unknown address (5.1.x).
 fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
     let config = &campaign.config;
@@ -208,9 +405,10 @@ fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
     }
     for (target, (n, diagnostic)) in by_target {
         ui.warn(&format!(
-            "target `{target}`: {n} letter{} bounced as an unknown address ({diagnostic})\n\n\
+            "target `{target}`: {n} letter{} bounced as an unknown address ({})\n\n\
              hint: check the address in [[targets]]; letters already sent to it are not resent",
-            if n == 1 { "" } else { "s" }
+            if n == 1 { "" } else { "s" },
+            crate::ui::printable(&diagnostic)
         ));
     }
     Ok(())

@@ -42,6 +42,15 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
         "bounce_status",
         "bounce_diagnostic",
         "bounced_at",
+        "body_fingerprint",
+        "letter_file",
+        "language",
+        "subject_variant",
+        "letter_version",
+        // Issue 15: who and where, for people reading the sheet.
+        "supporter_name",
+        "target_name",
+        "csv_line",
     ])
     .map_err(|e| failed_to(csv_error(e)))?;
     // Per letter: its final failure if one came back, else its latest delay notice.
@@ -55,7 +64,7 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
             bounces.insert(key, b);
         }
     }
-    let mut failed = None;
+    let mut failed: Option<anyhow::Error> = None;
     census::walk(campaign, ledger, |l| {
         if failed.is_some() {
             return;
@@ -73,6 +82,15 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
             .iter()
             .map(|(to, reply)| format!("{to}: {reply}"))
             .collect();
+        // Which text went (recorded when the letter was handed over).
+        let variant = match ledger.map(|led| led.variant(&l.supporter, &l.target)) {
+            Some(Err(e)) => {
+                failed = Some(e);
+                return;
+            }
+            Some(Ok(v)) => v.unwrap_or_default(),
+            None => crate::letter::Variant::default(),
+        };
         let row = [
             cell(&l.supporter),
             cell(&l.target),
@@ -90,13 +108,25 @@ fn write(campaign: &Campaign, ledger: Option<&Ledger>, sink: impl Write, dest: &
                 .and_then(|b| jiff::Timestamp::from_second(b.at).ok())
                 .map(|t| t.to_string())
                 .unwrap_or_default(),
+            variant.fingerprint.clone(),
+            cell(&variant.letter_file),
+            cell(&variant.language),
+            if variant.subject == 0 {
+                String::new()
+            } else {
+                variant.subject.to_string()
+            },
+            variant.version.to_string(),
+            cell(l.supporter_name.as_deref().unwrap_or_default()),
+            cell(l.target_name.as_deref().unwrap_or_default()),
+            l.line.map(|n| n.to_string()).unwrap_or_default(),
         ];
         if let Err(e) = w.write_record(&row) {
-            failed = Some(e);
+            failed = Some(csv_error(e));
         }
     })?;
     if let Some(e) = failed {
-        return Err(failed_to(csv_error(e)));
+        return Err(failed_to(e));
     }
     w.flush().map_err(|e| failed_to(e.into()))?;
     Ok(())

@@ -4,7 +4,10 @@ pub(crate) mod check;
 pub(crate) mod export;
 pub(crate) mod init;
 pub(crate) mod preview;
+pub(crate) mod requeue;
 pub(crate) mod send;
+pub(crate) mod send_test;
+pub(crate) mod skip;
 pub(crate) mod status;
 
 use std::fs::{File, OpenOptions};

@@ -25,6 +25,7 @@ pub(crate) use crate::delivery::Options;
 pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
     // From the first moment: a signal in any phase ends the run with 130.
     let interrupt = Interrupt::register()?;
+    crate::bounces::refuse_misaligned(campaign)?;
     if opts.dry_run {
         return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
     }
@@ -57,8 +58,9 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now)?;
     let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
     ui.detail(&format!(
-        "due {}, this run {to_send} (budget {budget:?}); already sent {}, waiting {}, held failed {}, held unknown {}",
-        plan.due, plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown
+        "due {}, this run {to_send} (budget {}); already sent {}, waiting {}, held failed {}, held unknown {}",
+        plan.due,
+        budget.map_or_else(|| "no limit".to_string(), report::thousands), plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown
     ));
     let mut summary = Summary {
         plan,
@@ -71,6 +73,12 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     }
 
     // Confirm.
+    if ui.interactive()
+        && !opts.yes
+        && let Some(changed) = campaign.changed_since_sent(&ledger)?
+    {
+        ui.warn(&changed.to_string());
+    }
     if ui.interactive()
         && !opts.yes
         && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
@@ -131,6 +139,14 @@ fn dry_run(
     let now = clock.unix();
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let (plan, _) = delivery::scan(campaign, ledger.as_ref(), opts, now, ui, stop)?;
+    if let Some(changed) = ledger
+        .as_ref()
+        .map(|l| campaign.changed_since_sent(l))
+        .transpose()?
+        .flatten()
+    {
+        ui.warn(&changed.to_string());
+    }
     let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
     report::print_plan(campaign, &plan, budget)?;
     Ok(Exit::Done)
@@ -159,6 +175,7 @@ impl Interrupt {
             signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&at_once))?;
             signal_hook::flag::register(sig, Arc::clone(&stop))?;
         }
+        crate::smtp::watch_stop(&stop);
         Ok(Interrupt { stop, at_once })
     }
 

@@ -103,7 +103,7 @@ pub(crate) fn dispatch(
                     continue;
                 }
             };
-            for (target, mut built) in config.targets.iter().zip(letters) {
+            for (target, mut built) in letters {
                 let target_key = target.key();
                 let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
@@ -158,7 +158,7 @@ fn set_aside(
     ui: &Ui,
 ) -> Result<()> {
     match prepared {
-        Prepared::Letters { .. } => {}
+        Prepared::Letters { .. } | Prepared::Unmatched { .. } => {}
         Prepared::Skipped(Skip { line, key, reason }) => {
             if new_row {
                 shared
@@ -166,7 +166,7 @@ fn set_aside(
                     .suspend(|| ui.problem(&format!("{file}:{line}: {reason} (skipped)")));
             }
             let ledger = shared.ledger();
-            for t in &campaign.config.targets {
+            for t in campaign.unconditional_targets() {
                 ledger.skip(&key, &t.key(), line, &reason, shared.clock.unix())?;
             }
         }

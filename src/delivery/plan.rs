@@ -91,7 +91,7 @@ pub(crate) fn scan(
         }
         let prepared = prepared?;
         last_line = match &prepared {
-            Prepared::Letters { supporter, .. } => supporter.line,
+            Prepared::Letters { supporter, .. } | Prepared::Unmatched { supporter, .. } => supporter.line,
             Prepared::Skipped(Skip { line, .. }) | Prepared::Duplicate(Repeat { line, .. }) => *line,
         };
         match prepared {
@@ -109,9 +109,11 @@ pub(crate) fn scan(
                     "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
                 ));
             }
+            Prepared::Unmatched { label, .. } => plan.unmatched.add(label),
             Prepared::Letters { supporter, letters } => {
                 plan.supporters += 1;
-                for (i, (target, built)) in campaign.config.targets.iter().zip(letters).enumerate() {
+                for (target, built) in letters {
+                    let i = target.index;
                     let record = match ledger {
                         Some(l) => l.get(&supporter.key, &target.key())?,
                         None => None,
@@ -120,6 +122,7 @@ pub(crate) fn scan(
                         Decision::Due => {
                             plan.due += 1;
                             plan.per_target[i] += 1;
+                            plan.count_letter(&built);
                             if plan.first.is_none() {
                                 plan.first = Some(built);
                             }

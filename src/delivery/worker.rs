@@ -35,6 +35,7 @@ impl Job {
             target: &self.target,
             line: self.line,
             message_id: &self.built.message_id,
+            variant: &self.built.variant,
         }
     }
 }

@@ -26,7 +26,7 @@ pub(crate) use attempt::Attempt;
 #[cfg(test)]
 pub(crate) use attempt::{End, RefusedCopy, classify};
 pub(crate) use session::{ConnectError, Connector, tls_client_config};
-pub(crate) use wire::Reply;
+pub(crate) use wire::{Reply, watch_stop};
 
 use crate::message::Built;
 

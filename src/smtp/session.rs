@@ -94,8 +94,7 @@ impl Connector {
     pub(crate) fn connect(&self) -> Result<Connection, ConnectError> {
         let s = &self.smtp;
         let where_ = format!("{}:{}", s.host, s.port);
-        let tcp = open_tcp(&s.host, s.port, s.timeout)
-            .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {where_}: {e}")))?;
+        let tcp = open_tcp(&s.host, s.port, s.timeout)?;
         let mut conn = Connection {
             wire: Wire::new(Stream::Plain(tcp), s.timeout),
             caps: Caps::default(),
@@ -169,21 +168,50 @@ impl Dialer for Connector {
     }
 }
 
-fn open_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+/// Resolves and connects. A name that does not exist is the config's
+/// problem (a person must fix `[smtp] host`), not the server's: `Refused`,
+/// so `send` exits 1 instead of "try later" every hour. A resolver that
+/// could not answer this time stays `Unreachable`.
+fn open_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let unresolved = |why: &str| format!("cannot resolve host `{}`: {why}", printable(host));
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        // getaddrinfo's EAI_AGAIN: the resolver did not answer, this time.
+        Err(e) if e.to_string().contains("Temporary failure") => {
+            return Err(ConnectError::Unreachable(unresolved(
+                "the name server did not answer",
+            )));
+        }
+        Err(_) => Vec::new(),
+    };
+    if addrs.is_empty() {
+        return Err(ConnectError::Refused(format!(
+            "{}\n\nhint: check [smtp] host: it is not a name the DNS knows (a typo?); \
+             your provider documents its submission server, e.g. smtp.gmail.com",
+            unresolved("no such host name")
+        )));
+    }
+    let where_ = format!("{host}:{port}");
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name did not resolve");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(tcp) => {
-                tcp.set_nodelay(true)?;
-                tcp.set_read_timeout(Some(timeout))?;
-                tcp.set_write_timeout(Some(timeout))?;
-                return Ok(tcp);
+                let set = || -> io::Result<()> {
+                    tcp.set_nodelay(true)?;
+                    tcp.set_read_timeout(Some(timeout))?;
+                    tcp.set_write_timeout(Some(timeout))
+                };
+                match set() {
+                    Ok(()) => return Ok(tcp),
+                    Err(e) => last = e,
+                }
             }
             Err(e) => last = e,
         }
     }
-    Err(last)
+    Err(ConnectError::Unreachable(format!(
+        "cannot connect to {where_}: {last}"
+    )))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -653,15 +681,90 @@ pub(crate) fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc
 fn tls_error(host: &str, e: &io::Error) -> ConnectError {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
-        Some(rustls::Error::InvalidCertificate(why)) => ConnectError::Refused(format!(
-            "the certificate of `{host}` was rejected: {}\n\n\
-             hint: if the relay uses a private CA, set [smtp] ca_file to its PEM certificate",
-            // The certificate's names are the server's text too.
-            printable(&format!("{why:?}"))
-        )),
+        Some(rustls::Error::InvalidCertificate(why)) => ConnectError::Refused(certificate_error(host, why)),
         Some(other) => ConnectError::Refused(
             printable(&format!("TLS handshake with `{host}` failed: {other}")).into_owned(),
         ),
         None => ConnectError::io(&format!("TLS handshake with `{host}` failed"), e),
+    }
+}
+
+/// What a rejected certificate means for the person at the keyboard.
+fn certificate_error(host: &str, why: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match why {
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            let names: Vec<String> = match why {
+                E::NotValidForNameContext { presented, .. } => presented
+                    .iter()
+                    // webpki writes each as `DnsName("mail.example.org")`.
+                    .map(|p| {
+                        let name = match (p.find('"'), p.rfind('"')) {
+                            (Some(a), Some(b)) if a < b => &p[a + 1..b],
+                            _ => p.as_str(),
+                        };
+                        // The certificate's names are the server's text.
+                        format!("`{}`", printable(name))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let valid_for = if names.is_empty() {
+                "it names no host".to_string()
+            } else {
+                format!("it is valid for {}", names.join(", "))
+            };
+            format!(
+                "the certificate of `{host}` is for another name: {valid_for}, not `{host}`\n\n\
+                 hint: set [smtp] host to the name your provider documents for its submission server"
+            )
+        }
+        E::UnknownIssuer => format!(
+            "the certificate of `{host}` is issued by an authority this machine does not trust \
+             (not a public certificate authority)\n\n\
+             hint: if the relay uses a private CA, set [smtp] ca_file to that CA's PEM certificate; \
+             otherwise check [smtp] host: another server may be answering"
+        ),
+        E::Expired | E::ExpiredContext { .. } => format!(
+            "the certificate of `{host}` has expired\n\n\
+             hint: the relay's operator must renew it; check this machine's clock too"
+        ),
+        E::NotValidYet | E::NotValidYetContext { .. } => format!(
+            "the certificate of `{host}` is not valid yet\n\n\
+             hint: check this machine's clock and time zone"
+        ),
+        other => format!(
+            "the certificate of `{host}` was rejected: {}",
+            printable(&other.to_string())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_say_what_they_mean() {
+        let wrong = rustls::CertificateError::NotValidForNameContext {
+            expected: rustls_pki_types::ServerName::try_from("smtp.a.org").unwrap(),
+            presented: vec!["DnsName(\"mail.b.org\")".into(), "DnsName(\"*.b.org\")".into()],
+        };
+        let text = certificate_error("smtp.a.org", &wrong);
+        assert!(
+            text.starts_with(
+                "the certificate of `smtp.a.org` is for another name: it is valid for `mail.b.org`, `*.b.org`, not `smtp.a.org`"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Context") && !text.contains("private CA"),
+            "{text}"
+        );
+        let unknown = certificate_error("smtp.a.org", &rustls::CertificateError::UnknownIssuer);
+        assert!(
+            unknown.contains("issued by an authority this machine does not trust"),
+            "{unknown}"
+        );
     }
 }

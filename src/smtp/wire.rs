@@ -7,6 +7,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::ui::printable;
@@ -18,6 +20,23 @@ const MAX_SHOWN: usize = 1000;
 /// Bytes written under one deadline: a body goes in chunks, each of which must
 /// leave within the timeout (a slow uplink may need longer for a whole body).
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Longest one read blocks before it looks at the run's stop flag again.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// The run's stop flag, set by `send`'s SIGINT/SIGTERM handlers.
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Lets reads see the run's stop flag: a signal that lands just before a
+/// read starts brings no EINTR to that read, so reads also wake every
+/// [`STOP_POLL`] to look.
+pub(crate) fn watch_stop(flag: &Arc<AtomicBool>) {
+    let _ = STOP.set(Arc::clone(flag));
+}
+
+fn stopping() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::SeqCst))
+}
 
 /// A server reply: code and text (lines joined with ` / `).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,10 +214,20 @@ impl<S: Timed> Wire<S> {
             if self.rbuf.len() > MAX_LINE {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
             }
+            // The run is stopping: wait on only for the reply to a body that
+            // went, so that letter's outcome is recorded; anything else (a
+            // greeting, a login, MAIL/RCPT/DATA) is abandoned at once and is
+            // safe to try again.
+            if stopping() && !self.awaiting_outcome {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            }
             let mut chunk = [0u8; 4096];
-            self.set_timeout(deadline, true)?;
+            let left = until(deadline).map_err(|e| timeout_as(e, "the server did not reply in time"))?;
+            self.stream.limit(left.min(STOP_POLL))?;
             let n = match self.stream.read(&mut chunk) {
                 Ok(n) => n,
+                // A slice of the deadline ran out, not the deadline.
+                Err(e) if is_timeout(&e) && Instant::now() < deadline => continue,
                 // NOTE: only our SIGINT/SIGTERM handlers interrupt a read (a
                 // socket with a timeout returns EINTR despite SA_RESTART). The
                 // run is stopping: wait on only for the reply to a body that

@@ -1031,7 +1031,15 @@ fn export_has_one_row_per_letter(c: &Campaign, got: &[Received]) {
             "refused_copies",
             "bounce_status",
             "bounce_diagnostic",
-            "bounced_at"
+            "bounced_at",
+            "body_fingerprint",
+            "letter_file",
+            "language",
+            "subject_variant",
+            "letter_version",
+            "supporter_name",
+            "target_name",
+            "csv_line"
         ]
     );
     let rows: Vec<BTreeMap<String, String>> = reader

@@ -149,7 +149,7 @@ fn utf8_bom_header_is_accepted_not_an_error() {
 #[test]
 fn utf8_bom_before_a_quoted_header_is_accepted() {
     // Excel's "CSV UTF-8" quotes every cell: the BOM sits before `"Email"`.
-    let run = with_supporters(fixture!("bom-quoted-header.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("bom-quoted-header.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!("{CSV}:3: invalid email `not-an-address`"))
         .stdout_has("1 supporter × 1 target = 1 letter ready; 1 problem");
@@ -180,7 +180,7 @@ fn crlf_with_quoted_newlines_and_blank_lines_reports_the_right_lines() {
     // Lines 2-3 and 5-7 are quoted multi-line notes, line 4 is blank: the bad
     // rows are on lines 8 and 10 (csv's own positions are one low on CRLF).
     let c = with_supporters(fixture!("crlf-quoted-newline.csv"));
-    let run = c.run(&["check"]);
+    let run = c.run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:8: invalid email `not-an-address`: Missing domain or user\n"
@@ -196,7 +196,7 @@ fn crlf_with_quoted_newlines_and_blank_lines_reports_the_right_lines() {
 
 #[test]
 fn invalid_utf8_row_is_skipped_with_a_resave_hint() {
-    let run = with_supporters(fixture!("invalid-utf8.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("invalid-utf8.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:3: column `first_name` is not valid UTF-8: re-save the file as \"CSV UTF-8\""
@@ -215,7 +215,7 @@ fn utf16_file_is_refused_at_line_1_with_a_resave_hint() {
 
 #[test]
 fn ragged_rows_are_each_reported_and_the_rest_go_on() {
-    let run = with_supporters(fixture!("ragged.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("ragged.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:2: the row has 6 fields but the header has 5: quote values that contain commas"
@@ -248,12 +248,13 @@ fn missing_email_column_is_refused_naming_the_columns_found() {
 }
 
 #[test]
-fn semicolon_separated_file_gets_a_resave_hint() {
-    with_supporters(fixture!("semicolon-separated.csv"))
-        .run(&["check"])
-        .code(1)
-        .stderr_has(&format!("error: {CSV}:1: no `email` column"))
-        .stderr_has("separated by `;` must be re-saved with commas");
+fn semicolon_separated_file_is_read_by_its_detected_delimiter() {
+    // Issue 10 item 5: `;` is detected from the header line (it used to be
+    // refused with a hint to re-save the file with commas).
+    let run = with_supporters(fixture!("semicolon-separated.csv")).run(&["check"]);
+    run.code(0)
+        .stdout_has("1 supporter × 1 target = 1 letter ready; 0 problems");
+    assert!(!run.stderr.contains("re-saved"), "{}", run.stderr);
 }
 
 #[test]
@@ -276,7 +277,7 @@ fn header_only_file_is_clean_with_nothing_to_send() {
 
 #[test]
 fn invalid_emails_of_every_kind_are_each_reported() {
-    let run = with_supporters(fixture!("invalid-emails.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("invalid-emails.csv")).run(&["check", "--strict"]);
     run.code(1);
     for expected in [
         ":2: the email is empty",
@@ -297,7 +298,7 @@ fn invalid_emails_of_every_kind_are_each_reported() {
 #[test]
 fn duplicate_email_is_case_insensitive_and_names_the_first_line() {
     let c = with_supporters(fixture!("duplicate-email.csv"));
-    let run = c.run(&["check"]);
+    let run = c.run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:4: `ANA@Mail.Example` repeats line 2; only the first row counts"
@@ -319,7 +320,7 @@ fn line_break_in_a_from_name_skips_only_that_row() {
         "subject = \"Drop the contract\"",
     );
     let c = with_supporters(fixture!("crlf-in-name.csv")).head(&head);
-    let run = c.run(&["check"]);
+    let run = c.run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:2: the From name would contain a line break (column `first_name`)"
@@ -351,7 +352,7 @@ fn line_break_in_a_from_name_skips_only_that_row() {
 
 #[test]
 fn huge_field_is_skipped_with_its_length() {
-    let run = with_supporters(fixture!("huge-field.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("huge-field.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!(
             "{CSV}:3: column `note` is 10001 characters long (at most 10000)\n"
@@ -365,14 +366,14 @@ fn huge_name_never_becomes_a_huge_header() {
     let name = "N".repeat(5000);
     let csv = format!("email,first_name,last_name,city,note\nbig@mail.example,{name},X,Tucson,\n");
     let c = with_supporters(csv.as_bytes());
-    c.run(&["check"])
+    c.run(&["check", "--strict"])
         .code(1)
         .stdout_has(&format!("{CSV}:2: the Subject would be"));
 }
 
 #[test]
 fn nul_byte_is_skipped() {
-    let run = with_supporters(fixture!("nul-byte.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("nul-byte.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!("{CSV}:3: column `first_name` holds a NUL character\n"))
         .stdout_has("2 supporters × 1 target = 2 letters ready; 1 problem");
@@ -383,7 +384,7 @@ fn nul_byte_is_skipped() {
 fn cr_only_line_endings_report_the_right_line() {
     // csv accepts a bare CR as a row terminator, but the line index counts
     // only LF: the bad row on line 3 is reported as `supporters.csv:1`.
-    let run = with_supporters(fixture!("cr-only-line-endings.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("cr-only-line-endings.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!("{CSV}:3: invalid email `broken`"));
     assert_eq!(lines_of(&run.stdout, CSV), [3]);
@@ -407,7 +408,7 @@ fn unterminated_quote_is_reported_not_merged_into_a_letter() {
 
 #[test]
 fn check_lists_every_problem_in_file_order() {
-    let run = with_supporters(fixture!("many-problems.csv")).run(&["check"]);
+    let run = with_supporters(fixture!("many-problems.csv")).run(&["check", "--strict"]);
     run.code(1)
         .stdout_has(&format!("{CSV}:3: invalid email `broken`"))
         .stdout_has(&format!("{CSV}:4: the row has 3 fields but the header has 5"))
@@ -450,7 +451,7 @@ fn paths_in_messages_are_resolved_against_the_config_folder() {
         .file("camp/letters/letter.txt", LETTER)
         .file("camp/supporters.csv", fixture!("nul-byte.csv"));
     // Relative -c: the supporters file is `camp/supporters.csv`, not `./…`.
-    let run = c.run(&["-c", "camp/mailer.toml", "check"]);
+    let run = c.run(&["-c", "camp/mailer.toml", "check", "--strict"]);
     run.code(1)
         .stdout_has("camp/supporters.csv:3: column `first_name` holds a NUL character");
     assert_eq!(lines_of(&run.stdout, "camp/supporters.csv"), [3]);
@@ -861,7 +862,7 @@ fn encoded_word_in_supporter_data_never_reaches_a_header() {
                ana@mail.example,=?utf-8?b?RXZl?=,Lopez,Tucson,\n\
                lee@mail.example,Lee,Park,Seattle,\n";
     let c = with_supporters(csv.as_bytes());
-    c.run(&["check"])
+    c.run(&["check", "--strict"])
         .code(1)
         .stdout_has("supporters.csv:2: the Subject would contain `=?…?=`")
         .stdout_has("(column `first_name`)");
@@ -975,13 +976,15 @@ fn init_writes_a_campaign_that_check_passes() {
     ] {
         assert!(c.join(file).is_file(), "{file} missing");
     }
+    // Its addresses are placeholders: `check` names them (issue 15 item 2).
     c.run(&["-c", "fresh/mailer.toml", "check"])
-        .code(0)
-        .stdout_has("0 problems");
+        .code(1)
+        .stdout_has("letter ready")
+        .stdout_has("placeholder");
     let config = c.join("fresh/mailer.toml");
     c.run(&["-c", config.to_str().unwrap(), "send", "--dry-run"])
         .code(0)
-        .stdout_has("Letters due now: 2");
+        .stdout_has("Letters due now: 1");
     assert!(!c.join("fresh/.mailer").exists());
 }
 
@@ -1039,10 +1042,13 @@ fn shipped_example_dry_run_plans_twelve_letters() {
 }
 
 #[test]
-fn shipped_example_passes_check() {
+fn shipped_example_check_renders_every_letter_and_names_its_placeholders() {
+    // Its relay is real and its addresses are `.example` placeholders, so
+    // `send` would refuse: `check` says so (issue 15 item 2).
     shipped_example(&["check"])
-        .code(0)
-        .stdout_has("12 supporters × 1 target = 12 letters ready; 0 problems");
+        .code(1)
+        .stdout_has("12 supporters × 1 target = 12 letters ready; 14 problems")
+        .stdout_has("From `letters@colorofchange.example` is a placeholder address");
 }
 
 // ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 mod support;
 
 mod bounces;
+mod bounces_hostile;
 mod delivery;
 mod edges_files;
 mod edges_letters;
@@ -12,6 +13,11 @@ mod edges_roster;
 mod edges_run;
 mod edges_wire;
 mod engine;
+mod first_hour;
+mod first_hour2;
+mod hostile_files;
 mod inputs;
+mod routing;
 mod security;
 mod terminal;
+mod variants;

@@ -569,29 +569,43 @@ fn no_color_or_color_never_at_a_terminal_paints_nothing() {
 fn init_at_a_terminal_asks_and_the_result_passes_check() {
     let c = Campaign::new();
     let mut t = Term::spawn(c.command(&["init", "river"]), ALL_TTY);
-    t.expect("Campaign name");
-    t.send("Save the River\r");
-    t.expect("Organization");
-    t.send("River Friends\r");
+    t.expect("Your name");
+    t.send("River Friend\r");
+    t.expect("Your email");
+    t.send("friend@river.example\r");
     t.expect("Target's name");
     t.send("Jane Mayor\r");
     t.expect("Target's email");
     t.send("not an address\r");
     t.expect("that is not an email address");
     t.send("mayor@city.example\r");
+    t.expect("Subject");
+    t.send("\r");
+    t.expect("Choose 1-4");
+    t.send("4\r");
+    t.expect("SMTP server");
+    t.send("smtp.river.example\r");
+    t.expect("Port");
+    t.send("\r");
+    t.expect("Security");
+    t.send("\r");
+    t.expect("Login name");
+    t.send("\r");
     let s = t.finish();
     s.code(0).shows("Created a campaign");
     let toml = std::fs::read_to_string(c.join("river/mailer.toml")).unwrap();
     for want in [
-        "id = \"save-the-river\"",
-        "name = \"Save the River\"",
-        "org = \"River Friends\"",
+        "id = \"letter-to-jane-mayor\"",
+        "from = \"River Friend <friend@river.example>\"",
         "name = \"Jane Mayor\"",
         "email = \"mayor@city.example\"",
     ] {
         assert!(toml.contains(want), "mailer.toml lacks {want:?}:\n{toml}");
     }
-    c.run(&["-c", "river/mailer.toml", "check"]).code(0);
+    // An untouched scaffold must not pass for a real relay (issue 15 item 2).
+    c.run(&["-c", "river/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("placeholder");
     let r = c.run(&["-c", "river/mailer.toml", "preview", "--limit", "1"]);
     r.code(0);
     assert!(r.stdout.contains("Jane Mayor"), "preview:\n{}", r.stdout);
@@ -609,7 +623,9 @@ fn init_without_a_terminal_writes_defaults_without_asking() {
     for file in ["mailer.toml", "letters/letter.md", "supporters.csv"] {
         assert!(c.join("fresh").join(file).is_file(), "{file} not written");
     }
-    c.run(&["-c", "fresh/mailer.toml", "check"]).code(0);
+    c.run(&["-c", "fresh/mailer.toml", "check"])
+        .code(1)
+        .stdout_has("placeholder");
 }
 
 // ---------------------------------------------------------------------------

@@ -1,3 +1,4 @@
 pub mod campaign;
+pub mod hostile_imap;
 pub mod imap;
 pub mod smtp;

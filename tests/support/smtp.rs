@@ -47,6 +47,11 @@ impl Default for TestPki {
 impl TestPki {
     /// Generates a fresh CA (ECDSA P-256) and a `localhost`/`127.0.0.1` server leaf.
     pub fn new() -> Self {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// Like [`TestPki::new`], with a server leaf valid for `names` only.
+    pub fn for_names(names: &[&str]) -> Self {
         let ca_key = KeyPair::generate().expect("generate CA key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -62,9 +67,10 @@ impl TestPki {
         ];
         let ca = CertifiedIssuer::self_signed(ca, ca_key).expect("self-sign CA");
         let leaf_key = KeyPair::generate().expect("generate leaf key");
-        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let mut leaf = CertificateParams::new(names).expect("leaf params");
-        leaf.distinguished_name.push(DnType::CommonName, "localhost");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut leaf = CertificateParams::new(names.clone()).expect("leaf params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, names[0].as_str());
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.use_authority_key_identifier_extension = true;
         let leaf_cert = leaf.signed_by(&leaf_key, &ca).expect("sign leaf");

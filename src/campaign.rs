@@ -15,7 +15,7 @@ use lettre::message::dkim::DkimConfig;
 use crate::config::Config;
 use crate::letter::{self, Globals, Letter};
 use crate::message::{self, Built, Envelopes};
-use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
+use crate::roster::{Duplicate, Roster, Row, Skipped, Supporter};
 
 /// A letter template failed to render for a row: a bug in the letter or
 /// config, not in the data. Typed so `check` can list each and go on.
@@ -54,9 +54,9 @@ pub(crate) enum Prepared {
     },
     /// A row that cannot be sent: invalid in the file, or its letter
     /// cannot be built (a header-bound value); recorded as skipped by `send`.
-    Skipped(Skip),
+    Skipped(Skipped),
     /// A repeated email; only its first row counts.
-    Duplicate(Repeat),
+    Duplicate(Duplicate),
 }
 
 impl Campaign {
@@ -167,7 +167,7 @@ impl Campaign {
     pub(crate) fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
-            Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
+            Row::Skipped(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
         let settings = Envelopes {
@@ -191,7 +191,7 @@ impl Campaign {
             match message::build(&rendered, &supporter, target, &settings, self.date) {
                 Ok(built) => letters.push(built),
                 Err(reason) => {
-                    return Ok(Prepared::Skipped(Skip {
+                    return Ok(Prepared::Skipped(Skipped {
                         line: supporter.line,
                         key: supporter.key,
                         reason,

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
 use crate::ledger::{Ledger, Record, State};
-use crate::roster::{Repeat, Skip, fingerprint};
+use crate::roster::{Duplicate, Skipped, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                     });
                 }
             }
-            Prepared::Skipped(Skip { key, reason, .. }) => {
+            Prepared::Skipped(Skipped { key, reason, .. }) => {
                 for target in &campaign.config.targets {
                     let t = target.key();
                     seen.insert(fingerprint(&[&key, &t]));
@@ -90,7 +90,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                     });
                 }
             }
-            Prepared::Duplicate(Repeat { .. }) => {}
+            Prepared::Duplicate(Duplicate { .. }) => {}
         }
     }
     if let Some(ledger) = ledger {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::report::{out, thousands};
-use crate::roster::{Malformed, Repeat, Skip};
+use crate::roster::{Duplicate, Malformed, Skipped};
 use crate::smtp::{ConnectError, Connector};
 use crate::ui::Ui;
 
@@ -45,11 +45,11 @@ pub(crate) fn run(campaign: &Campaign, smtp: bool, ui: &Ui) -> Result<Exit> {
                     from = built.first().map(|b| b.from.clone());
                 }
             }
-            Ok(Prepared::Skipped(Skip { line, reason, .. })) => {
+            Ok(Prepared::Skipped(Skipped { line, reason, .. })) => {
                 problems += 1;
                 out(&format!("{file}:{line}: {reason}\n"))?;
             }
-            Ok(Prepared::Duplicate(Repeat {
+            Ok(Prepared::Duplicate(Duplicate {
                 line,
                 email,
                 first_line,

@@ -16,7 +16,7 @@ use crate::config::{Config, Target};
 use crate::ledger::Ledger;
 use crate::letter::{self, Globals, Letter, Rendered};
 use crate::message::{self, Built, Envelopes};
-use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
+use crate::roster::{Duplicate, Roster, Row, Skipped, Supporter};
 use crate::targets::Router;
 
 /// A letter template failed to render for a row: a bug in the letter or
@@ -100,9 +100,9 @@ pub(crate) enum Prepared {
     },
     /// A row that cannot be sent: invalid in the file, or its letter
     /// cannot be built (a header-bound value); recorded as skipped by `send`.
-    Skipped(Skip),
+    Skipped(Skipped),
     /// A repeated email; only its first row counts.
-    Duplicate(Repeat),
+    Duplicate(Duplicate),
 }
 
 impl Campaign {
@@ -225,11 +225,11 @@ impl Campaign {
     pub(crate) fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
-            Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
+            Row::Skipped(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
         if let Some(reason) = self.holds.get(&supporter.key) {
-            return Ok(Prepared::Skipped(Skip {
+            return Ok(Prepared::Skipped(Skipped {
                 line: supporter.line,
                 key: supporter.key,
                 reason: reason.clone(),
@@ -255,7 +255,7 @@ impl Campaign {
             match message::build(&rendered, &supporter, target, &settings, self.date) {
                 Ok(built) => letters.push((Arc::clone(target), built)),
                 Err(reason) => {
-                    return Ok(Prepared::Skipped(Skip {
+                    return Ok(Prepared::Skipped(Skipped {
                         line: supporter.line,
                         key: supporter.key,
                         reason,

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
 use crate::ledger::{Ledger, Record, State};
-use crate::roster::{Repeat, Skip, fingerprint};
+use crate::roster::{Duplicate, Skipped, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                     });
                 }
             }
-            Prepared::Skipped(Skip { key, reason, line }) => {
+            Prepared::Skipped(Skipped { key, reason, line }) => {
                 let origin = if reason.starts_with(crate::hold::PREFIX) {
                     Origin::Held
                 } else {
@@ -130,7 +130,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                     });
                 }
             }
-            Prepared::Duplicate(Repeat { .. }) | Prepared::Unmatched { .. } => {}
+            Prepared::Duplicate(Duplicate { .. }) | Prepared::Unmatched { .. } => {}
         }
     }
     if let Some(ledger) = ledger {

@@ -76,7 +76,7 @@ pub(crate) fn select(
     for row in campaign.roster()? {
         match row? {
             Row::Valid(s) if s.key == key => line = Some(s.line),
-            Row::Invalid(skip) if skip.key == key => line = Some(skip.line),
+            Row::Skipped(skip) if skip.key == key => line = Some(skip.line),
             _ => {}
         }
         if line.is_some() {

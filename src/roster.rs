@@ -63,7 +63,7 @@ impl Supporter {
 
 /// A row that cannot be sent: reported, and recorded as `skipped` by `send`.
 #[derive(Debug, Clone)]
-pub(crate) struct Skip {
+pub(crate) struct Skipped {
     /// 1-based line.
     pub(crate) line: u64,
     /// Ledger key: the lower-cased email as written, or `line:N` when empty.
@@ -74,7 +74,7 @@ pub(crate) struct Skip {
 
 /// A later row repeating an earlier email; only the first counts.
 #[derive(Debug, Clone)]
-pub(crate) struct Repeat {
+pub(crate) struct Duplicate {
     /// 1-based line.
     pub(crate) line: u64,
     /// The repeated address.
@@ -89,9 +89,9 @@ pub(crate) enum Row {
     /// A supporter whose letters can be built.
     Valid(Supporter),
     /// A row that cannot be sent.
-    Invalid(Skip),
+    Skipped(Skipped),
     /// A repeated email.
-    Duplicate(Repeat),
+    Duplicate(Duplicate),
 }
 
 impl Row {
@@ -100,7 +100,7 @@ impl Row {
     pub(crate) fn line(&self) -> u64 {
         match self {
             Row::Valid(s) => s.line,
-            Row::Invalid(Skip { line, .. }) | Row::Duplicate(Repeat { line, .. }) => *line,
+            Row::Skipped(Skipped { line, .. }) | Row::Duplicate(Duplicate { line, .. }) => *line,
         }
     }
 }
@@ -234,7 +234,7 @@ impl Roster {
                 match e.kind() {
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
-                    } => Ok(Some(Row::Invalid(Skip {
+                    } => Ok(Some(Row::Skipped(Skipped {
                         line,
                         key: format!("line:{line}"),
                         reason: format!(
@@ -253,7 +253,7 @@ impl Roster {
     }
 
     fn classify(&mut self, line: u64) -> Row {
-        let invalid = |key: String, reason: String| Row::Invalid(Skip { line, key, reason });
+        let invalid = |key: String, reason: String| Row::Skipped(Skipped { line, key, reason });
         let raw_email = String::from_utf8_lossy(&self.record[self.email_col])
             .trim()
             .to_string();
@@ -269,7 +269,7 @@ impl Roster {
         if !raw_email.is_empty() {
             let fingerprint = fingerprint(&[&key]);
             if let Some(&first_line) = self.seen.get(&fingerprint) {
-                return Row::Duplicate(Repeat {
+                return Row::Duplicate(Duplicate {
                     line,
                     email: shown(&raw_email),
                     first_line,
@@ -978,7 +978,7 @@ mod tests {
         let csv = "\u{feff}email,note\r\na@x.org,\"two\r\nlines\"\r\nbad,\r\nc@x.org,ok\r\n";
         let r = rows(csv.as_bytes());
         assert_eq!(lines(&r), vec![2, 4, 5]);
-        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("invalid email")));
+        assert!(matches!(&r[1], Row::Skipped(Skipped { reason, .. }) if reason.contains("invalid email")));
     }
 
     #[test]
@@ -1152,7 +1152,7 @@ mod tests {
         let at_limit = "x".repeat(MAX_VALUE_BYTES as usize);
         let r = rows(format!("email,note\na@x.org,{at_limit}\nb@x.org,ok\n").as_bytes());
         assert!(
-            matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("40000 characters long"))
+            matches!(&r[0], Row::Skipped(Skipped { line: 2, reason, .. }) if reason.contains("40000 characters long"))
         );
         assert!(matches!(&r[1], Row::Valid(s) if s.line == 3), "{r:?}");
 
@@ -1200,7 +1200,7 @@ mod tests {
         assert!(
             matches!(
                 &r[1],
-                Row::Duplicate(Repeat {
+                Row::Duplicate(Duplicate {
                     line: 3,
                     first_line: 2,
                     ..
@@ -1218,14 +1218,14 @@ mod tests {
         let r = rows(b"email,note\na@x.org,ok\nA@x.org,a\0b\nb@x.org,c\0d\nB@X.org,ok\n");
         assert!(matches!(&r[0], Row::Valid(s) if s.line == 2), "{r:?}");
         assert!(
-            matches!(&r[1], Row::Duplicate(Repeat { line: 3, first_line: 2, email }) if email == "A@x.org"),
+            matches!(&r[1], Row::Duplicate(Duplicate { line: 3, first_line: 2, email }) if email == "A@x.org"),
             "{r:?}"
         );
-        assert!(matches!(&r[2], Row::Invalid(Skip { line: 4, reason, .. }) if reason.contains("NUL")));
+        assert!(matches!(&r[2], Row::Skipped(Skipped { line: 4, reason, .. }) if reason.contains("NUL")));
         assert!(
             matches!(
                 &r[3],
-                Row::Duplicate(Repeat {
+                Row::Duplicate(Duplicate {
                     line: 5,
                     first_line: 4,
                     ..
@@ -1238,8 +1238,10 @@ mod tests {
     #[test]
     fn ragged_and_bad_utf8_rows_are_skipped_not_fatal() {
         let r = rows(b"email,city\na@x.org,Oslo,extra\nb@x.org,\xff\xfe\nc@x.org,Rome\n");
-        assert!(matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("3 fields")));
-        assert!(matches!(&r[1], Row::Invalid(Skip { line: 3, reason, .. }) if reason.contains("UTF-8")));
+        assert!(
+            matches!(&r[0], Row::Skipped(Skipped { line: 2, reason, .. }) if reason.contains("3 fields"))
+        );
+        assert!(matches!(&r[1], Row::Skipped(Skipped { line: 3, reason, .. }) if reason.contains("UTF-8")));
         assert!(matches!(&r[2], Row::Valid(s) if s.line == 4));
     }
 
@@ -1269,8 +1271,8 @@ mod tests {
     fn huge_and_nul_fields_are_refused() {
         let big = "x".repeat(MAX_FIELD_CHARS + 1);
         let r = rows(format!("email,note\na@x.org,{big}\nb@x.org,a\0b\n").as_bytes());
-        assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
-        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
+        assert!(matches!(&r[0], Row::Skipped(Skipped { reason, .. }) if reason.contains("characters long")));
+        assert!(matches!(&r[1], Row::Skipped(Skipped { reason, .. }) if reason.contains("NUL")));
     }
 
     #[test]

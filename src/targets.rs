@@ -48,7 +48,7 @@ pub(crate) fn load_routed(config: &mut Config) -> Result<()> {
     for row in roster {
         let s = match row? {
             Row::Valid(s) => s,
-            Row::Invalid(skip) => bail!("{shown}:{}: {}", skip.line, skip.reason),
+            Row::Skipped(skip) => bail!("{shown}:{}: {}", skip.line, skip.reason),
             Row::Duplicate(r) => bail!(
                 "{shown}:{}: `{}` is listed twice (first on line {}): one row per target",
                 r.line,

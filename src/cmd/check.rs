@@ -11,7 +11,7 @@ use crate::exit::{Exit, Failure};
 use crate::placeholder;
 use crate::provider;
 use crate::report::{out, thousands};
-use crate::roster::{Malformed, Repeat, Skip};
+use crate::roster::{Duplicate, Malformed, Skipped};
 use crate::smtp::{ConnectError, Connector};
 use crate::targets::Unmatched;
 use crate::ui::Ui;
@@ -92,11 +92,11 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                 }
             }
             Ok(Prepared::Unmatched { label, .. }) => unmatched.add(label),
-            Ok(Prepared::Skipped(Skip { line, reason, .. })) => {
+            Ok(Prepared::Skipped(Skipped { line, reason, .. })) => {
                 problems += 1;
                 out(&format!("{file}:{line}: {reason}\n"))?;
             }
-            Ok(Prepared::Duplicate(Repeat {
+            Ok(Prepared::Duplicate(Duplicate {
                 line,
                 email,
                 first_line,

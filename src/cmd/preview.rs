@@ -11,7 +11,7 @@ use crate::campaign::{Campaign, Prepared};
 use crate::exit::Exit;
 use crate::message::Built;
 use crate::report::{out, preview_text, thousands};
-use crate::roster::{Repeat, Skip};
+use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
 /// `preview` flags, free of clap.
@@ -65,13 +65,13 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> 
     'rows: for prepared in campaign.prepared(opts.out.is_some() || opts.html)? {
         let (supporter, letters) = match prepared? {
             Prepared::Letters { supporter, letters } => (supporter, letters),
-            Prepared::Skipped(Skip { line, key, reason }) => {
+            Prepared::Skipped(Skipped { line, key, reason }) => {
                 if want_s.as_ref().is_none_or(|s| *s == key) {
                     ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
                 }
                 continue;
             }
-            Prepared::Duplicate(Repeat { .. }) | Prepared::Unmatched { .. } => continue,
+            Prepared::Duplicate(Duplicate { .. }) | Prepared::Unmatched { .. } => continue,
         };
         if want_s.as_ref().is_some_and(|s| *s != supporter.key) {
             continue;

@@ -14,7 +14,7 @@ use crate::delivery::worker::{Job, Shared, first_connection, worker};
 use crate::delivery::{Event, Options, count};
 use crate::ledger::Ledger;
 use crate::report::Summary;
-use crate::roster::{Repeat, Skip};
+use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
 /// What pass 2 found in the file.
@@ -159,7 +159,7 @@ fn set_aside(
 ) -> Result<()> {
     match prepared {
         Prepared::Letters { .. } | Prepared::Unmatched { .. } => {}
-        Prepared::Skipped(Skip { line, key, reason }) => {
+        Prepared::Skipped(Skipped { line, key, reason }) => {
             if new_row {
                 shared
                     .bar
@@ -170,7 +170,7 @@ fn set_aside(
                 ledger.skip(&key, &t.key(), line, &reason, shared.clock.unix())?;
             }
         }
-        Prepared::Duplicate(Repeat {
+        Prepared::Duplicate(Duplicate {
             line,
             email,
             first_line,

@@ -10,7 +10,7 @@ use crate::campaign::{Campaign, Prepared};
 use crate::delivery::{Options, interrupted_early};
 use crate::ledger::{Ledger, Record, State};
 use crate::report::Plan;
-use crate::roster::{Repeat, Skip};
+use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
 /// Whether a letter goes this run, given its ledger row.
@@ -92,14 +92,14 @@ pub(crate) fn scan(
         let prepared = prepared?;
         last_line = match &prepared {
             Prepared::Letters { supporter, .. } | Prepared::Unmatched { supporter, .. } => supporter.line,
-            Prepared::Skipped(Skip { line, .. }) | Prepared::Duplicate(Repeat { line, .. }) => *line,
+            Prepared::Skipped(Skipped { line, .. }) | Prepared::Duplicate(Duplicate { line, .. }) => *line,
         };
         match prepared {
-            Prepared::Skipped(Skip { line, reason, .. }) => {
+            Prepared::Skipped(Skipped { line, reason, .. }) => {
                 plan.skipped_rows += 1;
                 ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
             }
-            Prepared::Duplicate(Repeat {
+            Prepared::Duplicate(Duplicate {
                 line,
                 email,
                 first_line,

@@ -406,6 +406,11 @@ impl Connection {
             unpadded(password),
             unpadded(&format!("\0{user}\0{password}")),
             unpadded(&format!("{user}\0{user}\0{password}")),
+            // Hex, as a debugging relay may print bytes (case is ignored).
+            password.bytes().fold(String::new(), |mut hex, b| {
+                let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+                hex
+            }),
         ];
         // Longest first: the password's base64 is the tail of the PLAIN blob's.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));

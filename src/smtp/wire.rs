@@ -325,12 +325,30 @@ pub(crate) fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Replaces every occurrence of each secret with `(redacted)`.
+/// Replaces every occurrence of each secret with `(redacted)`, ignoring
+/// ASCII case (a server may echo `HUNTER2` or an upper-case hex form).
 fn redact(text: &str, secrets: &[&str]) -> String {
     secrets
         .iter()
         .filter(|s| s.len() >= 3)
-        .fold(text.to_string(), |t, s| t.replace(s, "(redacted)"))
+        .fold(text.to_string(), |t, s| replace_ignoring_case(&t, s))
+}
+
+/// `text` with each ASCII-case-insensitive occurrence of `secret` replaced.
+fn replace_ignoring_case(text: &str, secret: &str) -> String {
+    // ASCII lower-casing keeps every byte offset, so matches found in the
+    // folded copy cut the original at the same (character) boundaries.
+    let folded = text.to_ascii_lowercase();
+    let needle = secret.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(at) = folded[from..].find(&needle) {
+        out.push_str(&text[from..from + at]);
+        out.push_str("(redacted)");
+        from += at + needle.len();
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 /// An I/O error as a person reads it.
@@ -398,6 +416,11 @@ pub(crate) mod tests {
             "535 bad (redacted) pw"
         );
         assert_eq!(redact("535 bad hunter2!", &["hunter2"]), "535 bad (redacted)!");
+        // Any case, and the hex form the session adds to the secrets.
+        assert_eq!(
+            redact("535 HUNTER2 or 68756E74657232 é", &["hunter2", "68756e74657232"]),
+            "535 (redacted) or (redacted) é"
+        );
     }
 
     #[test]

@@ -23,11 +23,16 @@ fn secrets() -> Vec<String> {
         b64(PASSWORD),
         b64(&format!("\0{USER}\0{PASSWORD}")),
         b64(&format!("{USER}\0{USER}\0{PASSWORD}")),
+        PASSWORD.bytes().map(|b| format!("{b:02x}")).collect(),
     ]
 }
 
+/// Whether `needle` is in `haystack`, ignoring ASCII case.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Asserts no secret is in `bytes`.
@@ -193,6 +198,15 @@ fn issue9_a_password_echoed_in_any_reply_shape_is_never_shown_or_stored() {
         (
             Action::Default,
             Action::reply(&format!("5.1.1 {PASSWORD} malformed")),
+        ),
+        // Echoed in upper case, and as hex bytes (a debugging relay).
+        (
+            Action::reply(&format!(
+                "535 5.7.8 {} / {}",
+                PASSWORD.to_uppercase(),
+                PASSWORD.bytes().map(|b| format!("{b:02X}")).collect::<String>()
+            )),
+            Action::Default,
         ),
     ];
     for (i, (at_auth, at_rcpt)) in shapes.into_iter().enumerate() {

@@ -23,8 +23,21 @@ fn secrets() -> Vec<String> {
         b64(PASSWORD),
         b64(&format!("\0{USER}\0{PASSWORD}")),
         b64(&format!("{USER}\0{USER}\0{PASSWORD}")),
-        PASSWORD.bytes().map(|b| format!("{b:02x}")).collect(),
+        hex(PASSWORD, false),
     ]
+}
+
+/// `text`'s bytes in hex.
+fn hex(text: &str, upper: bool) -> String {
+    use std::fmt::Write as _;
+    text.bytes().fold(String::new(), |mut out, b| {
+        let _ = if upper {
+            write!(out, "{b:02X}")
+        } else {
+            write!(out, "{b:02x}")
+        };
+        out
+    })
 }
 
 /// Whether `needle` is in `haystack`, ignoring ASCII case.
@@ -204,7 +217,7 @@ fn issue9_a_password_echoed_in_any_reply_shape_is_never_shown_or_stored() {
             Action::reply(&format!(
                 "535 5.7.8 {} / {}",
                 PASSWORD.to_uppercase(),
-                PASSWORD.bytes().map(|b| format!("{b:02X}")).collect::<String>()
+                hex(PASSWORD, true)
             )),
             Action::Default,
         ),

@@ -12,16 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::campaign::{Campaign, Run};
+use crate::support::campaign::Campaign;
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
+use crate::support::wait::{idle, pause, wait_for, wait_until};
 
 // ---------------------------------------------------------------- helpers
-
-/// The test server's own delay (not mailer's clock, which `clippy.toml` guards).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
 
 /// `n` valid supporters, `s0001@mail.example` …
 fn supporters(n: usize) -> String {
@@ -110,41 +105,11 @@ fn st(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
     pairs.iter().map(|(s, n)| ((*s).to_string(), *n)).collect()
 }
 
-/// Waits for a child at most `limit`; kills it and panics on timeout.
-fn wait_for(mut child: std::process::Child, limit: Duration) -> Run {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let run = Run::from(child.wait_with_output().unwrap());
-            panic!("mailer still running after {limit:?}: {run:?}");
-        }
-        pause(Duration::from_millis(5));
-    }
-    Run::from(child.wait_with_output().unwrap())
-}
-
-/// Polls `cond` every 2 ms for at most `limit`.
-fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        pause(Duration::from_millis(2));
-    }
-    true
-}
-
 /// A random number per call (std's randomly keyed hasher; no `rand` needed).
 fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
     h.finish()
-}
-
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
 }
 
 // ---------------------------------------------------------------- basics

@@ -10,18 +10,13 @@ use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::campaign::{Campaign, Run};
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step, TestPki};
+use crate::support::wait::{idle, pause, wait_for, wait_until};
 
 // ---------------------------------------------------------------- helpers
-
-/// The test server's own delay (not mailer's clock, which `clippy.toml` guards).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
 
 /// `n` valid supporters, `s0001@mail.example` …
 fn supporters(n: usize) -> String {
@@ -30,32 +25,6 @@ fn supporters(n: usize) -> String {
         let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},");
     }
     csv
-}
-
-/// Waits for a child at most `limit`; kills it and panics on timeout.
-fn wait_for(mut child: std::process::Child, limit: Duration) -> Run {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let run = Run::from(child.wait_with_output().unwrap());
-            panic!("mailer still running after {limit:?}: {run:?}");
-        }
-        pause(Duration::from_millis(5));
-    }
-    Run::from(child.wait_with_output().unwrap())
-}
-
-/// Polls `cond` every 2 ms for at most `limit`.
-fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        pause(Duration::from_millis(2));
-    }
-    true
 }
 
 /// How often each Message-ID reached the server.
@@ -69,10 +38,6 @@ fn copies(server: &Server) -> std::collections::HashMap<String, usize> {
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
 }
 
 // ---------------------------------------------------------------- item 5: the run lock

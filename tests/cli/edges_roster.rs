@@ -13,16 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::campaign::{Campaign, Run};
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
+use crate::support::wait::idle;
 
 /// The supporters file as mailer names it.
 const CSV: &str = "supporters.csv";
 /// The header every file here shares.
 const HEADER: &str = "email,first_name,last_name,city,note";
-
-/// Waits until the server has no session open.
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
-}
 
 /// The default campaign with this supporters file.
 fn with_supporters(csv: &str) -> Campaign {

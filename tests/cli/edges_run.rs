@@ -16,16 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 
-use crate::support::campaign::{Campaign, Run};
+use crate::support::campaign::Campaign;
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
+use crate::support::wait::{idle, pause, wait_for, wait_until};
 
 // ---------------------------------------------------------------- helpers
-
-/// The test's own delay (not mailer's clock, which `clippy.toml` guards).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
 
 /// A header row and `n` valid supporters, `s0001@mail.example` …
 fn supporters(n: usize) -> String {
@@ -43,32 +38,6 @@ fn campaign(server: &Server, delivery: &str) -> Campaign {
         .section(&format!("[delivery]\n{delivery}"))
 }
 
-/// Polls `cond` every 2 ms for at most `limit`.
-fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        pause(Duration::from_millis(2));
-    }
-    true
-}
-
-/// Waits for a child at most `limit`; kills it and panics on timeout.
-fn wait_for(mut child: Child, limit: Duration) -> Run {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let run = Run::from(child.wait_with_output().unwrap());
-            panic!("mailer still running after {limit:?}: {run:?}");
-        }
-        pause(Duration::from_millis(5));
-    }
-    Run::from(child.wait_with_output().unwrap())
-}
-
 /// `kill -SIGNAL pid`.
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
@@ -76,11 +45,6 @@ fn signal(child: &Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// Waits until no connection is open.
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
 }
 
 /// Rows of a query against the ledger, each column as text.

@@ -9,6 +9,7 @@ use base64::Engine as _;
 
 use crate::support::campaign::{Campaign, Run};
 use crate::support::smtp::{Action, Line, Security, Server, ServerOptions, Step, TestPki};
+use crate::support::wait::idle;
 
 const USER: &str = "letters@org.example";
 const PASSWORD: &str = "Hunter2-Secret";
@@ -164,13 +165,6 @@ fn auth_lines(server: &Server) -> Vec<Line> {
         .into_iter()
         .filter(|l| l.text.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("AUTH")))
         .collect()
-}
-
-fn idle(server: &Server) {
-    assert!(
-        server.wait_idle(Duration::from_secs(10)),
-        "the server still has an open connection"
-    );
 }
 
 // ---------------------------------------------------------------- 2: secrets in server text

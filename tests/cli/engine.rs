@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::campaign::Campaign;
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
+use crate::support::wait::idle;
 
 /// `n` valid supporters, `s0001@mail.example` …
 fn supporters(n: usize) -> String {
@@ -39,11 +40,6 @@ fn issue13_dry_run_on_a_fresh_campaign_applies_the_daily_limit() {
 /// Message-IDs of these messages, in order.
 fn ids(msgs: &[Received]) -> Vec<String> {
     msgs.iter().map(|m| m.message_id().unwrap()).collect()
-}
-
-/// The server has finished with every connection.
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)));
 }
 
 #[test]

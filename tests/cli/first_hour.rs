@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use crate::support::campaign::Campaign;
 use crate::support::smtp::{Received, Security, Server, ServerOptions};
+use crate::support::wait::idle;
 
 const BOARD: &str = "[[targets]]\nname = \"Brad Smith\"\nemail = \"board@corp.example\"\n";
-
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
-}
 
 /// (supporter address from Reply-To, recipient) of each received message, sorted.
 fn letters(got: &[Received]) -> Vec<(String, String)> {

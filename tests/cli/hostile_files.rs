@@ -6,47 +6,16 @@
 
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::campaign::{Campaign, Run};
+use crate::support::campaign::Campaign;
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
+use crate::support::wait::{idle, pause, wait_for, wait_until};
 
 // ---------------------------------------------------------------- helpers
 
 /// The supporters file as mailer names it.
 const CSV: &str = "supporters.csv";
-
-/// The test's own delay (not mailer's clock, which `clippy.toml` guards).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
-}
-
-/// Waits for a child at most `limit`; kills it and panics on timeout.
-fn wait_for(mut child: std::process::Child, limit: Duration) -> Run {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let run = Run::from(child.wait_with_output().unwrap());
-            panic!("mailer still running after {limit:?}: {run:?}");
-        }
-        pause(Duration::from_millis(5));
-    }
-    Run::from(child.wait_with_output().unwrap())
-}
-
-/// Polls `cond` every 2 ms for at most `limit`.
-fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        pause(Duration::from_millis(2));
-    }
-    true
-}
 
 /// `n` valid supporters, `s0001@mail.example` …
 fn supporters(n: usize) -> String {
@@ -64,10 +33,6 @@ fn copies(server: &Server) -> std::collections::HashMap<String, usize> {
         *n.entry(m.message_id().unwrap()).or_insert(0) += 1;
     }
     n
-}
-
-fn idle(server: &Server) {
-    assert!(server.wait_idle(Duration::from_secs(10)), "server still busy");
 }
 
 // ---------------------------------------------------------------- a quote closed at a row's end

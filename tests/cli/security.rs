@@ -13,12 +13,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use base64::Engine as _;
 
 use crate::support::campaign::{Campaign, Run};
 use crate::support::smtp::{Action, Line, Security, Server, ServerOptions, Step, TestPki};
+use crate::support::wait::idle;
 
 const USER: &str = "letters@org.example";
 const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
@@ -163,13 +163,6 @@ fn show(server: &Server) -> String {
         let _ = writeln!(out, "{}{} {}", l.conn, if l.tls { "T" } else { " " }, l.text);
     }
     out
-}
-
-fn idle(server: &Server) {
-    assert!(
-        server.wait_idle(Duration::from_secs(10)),
-        "the server still has an open connection"
-    );
 }
 
 /// Ledger states other than `failed`; the ledger may not exist at all.

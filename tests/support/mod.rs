@@ -2,3 +2,4 @@ pub mod campaign;
 pub mod hostile_imap;
 pub mod imap;
 pub mod smtp;
+pub mod wait;

@@ -335,6 +335,13 @@ fn short(msg: &str) -> &str {
     body.lines().next().unwrap_or(body)
 }
 
+/// The warnings `check` gives about the sender and the targets, for `send`'s
+/// confirmation (`from_domain`: the first letter's From).
+pub(crate) fn send_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) -> Result<()> {
+    sender_warnings(campaign, from_domain, ui);
+    unknown_target_warnings(campaign, ui)
+}
+
 /// DMARC alignment and DKIM advice (warnings, never errors).
 fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     let from_domain = from_domain.to_ascii_lowercase();

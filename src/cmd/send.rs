@@ -79,6 +79,9 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     {
         ui.warn(&changed.to_string());
     }
+    if ui.interactive() && !opts.yes {
+        show_letters(campaign, &summary.plan, to_send, ui)?;
+    }
     if ui.interactive()
         && !opts.yes
         && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
@@ -104,6 +107,18 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     report::print_summary(&summary, budget, ui);
     let file = config.supporters_file.display().to_string();
     delivery::verdict(&file, ended, &summary, ui)
+}
+
+/// Before the prompt: the letter(s) about to go, and `check`'s warnings.
+fn show_letters(campaign: &Campaign, plan: &Plan, to_send: u64, ui: &Ui) -> Result<()> {
+    let text = report::confirmation_text(plan, to_send);
+    for line in text.lines() {
+        ui.note(&crate::ui::printable(line));
+    }
+    if let Some(first) = &plan.first {
+        crate::cmd::check::send_warnings(campaign, first.from.domain(), ui)?;
+    }
+    Ok(())
 }
 
 /// The terminal prompt; true to go on.

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared};
 use crate::delivery::{Options, interrupted_early};
 use crate::ledger::{Ledger, Record, State};
-use crate::report::Plan;
+use crate::report::{Plan, SHOWN};
 use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
@@ -123,6 +123,9 @@ pub(crate) fn scan(
                             plan.due += 1;
                             plan.per_target[i] += 1;
                             plan.count_letter(&built);
+                            if plan.shown.len() < SHOWN {
+                                plan.shown.push(built.clone());
+                            }
                             if plan.first.is_none() {
                                 plan.first = Some(built);
                             }

@@ -13,7 +13,9 @@ use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 
 use crate::support::campaign::Campaign;
-use crate::support::smtp::{Security, Server, ServerOptions};
+use base64::Engine as _;
+
+use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -98,6 +100,46 @@ impl Term {
         self.master.flush().unwrap();
     }
 
+    /// Like [`Term::spawn`], with the terminal as the controlling one
+    /// (`setsid --ctty`), so that `/dev/tty` is this terminal.
+    fn spawn_ctty(cmd: &Command) -> Term {
+        let mut outer = Command::new("setsid");
+        outer
+            .env_clear()
+            .arg("--ctty")
+            .arg("--wait")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                outer.env(k, v);
+            }
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            outer.current_dir(dir);
+        }
+        Term::spawn(outer)
+    }
+
+    /// Waits until the terminal no longer echoes what is typed (a
+    /// password prompt turned echo off after printing its question).
+    #[track_caller]
+    fn expect_no_echo(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        while rustix::termios::tcgetattr(&self.master)
+            .unwrap()
+            .local_modes
+            .contains(rustix::termios::LocalModes::ECHO)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "echo stayed on\n--- terminal\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[track_caller]
     fn finish(mut self) -> (i32, String) {
         let deadline = Instant::now() + PATIENCE;
@@ -177,4 +219,110 @@ fn issue15_the_confirmation_of_a_larger_run_shows_the_first_letters_headers() {
     // Four letters: not the whole text.
     assert!(!shown.contains("I am Ana"), "--- terminal\n{shown}");
     assert!(!shown.contains("Sam from"), "--- terminal\n{shown}");
+}
+
+// ---------------------------------------------------------------- item 4: credentials before the question
+
+const USER: &str = "letters@org.example";
+const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
+
+/// A STARTTLS server that requires AUTH as [`USER`] / [`PASSWORD`], and the
+/// default campaign pointed at it (`ca_file` trusts it); `extra` goes in [smtp].
+fn auth_campaign(extra: &str) -> (Server, Campaign) {
+    let pki = TestPki::new();
+    let mut opts = ServerOptions::new(Security::StartTls)
+        .with_auth(USER, PASSWORD)
+        .with_pki(&pki);
+    opts.auth_after_tls = true;
+    let server = Server::start(opts);
+    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\n\
+         username = \"{USER}\"\nca_file = \"ca.pem\"\ntimeout_secs = 5\n{extra}",
+        server.port()
+    ));
+    (server, c)
+}
+
+#[test]
+fn issue15_a_password_typed_at_the_terminal_is_not_echoed_and_reaches_auth() {
+    let (server, c) = auth_campaign("");
+    let mut t = Term::spawn_ctty(&c.command(&["send"]));
+    t.expect("(not stored): ");
+    t.expect_no_echo();
+    t.keys("(not stored): ", PASSWORD);
+    t.keys("[y/N] ", "y");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    assert!(
+        text.contains(&format!("SMTP password for {USER} at 127.0.0.1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password was echoed\n--- terminal\n{text}"
+    );
+    assert!(server.wait_idle(Duration::from_secs(10)));
+    let plain = base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("\0{USER}\0{PASSWORD}"));
+    let auth: Vec<_> = server
+        .transcript()
+        .into_iter()
+        .filter(|l| l.text.to_ascii_uppercase().starts_with("AUTH"))
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|l| l.tls && l.text.contains(&plain)),
+        "{auth:?}"
+    );
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+    // Never stored.
+    for entry in std::fs::read_dir(c.join(".mailer")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PASSWORD),
+            "the password was stored"
+        );
+    }
+}
+
+#[test]
+fn issue15_a_failing_password_command_stops_send_before_the_question() {
+    let (server, c) = auth_campaign("password_command = \"echo 'vault locked' >&2; exit 3\"\n");
+    let t = Term::spawn(c.command(&["send"]));
+    let (code, text) = t.finish();
+    assert_eq!(code, 1, "--- terminal\n{text}");
+    assert!(text.contains("vault locked"), "--- terminal\n{text}");
+    assert!(!text.contains("[y/N]"), "asked first\n--- terminal\n{text}");
+    assert_eq!(server.connections(), 0, "connected with no password");
+}
+
+#[test]
+fn issue15_an_unset_password_variable_stops_a_run_without_a_terminal_before_connecting() {
+    let (server, c) = auth_campaign("");
+    let r = c.run(&["send", "--yes"]);
+    r.code(1).stderr_has("MAILER_SMTP_PASSWORD");
+    assert_eq!(server.connections(), 0, "connected with no password");
+    if c.ledger().exists() {
+        assert!(c.states().iter().all(|(s, _)| s == "pending"), "{:?}", c.states());
+    }
+}
+
+#[test]
+fn issue15_check_reports_a_missing_password_source() {
+    let (_server, c) = auth_campaign("");
+    // Not set: a warning; `send` at a terminal would ask, so exit 0.
+    c.run(&["check"])
+        .code(0)
+        .stderr_has("warning: the SMTP password: environment variable `MAILER_SMTP_PASSWORD`")
+        .stderr_has("`mailer send` at a terminal asks for it");
+    // Set: nothing to say.
+    let set = c.env("MAILER_SMTP_PASSWORD", PASSWORD);
+    let r = set.run(&["check"]);
+    r.code(0);
+    assert!(!r.stderr.contains("SMTP password"), "{}", r.stderr);
+    assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
+    // A command that fails stops `send`: exit 1.
+    let (_server, c) = auth_campaign("password_command = \"exit 3\"\n");
+    c.run(&["check"])
+        .code(1)
+        .stdout_has("[smtp] password")
+        .stdout_has("password_command");
 }

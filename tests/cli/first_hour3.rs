@@ -326,3 +326,45 @@ fn issue15_check_reports_a_missing_password_source() {
         .stdout_has("[smtp] password")
         .stdout_has("password_command");
 }
+
+// ---------------------------------------------------------------- item 11: -q names a newly skipped row once
+
+/// Lines of `text` that name a skipped row.
+fn skipped_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.ends_with("(skipped)")).collect()
+}
+
+#[test]
+fn issue15_quiet_names_each_newly_skipped_row_once() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let with_bad = format!(
+        "{}not-an-email,Bad,Row,Reno,\n",
+        crate::support::campaign::SUPPORTERS
+    );
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .file("supporters.csv", &with_bad);
+    // The first run that sees it names it, even with -q.
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    let lines = skipped_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].starts_with("supporters.csv:5: "), "{}", r.stderr);
+    // The next run does not say it again.
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    assert!(skipped_lines(&r.stderr).is_empty(), "{}", r.stderr);
+    // A new invalid signup, with nothing else due: named once, alone.
+    let c = c.file("supporters.csv", format!("{with_bad}also bad,Also,Bad,Reno,\n"));
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    let lines = skipped_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].starts_with("supporters.csv:6: "), "{}", r.stderr);
+    let r = c.run(&["-q", "send", "--yes"]);
+    assert!(skipped_lines(&r.stderr).is_empty(), "{}", r.stderr);
+    // Without -q every run lists them, as before.
+    let r = c.run(&["send", "--yes"]);
+    assert_eq!(skipped_lines(&r.stderr).len(), 2, "{}", r.stderr);
+    assert_eq!(server.received().len(), 3);
+}

@@ -88,6 +88,9 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
         ui.warn(&changed.to_string());
     }
     if ui.interactive() && !opts.yes {
+        for w in crate::resend::warnings(campaign, Some(&ledger))? {
+            ui.warn(&w);
+        }
         show_letters(campaign, &summary.plan, to_send, ui)?;
     }
     if ui.interactive()
@@ -201,6 +204,9 @@ fn dry_run(
         .flatten()
     {
         ui.warn(&changed.to_string());
+    }
+    for w in crate::resend::warnings(campaign, ledger.as_ref())? {
+        ui.warn(&w);
     }
     let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
     report::print_plan(campaign, &plan, budget)?;

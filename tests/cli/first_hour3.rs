@@ -368,3 +368,83 @@ fn issue15_quiet_names_each_newly_skipped_row_once() {
     assert_eq!(skipped_lines(&r.stderr).len(), 2, "{}", r.stderr);
     assert_eq!(server.received().len(), 3);
 }
+
+// ---------------------------------------------------------------- item 8: silent re-sends
+
+/// The default campaign's head with another `id` and target address.
+fn head(id: &str, target: &str) -> String {
+    format!(
+        r#"[campaign]
+id = "{id}"
+name = "Drop the contract"
+org = "Test Org"
+letter = "letters/letter.txt"
+subject = "{{{{ supporter.first_name }}}} from {{{{ supporter.city }}}}: drop the contract"
+
+[sender]
+from = "{{{{ supporter.name }}}} via Test Org <letters@org.example>"
+reply_to = "{{{{ supporter.email }}}}"
+
+[[targets]]
+name = "Satya Nadella"
+email = "{target}"
+
+[supporters]
+file = "supporters.csv"
+"#
+    )
+}
+
+/// Three letters sent to `ceo@corp.example` under id `test-campaign`.
+fn sent_once() -> (Server, Campaign) {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new()
+        .head(&head("test-campaign", "ceo@corp.example"))
+        .smtp_plain(&server);
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+    (server, c)
+}
+
+#[test]
+fn issue15_the_dry_run_warns_when_a_targets_address_changed_after_letters_went() {
+    let (_server, c) = sent_once();
+    let c = c.head(&head("test-campaign", "satya@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    r.code(0).stdout_has("Letters due now: 3").stderr_has(
+        "warning: letters were already sent to a target no longer in the config: `ceo@corp.example` (3)",
+    );
+    // Nothing to say while the config still names it.
+    let c = c.head(&head("test-campaign", "ceo@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    assert!(!r.stderr.contains("already sent"), "{}", r.stderr);
+}
+
+#[test]
+fn issue15_the_dry_run_warns_when_another_campaigns_ledger_sent_to_the_same_targets() {
+    let (_server, c) = sent_once();
+    let c = c.head(&head("renamed", "ceo@corp.example"));
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("Letters due now: 3")
+        .stderr_has("(campaign `test-campaign`) already sent letters to this campaign's targets: `ceo@corp.example` (3)")
+        .stderr_has("set [campaign] id back to `test-campaign`");
+    // Another campaign to other targets is not this one's business.
+    let c = c.head(&head("renamed", "someone.else@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    assert!(!r.stderr.contains("campaign `test-campaign`"), "{}", r.stderr);
+}
+
+#[test]
+fn issue15_the_confirmation_warns_before_sending_again_under_a_new_id() {
+    let (server, c) = sent_once();
+    let c = c.head(&head("renamed", "ceo@corp.example"));
+    let shown = before_the_question(&c);
+    assert!(
+        shown.contains(
+            "warning: `.mailer/test-campaign.sqlite3` (campaign `test-campaign`) already sent letters"
+        ),
+        "--- terminal\n{shown}"
+    );
+    assert_eq!(server.received().len(), 3, "a letter went again after `n`");
+}

@@ -840,6 +840,11 @@ impl Ledger {
         .map_err(Into::into)
     }
 
+    /// Sent (and bounced) letters per target.
+    pub(crate) fn sent_per_target(&self) -> Result<Vec<(String, u64)>> {
+        sent_per_target(&self.conn)
+    }
+
     /// Sent (and bounced) letters counted by the text they went with;
     /// letters sent before texts were recorded are left out.
     pub(crate) fn sent_versions(&self) -> Result<Vec<SentVersion>> {
@@ -1316,6 +1321,29 @@ fn uri_path(path: &Path) -> Result<String> {
 
 /// Refuses a ledger that belongs to another campaign; `false` if it names
 /// none yet (a new file).
+/// Sent (and bounced) letters per target in `conn`'s ledger.
+fn sent_per_target(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT target, count(*) FROM letters WHERE state IN ('sent', 'bounced')
+         GROUP BY target ORDER BY target",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+}
+
+/// Another campaign's ledger, read only: its campaign id and its sent
+/// letters per target. `None` when `path` is not a ledger mailer can read.
+pub(crate) fn sent_elsewhere(path: &Path) -> Option<(String, Vec<(String, u64)>)> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    let id: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+            r.get(0)
+        })
+        .ok()?;
+    Some((id, sent_per_target(&conn).ok()?))
+}
+
 fn owned_by(conn: &Connection, path: &Path, campaign_id: &str) -> Result<bool> {
     let stored: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {

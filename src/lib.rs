@@ -40,6 +40,7 @@ mod message;
 mod placeholder;
 mod provider;
 mod report;
+mod resend;
 mod roster;
 mod secret;
 mod smtp;

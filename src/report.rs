@@ -15,6 +15,9 @@ use crate::message::Built;
 use crate::targets::Unmatched;
 use crate::ui::Ui;
 
+/// A run of this many letters or fewer shows them all before `[y/N]`.
+pub(crate) const SHOWN: usize = 3;
+
 /// What `send` found due (pass 1).
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
@@ -38,6 +41,8 @@ pub(crate) struct Plan {
     pub(crate) duplicates: u64,
     /// The first due letter, shown in full by `--dry-run`.
     pub(crate) first: Option<Built>,
+    /// The first [`SHOWN`] letters due, for the confirmation of a small run.
+    pub(crate) shown: Vec<Built>,
     /// Valid supporters who match no target.
     pub(crate) unmatched: Unmatched,
     /// Due letters per (letter file, language).
@@ -306,6 +311,31 @@ pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> 
         }
     }
     out(&text)
+}
+
+/// What the confirmation shows before `[y/N]`: every letter of a run of
+/// [`SHOWN`] or fewer in full; otherwise the first one's From, To and Subject.
+#[must_use]
+pub(crate) fn confirmation_text(p: &Plan, to_send: u64) -> String {
+    let mut text = String::new();
+    if to_send <= SHOWN as u64 && !p.shown.is_empty() {
+        let n = p.shown.len().min(to_send as usize);
+        for (i, b) in p.shown.iter().take(n).enumerate() {
+            let _ = writeln!(text, "--- letter {}/{n}", i + 1);
+            text.push_str(&preview_text(b));
+        }
+        let _ = writeln!(text, "---");
+    } else if let Some(first) = &p.first {
+        let _ = writeln!(text, "The first letter:");
+        for (name, value) in first
+            .summary
+            .iter()
+            .filter(|(n, _)| matches!(*n, "From" | "To" | "Subject"))
+        {
+            let _ = writeln!(text, "  {name}: {value}");
+        }
+    }
+    text
 }
 
 /// A message as a person reads it: main headers unencoded, then the text.

@@ -66,6 +66,24 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// Whether this is an environment variable that is not set (or empty):
+    /// on a terminal, `send` asks for the password instead.
+    pub(crate) fn is_unset_env(&self) -> bool {
+        matches!(self, Secret::Env(name) if std::env::var_os(name).is_none_or(|v| v.is_empty()))
+    }
+}
+
+/// Asks for the password on the terminal (`/dev/tty`) without echo. The
+/// value is kept for this run only: never stored, never printed.
+pub(crate) fn ask(prompt: &str) -> Result<Password> {
+    let value = rpassword::prompt_password(prompt).context("cannot read the password from the terminal")?;
+    if value.is_empty() {
+        bail!("no password typed: nothing sent");
+    }
+    Ok(Password(value))
+}
+
 /// Runs `sh -c CMD`; its first stdout line is the password. `limit` bounds
 /// everything: the run, and reading what it printed.
 ///

@@ -147,6 +147,10 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     let unwritten = report_unwritten(campaign)?;
     problems += unwritten;
     blocking += unwritten;
+    if !smtp && report_password(campaign, ui)? {
+        problems += 1;
+        blocking += 1;
+    }
     if let Some(from) = &from {
         sender_warnings(campaign, from.domain(), ui);
         if let Some(problem) = crate::bounces::misaligned(&campaign.config, from.domain()) {
@@ -184,6 +188,32 @@ fn report_unwritten(campaign: &Campaign) -> Result<u64> {
         ))?;
     }
     Ok(found.len() as u64)
+}
+
+/// The SMTP password source, tried now (`check --smtp` tries it by
+/// logging in). A command that fails stops `send`: a problem (true). A
+/// variable that is not set is a warning: `send` asks for the password at
+/// a terminal, but not under cron.
+fn report_password(campaign: &Campaign, ui: &Ui) -> Result<bool> {
+    let Some(smtp) = campaign.config.smtp.as_ref().filter(|s| s.username.is_some()) else {
+        return Ok(false);
+    };
+    let Err(e) = smtp.password.resolve() else {
+        return Ok(false);
+    };
+    let why = format!("{e:#}");
+    let why = why.split("\n\nhint:").next().unwrap_or(&why);
+    let why = crate::ui::printable(why);
+    if smtp.password.is_unset_env() {
+        ui.warn(&format!(
+            "the SMTP password: {why}\n\nhint: `mailer send` at a terminal asks for it (not stored); \
+             for cron, set the variable in the job's environment or `password_command` in [smtp]"
+        ));
+        return Ok(false);
+    }
+    let config = campaign.config.path.display();
+    out(&format!("{config}: [smtp] password: {why}\n"))?;
+    Ok(true)
 }
 
 /// Rows that only `send` would skip: what happens to them, and `--strict`.
@@ -333,6 +363,13 @@ fn short(msg: &str) -> &str {
     let body = msg.split_once(": ").map_or(msg, |(_, rest)| rest);
     let body = body.split(". Available").next().unwrap_or(body);
     body.lines().next().unwrap_or(body)
+}
+
+/// The warnings `check` gives about the sender and the targets, for `send`'s
+/// confirmation (`from_domain`: the first letter's From).
+pub(crate) fn send_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) -> Result<()> {
+    sender_warnings(campaign, from_domain, ui);
+    unknown_target_warnings(campaign, ui)
 }
 
 /// DMARC alignment and DKIM advice (warnings, never errors).

@@ -12,10 +12,12 @@ use anyhow::Result;
 
 use crate::campaign::Campaign;
 use crate::clock::Clock;
+use crate::config::Smtp;
 use crate::delivery::{self, Engine, interrupted_early};
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 use crate::ledger::Ledger;
 use crate::report::{self, Plan, Summary};
+use crate::secret::{self, Secret};
 use crate::smtp::Connector;
 use crate::ui::Ui;
 
@@ -32,7 +34,9 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     // Load.
     let config = &campaign.config;
     let started = Instant::now();
-    let connector = Connector::new(config.smtp()?)?;
+    let smtp = config.smtp()?;
+    let connector = Connector::new(smtp)?;
+    password_source(smtp, ui)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;
@@ -73,11 +77,21 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     }
 
     // Confirm.
+    let connector = match ask_password(smtp, ui)? {
+        Some(typed) => Connector::new(&typed)?,
+        None => connector,
+    };
     if ui.interactive()
         && !opts.yes
         && let Some(changed) = campaign.changed_since_sent(&ledger)?
     {
         ui.warn(&changed.to_string());
+    }
+    if ui.interactive() && !opts.yes {
+        for w in crate::resend::warnings(campaign, Some(&ledger))? {
+            ui.warn(&w);
+        }
+        show_letters(campaign, &summary.plan, to_send, ui)?;
     }
     if ui.interactive()
         && !opts.yes
@@ -104,6 +118,50 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     report::print_summary(&summary, budget, ui);
     let file = config.supporters_file.display().to_string();
     delivery::verdict(&file, ended, &summary, ui)
+}
+
+/// Settles the password source before anything is asked: the variable is
+/// set, the command prints a password (its value is not kept). A variable
+/// that is not set is fine on a terminal ([`ask_password`] asks for it).
+fn password_source(smtp: &Smtp, ui: &Ui) -> Result<()> {
+    if smtp.username.is_none() || (ui.interactive() && smtp.password.is_unset_env()) {
+        return Ok(());
+    }
+    smtp.password
+        .resolve()
+        .map(drop)
+        .map_err(|e| Failure::error(Exit::BadInput, format!("cannot get the SMTP password: {e:#}")))
+}
+
+/// On a terminal with no password set: asks for it (no echo) and returns
+/// `[smtp]` with it, for this run only.
+fn ask_password(smtp: &Smtp, ui: &Ui) -> Result<Option<Smtp>> {
+    let Some(user) = &smtp.username else {
+        return Ok(None);
+    };
+    if !ui.interactive() || !smtp.password.is_unset_env() {
+        return Ok(None);
+    }
+    let password = secret::ask(&format!(
+        "SMTP password for {user} at {} (not stored): ",
+        smtp.host
+    ))?;
+    Ok(Some(Smtp {
+        password: Secret::Literal(password),
+        ..smtp.clone()
+    }))
+}
+
+/// Before the prompt: the letter(s) about to go, and `check`'s warnings.
+fn show_letters(campaign: &Campaign, plan: &Plan, to_send: u64, ui: &Ui) -> Result<()> {
+    let text = report::confirmation_text(plan, to_send);
+    for line in text.lines() {
+        ui.note(&crate::ui::printable(line));
+    }
+    if let Some(first) = &plan.first {
+        crate::cmd::check::send_warnings(campaign, first.from.domain(), ui)?;
+    }
+    Ok(())
 }
 
 /// The terminal prompt; true to go on.
@@ -146,6 +204,9 @@ fn dry_run(
         .flatten()
     {
         ui.warn(&changed.to_string());
+    }
+    for w in crate::resend::warnings(campaign, ledger.as_ref())? {
+        ui.warn(&w);
     }
     let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
     report::print_plan(campaign, &plan, budget)?;

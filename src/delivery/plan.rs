@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::campaign::{Campaign, Prepared};
 use crate::delivery::{Options, interrupted_early};
 use crate::ledger::{Ledger, Record, State};
-use crate::report::Plan;
+use crate::report::{Plan, SHOWN};
 use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
@@ -95,9 +95,10 @@ pub(crate) fn scan(
             Prepared::Skipped(Skipped { line, .. }) | Prepared::Duplicate(Duplicate { line, .. }) => *line,
         };
         match prepared {
-            Prepared::Skipped(Skipped { line, reason, .. }) => {
+            Prepared::Skipped(skipped) => {
                 plan.skipped_rows += 1;
-                ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
+                ui.problem(&format!("{file}:{}: {} (skipped)", skipped.line, skipped.reason));
+                quiet_first_sight(campaign, ledger, opts, &skipped, now, ui)?;
             }
             Prepared::Duplicate(Duplicate {
                 line,
@@ -123,6 +124,9 @@ pub(crate) fn scan(
                             plan.due += 1;
                             plan.per_target[i] += 1;
                             plan.count_letter(&built);
+                            if plan.shown.len() < SHOWN {
+                                plan.shown.push(built.clone());
+                            }
                             if plan.first.is_none() {
                                 plan.first = Some(built);
                             }
@@ -140,6 +144,41 @@ pub(crate) fn scan(
         return Err(interrupted_early());
     }
     Ok((plan, last_line))
+}
+
+/// Under `-q` (cron), a row seen skipped for the first time is still named,
+/// once: printed and recorded `skipped` now, so the next run (and pass 2)
+/// knows it. A row already recorded skipped for the same reason stays quiet.
+fn quiet_first_sight(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    skipped: &Skipped,
+    now: i64,
+    ui: &Ui,
+) -> Result<()> {
+    let Some(ledger) = ledger.filter(|_| ui.quiet && !opts.dry_run) else {
+        return Ok(());
+    };
+    let Skipped { line, key, reason } = skipped;
+    let mut fresh = false;
+    for t in campaign.unconditional_targets() {
+        // Only what `skip` would write is news; a sent letter stays sent.
+        let news = match ledger.get(key, &t.key())? {
+            None => true,
+            Some(r) if r.state == State::Skipped => r.reply.as_deref() != Some(reason.as_str()),
+            Some(r) => matches!(r.state, State::Pending | State::Deferred),
+        };
+        if news {
+            fresh = true;
+            ledger.skip(key, &t.key(), *line, reason, now)?;
+        }
+    }
+    if fresh {
+        let file = campaign.config.supporters_file.display();
+        ui.failure(&format!("{file}:{line}: {reason} (skipped)"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

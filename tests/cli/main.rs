@@ -15,6 +15,7 @@ mod edges_wire;
 mod engine;
 mod first_hour;
 mod first_hour2;
+mod first_hour3;
 mod hostile_files;
 mod inputs;
 mod routing;

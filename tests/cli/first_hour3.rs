@@ -1,0 +1,450 @@
+//! Issue 15, "the first hour", part three: the confirmation shows the
+//! letter, the password is settled before the question (and asked for on
+//! a terminal), `-q` still names a newly skipped row once, and re-sends
+//! after a changed target or campaign id are announced.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+
+use crate::support::campaign::Campaign;
+use base64::Engine as _;
+
+use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `mailer` with stdin, stdout and stderr on a fresh pseudo-terminal.
+struct Term {
+    child: Child,
+    master: File,
+    chunks: Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Term {
+    fn spawn(mut cmd: Command) -> Term {
+        let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .expect("open /dev/ptmx");
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let tty = || Stdio::from(slave.try_clone().unwrap());
+        cmd.env("TERM", "xterm-256color")
+            .stdin(tty())
+            .stdout(tty())
+            .stderr(tty());
+        let child = cmd.spawn().expect("spawn mailer on a pty");
+        drop(cmd);
+        drop(slave);
+        let mut reader = File::from(master.try_clone().unwrap());
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Term {
+            child,
+            master: File::from(master),
+            chunks,
+            seen: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).replace("\r\n", "\n")
+    }
+
+    /// Waits until the terminal shows `needle`.
+    #[track_caller]
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.text().contains(needle) {
+            match self
+                .chunks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the terminal never showed {needle:?}\n--- terminal\n{}",
+                        self.text()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for `prompt`, then types `keys` and Enter.
+    #[track_caller]
+    fn keys(&mut self, prompt: &str, keys: &str) {
+        self.expect(prompt);
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.write_all(b"\r").unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Like [`Term::spawn`], with the terminal as the controlling one
+    /// (`setsid --ctty`), so that `/dev/tty` is this terminal.
+    fn spawn_ctty(cmd: &Command) -> Term {
+        let mut outer = Command::new("setsid");
+        outer
+            .env_clear()
+            .arg("--ctty")
+            .arg("--wait")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                outer.env(k, v);
+            }
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            outer.current_dir(dir);
+        }
+        Term::spawn(outer)
+    }
+
+    /// Waits until the terminal no longer echoes what is typed (a
+    /// password prompt turned echo off after printing its question).
+    #[track_caller]
+    fn expect_no_echo(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        while rustix::termios::tcgetattr(&self.master)
+            .unwrap()
+            .local_modes
+            .contains(rustix::termios::LocalModes::ECHO)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "echo stayed on\n--- terminal\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[track_caller]
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .chunks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("mailer did not exit\n--- terminal\n{}", self.text());
+                }
+            }
+        }
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, self.text())
+    }
+}
+
+// ---------------------------------------------------------------- item 3: the confirmation shows the letter
+
+/// What the terminal showed before the `[y/N]` question, answering `n`.
+fn before_the_question(c: &Campaign) -> String {
+    let mut t = Term::spawn(c.command(&["send"]));
+    t.expect("[y/N] ");
+    let shown = t.text();
+    t.keys("[y/N] ", "n");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    assert!(text.contains("Nothing sent"), "--- terminal\n{text}");
+    let at = shown.find("About to send").expect("the question");
+    shown[..at].to_string()
+}
+
+#[test]
+fn issue15_the_confirmation_shows_a_small_run_in_full_and_the_check_warnings() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    let shown = before_the_question(&c);
+    for needle in [
+        "From: Ana López via Test Org <letters@org.example>",
+        "To: Satya Nadella",
+        "Subject: Ana from Tucson: drop the contract",
+        "I am Ana López from Tucson.",
+        "Subject: Sam from Minneapolis: drop the contract",
+        "Please, listen.",
+        "I am Lee Park from Seattle.",
+        // `check`'s warning, with the question.
+        "warning: no [dkim] section",
+    ] {
+        assert!(shown.contains(needle), "lacks {needle:?}\n--- terminal\n{shown}");
+    }
+    assert!(server.received().is_empty(), "a letter went after `n`");
+}
+
+#[test]
+fn issue15_the_confirmation_of_a_larger_run_shows_the_first_letters_headers() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server).file(
+        "supporters.csv",
+        format!(
+            "{}kim@mail.example,Kim,Ng,Boise,\n",
+            crate::support::campaign::SUPPORTERS
+        ),
+    );
+    let shown = before_the_question(&c);
+    for needle in [
+        "From: Ana López via Test Org <letters@org.example>",
+        "To: Satya Nadella",
+        "Subject: Ana from Tucson: drop the contract",
+        "warning: no [dkim] section",
+    ] {
+        assert!(shown.contains(needle), "lacks {needle:?}\n--- terminal\n{shown}");
+    }
+    // Four letters: not the whole text.
+    assert!(!shown.contains("I am Ana"), "--- terminal\n{shown}");
+    assert!(!shown.contains("Sam from"), "--- terminal\n{shown}");
+}
+
+// ---------------------------------------------------------------- item 4: credentials before the question
+
+const USER: &str = "letters@org.example";
+const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
+
+/// A STARTTLS server that requires AUTH as [`USER`] / [`PASSWORD`], and the
+/// default campaign pointed at it (`ca_file` trusts it); `extra` goes in [smtp].
+fn auth_campaign(extra: &str) -> (Server, Campaign) {
+    let pki = TestPki::new();
+    let mut opts = ServerOptions::new(Security::StartTls)
+        .with_auth(USER, PASSWORD)
+        .with_pki(&pki);
+    opts.auth_after_tls = true;
+    let server = Server::start(opts);
+    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\n\
+         username = \"{USER}\"\nca_file = \"ca.pem\"\ntimeout_secs = 5\n{extra}",
+        server.port()
+    ));
+    (server, c)
+}
+
+#[test]
+fn issue15_a_password_typed_at_the_terminal_is_not_echoed_and_reaches_auth() {
+    let (server, c) = auth_campaign("");
+    let mut t = Term::spawn_ctty(&c.command(&["send"]));
+    t.expect("(not stored): ");
+    t.expect_no_echo();
+    t.keys("(not stored): ", PASSWORD);
+    t.keys("[y/N] ", "y");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    assert!(
+        text.contains(&format!("SMTP password for {USER} at 127.0.0.1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password was echoed\n--- terminal\n{text}"
+    );
+    assert!(server.wait_idle(Duration::from_secs(10)));
+    let plain = base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("\0{USER}\0{PASSWORD}"));
+    let auth: Vec<_> = server
+        .transcript()
+        .into_iter()
+        .filter(|l| l.text.to_ascii_uppercase().starts_with("AUTH"))
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|l| l.tls && l.text.contains(&plain)),
+        "{auth:?}"
+    );
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+    // Never stored.
+    for entry in std::fs::read_dir(c.join(".mailer")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PASSWORD),
+            "the password was stored"
+        );
+    }
+}
+
+#[test]
+fn issue15_a_failing_password_command_stops_send_before_the_question() {
+    let (server, c) = auth_campaign("password_command = \"echo 'vault locked' >&2; exit 3\"\n");
+    let t = Term::spawn(c.command(&["send"]));
+    let (code, text) = t.finish();
+    assert_eq!(code, 1, "--- terminal\n{text}");
+    assert!(text.contains("vault locked"), "--- terminal\n{text}");
+    assert!(!text.contains("[y/N]"), "asked first\n--- terminal\n{text}");
+    assert_eq!(server.connections(), 0, "connected with no password");
+}
+
+#[test]
+fn issue15_an_unset_password_variable_stops_a_run_without_a_terminal_before_connecting() {
+    let (server, c) = auth_campaign("");
+    let r = c.run(&["send", "--yes"]);
+    r.code(1).stderr_has("MAILER_SMTP_PASSWORD");
+    assert_eq!(server.connections(), 0, "connected with no password");
+    if c.ledger().exists() {
+        assert!(c.states().iter().all(|(s, _)| s == "pending"), "{:?}", c.states());
+    }
+}
+
+#[test]
+fn issue15_check_reports_a_missing_password_source() {
+    let (_server, c) = auth_campaign("");
+    // Not set: a warning; `send` at a terminal would ask, so exit 0.
+    c.run(&["check"])
+        .code(0)
+        .stderr_has("warning: the SMTP password: environment variable `MAILER_SMTP_PASSWORD`")
+        .stderr_has("`mailer send` at a terminal asks for it");
+    // Set: nothing to say.
+    let set = c.env("MAILER_SMTP_PASSWORD", PASSWORD);
+    let r = set.run(&["check"]);
+    r.code(0);
+    assert!(!r.stderr.contains("SMTP password"), "{}", r.stderr);
+    assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
+    // A command that fails stops `send`: exit 1.
+    let (_server, c) = auth_campaign("password_command = \"exit 3\"\n");
+    c.run(&["check"])
+        .code(1)
+        .stdout_has("[smtp] password")
+        .stdout_has("password_command");
+}
+
+// ---------------------------------------------------------------- item 11: -q names a newly skipped row once
+
+/// Lines of `text` that name a skipped row.
+fn skipped_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.ends_with("(skipped)")).collect()
+}
+
+#[test]
+fn issue15_quiet_names_each_newly_skipped_row_once() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let with_bad = format!(
+        "{}not-an-email,Bad,Row,Reno,\n",
+        crate::support::campaign::SUPPORTERS
+    );
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .file("supporters.csv", &with_bad);
+    // The first run that sees it names it, even with -q.
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    let lines = skipped_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].starts_with("supporters.csv:5: "), "{}", r.stderr);
+    // The next run does not say it again.
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    assert!(skipped_lines(&r.stderr).is_empty(), "{}", r.stderr);
+    // A new invalid signup, with nothing else due: named once, alone.
+    let c = c.file("supporters.csv", format!("{with_bad}also bad,Also,Bad,Reno,\n"));
+    let r = c.run(&["-q", "send", "--yes"]);
+    r.code(0);
+    let lines = skipped_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].starts_with("supporters.csv:6: "), "{}", r.stderr);
+    let r = c.run(&["-q", "send", "--yes"]);
+    assert!(skipped_lines(&r.stderr).is_empty(), "{}", r.stderr);
+    // Without -q every run lists them, as before.
+    let r = c.run(&["send", "--yes"]);
+    assert_eq!(skipped_lines(&r.stderr).len(), 2, "{}", r.stderr);
+    assert_eq!(server.received().len(), 3);
+}
+
+// ---------------------------------------------------------------- item 8: silent re-sends
+
+/// The default campaign's head with another `id` and target address.
+fn head(id: &str, target: &str) -> String {
+    format!(
+        r#"[campaign]
+id = "{id}"
+name = "Drop the contract"
+org = "Test Org"
+letter = "letters/letter.txt"
+subject = "{{{{ supporter.first_name }}}} from {{{{ supporter.city }}}}: drop the contract"
+
+[sender]
+from = "{{{{ supporter.name }}}} via Test Org <letters@org.example>"
+reply_to = "{{{{ supporter.email }}}}"
+
+[[targets]]
+name = "Satya Nadella"
+email = "{target}"
+
+[supporters]
+file = "supporters.csv"
+"#
+    )
+}
+
+/// Three letters sent to `ceo@corp.example` under id `test-campaign`.
+fn sent_once() -> (Server, Campaign) {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new()
+        .head(&head("test-campaign", "ceo@corp.example"))
+        .smtp_plain(&server);
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(c.states(), vec![("sent".to_string(), 3)]);
+    (server, c)
+}
+
+#[test]
+fn issue15_the_dry_run_warns_when_a_targets_address_changed_after_letters_went() {
+    let (_server, c) = sent_once();
+    let c = c.head(&head("test-campaign", "satya@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    r.code(0).stdout_has("Letters due now: 3").stderr_has(
+        "warning: letters were already sent to a target no longer in the config: `ceo@corp.example` (3)",
+    );
+    // Nothing to say while the config still names it.
+    let c = c.head(&head("test-campaign", "ceo@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    assert!(!r.stderr.contains("already sent"), "{}", r.stderr);
+}
+
+#[test]
+fn issue15_the_dry_run_warns_when_another_campaigns_ledger_sent_to_the_same_targets() {
+    let (_server, c) = sent_once();
+    let c = c.head(&head("renamed", "ceo@corp.example"));
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("Letters due now: 3")
+        .stderr_has("(campaign `test-campaign`) already sent letters to this campaign's targets: `ceo@corp.example` (3)")
+        .stderr_has("set [campaign] id back to `test-campaign`");
+    // Another campaign to other targets is not this one's business.
+    let c = c.head(&head("renamed", "someone.else@corp.example"));
+    let r = c.run(&["send", "--dry-run"]);
+    assert!(!r.stderr.contains("campaign `test-campaign`"), "{}", r.stderr);
+}
+
+#[test]
+fn issue15_the_confirmation_warns_before_sending_again_under_a_new_id() {
+    let (server, c) = sent_once();
+    let c = c.head(&head("renamed", "ceo@corp.example"));
+    let shown = before_the_question(&c);
+    assert!(
+        shown.contains(
+            "warning: `.mailer/test-campaign.sqlite3` (campaign `test-campaign`) already sent letters"
+        ),
+        "--- terminal\n{shown}"
+    );
+    assert_eq!(server.received().len(), 3, "a letter went again after `n`");
+}

@@ -5,6 +5,7 @@
 //! - `cmd/*` orchestrate one subcommand each: load → plan → act → report.
 //! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
 //!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
+//! - `schedule` says when each target's letters may go (`[schedule]`), purely.
 //! - `send` alone adds `ledger` (`SQLite`, crash-safe states and the run lock),
 //!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
 //!   failures) and `throttle` (rate).
@@ -34,6 +35,7 @@ pub mod placeholder;
 pub mod provider;
 pub mod report;
 pub mod roster;
+pub mod schedule;
 pub mod secret;
 pub mod throttle;
 pub mod transport;

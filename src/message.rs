@@ -334,6 +334,7 @@ mod tests {
             name: Some("Satya Nadella".into()),
             email: "Satya@Corp.example".parse().unwrap(),
             fields: toml::Table::new(),
+            timezone: None,
         }
     }
 

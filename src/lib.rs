@@ -97,6 +97,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 yes: a.yes,
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
+                follow: a.follow,
             };
             let mut campaign = load()?;
             let started = clock.unix();

@@ -39,7 +39,12 @@ pub struct Options {
     pub retry_failed: bool,
     /// Resend `unknown` letters.
     pub resend_unknown: bool,
+    /// Keep running until every letter went at its scheduled time.
+    pub follow: bool,
 }
+
+/// How often a following run looks again when no limit names a time.
+const FOLLOW_POLL: i64 = 60;
 
 /// Distinct supporters whose letters the server refused for policy (5.7.x),
 /// with no letter delivered in between, that stop the run as a sender problem.
@@ -87,7 +92,6 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
     }
     let config = &campaign.config;
-    let started = Instant::now();
     let connector = Connector::new(config.smtp()?)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
@@ -108,11 +112,47 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         ));
     }
 
+    if opts.follow {
+        return follow(campaign, opts, ui, clock, &interrupt, ledger, connector);
+    }
+    round(campaign, opts, ui, clock, &interrupt, ledger, connector, true).map(|r| r.exit)
+}
+
+/// How one round of sending ended.
+struct Round {
+    exit: Exit,
+    /// Letters are still due or waiting (a following run goes on).
+    left: bool,
+    /// When to look again, if the round sent nothing (`None`: at once).
+    wake: Option<i64>,
+    /// Given back for the next round: the lock stays held.
+    ledger: Ledger,
+    connector: Connector,
+}
+
+/// One run's worth: plan, confirm (`ask`), deliver, record, report.
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
+fn round(
+    campaign: &Campaign,
+    opts: &Options,
+    ui: &Ui,
+    clock: &Arc<dyn Clock>,
+    interrupt: &Interrupt,
+    ledger: Ledger,
+    connector: Connector,
+    ask: bool,
+) -> Result<Round> {
+    let config = &campaign.config;
+    let started = Instant::now();
     // Pass 1: render everything, count what is due.
     let now = clock.unix();
     let (plan, scanned) = scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
     let budget = budget(campaign, &ledger, opts, now)?;
-    let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
+    let pace = pace(campaign, &ledger, &plan, now)?;
+    let to_send = pace
+        .as_ref()
+        .map_or(plan.due, |p| p.letters(&plan))
+        .min(budget.unwrap_or(u64::MAX));
     ui.detail(&format!(
         "due {}, this run {to_send} (budget {budget:?}); already sent {}, waiting {}, held failed {}, held unknown {}",
         plan.due, plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown
@@ -123,10 +163,23 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     };
     if to_send == 0 {
         summary.not_reached = summary.plan.due;
-        report::print_summary(&summary, budget, ui);
-        return Ok(Exit::Done);
+        let held = held_by(campaign, &ledger, &summary.plan, budget, pace.as_ref(), now)?;
+        if !(opts.follow && summary.plan.due > 0) {
+            report::print_summary(&summary, budget, ui);
+        }
+        for line in &held.lines {
+            ui.note(line);
+        }
+        return Ok(Round {
+            exit: Exit::Done,
+            left: summary.plan.due + summary.plan.waiting > 0,
+            wake: Some(held.wake.unwrap_or(now + FOLLOW_POLL)),
+            ledger,
+            connector,
+        });
     }
-    if ui.interactive()
+    if ask
+        && ui.interactive()
         && !opts.yes
         && let Some(changed) = campaign.changed_since_sent(&ledger)?
     {
@@ -137,7 +190,13 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
     {
         ui.note("Nothing sent.");
-        return Ok(Exit::Done);
+        return Ok(Round {
+            exit: Exit::Done,
+            left: false,
+            wake: None,
+            ledger,
+            connector,
+        });
     }
     interrupt.check()?;
 
@@ -162,6 +221,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     });
     let mut pass2 = Pass2 {
         scanned,
+        quota: pace.map(|p| p.allow),
         ..Pass2::default()
     };
     let dispatched = dispatch(campaign, opts, &shared, to_send, &mut summary, &mut pass2, ui);
@@ -185,7 +245,8 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
     summary.stopped = halt.is_some() || interrupted || missing > 0;
     report::print_summary(&summary, budget, ui);
-    verdict(
+    let connector = shared.connector;
+    let exit = verdict(
         campaign,
         Ended {
             dispatched,
@@ -197,7 +258,14 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>)
         },
         &summary,
         ui,
-    )
+    )?;
+    Ok(Round {
+        exit,
+        left: true,
+        wake: None,
+        ledger,
+        connector,
+    })
 }
 
 /// How pass 2 ended, for [`verdict`].
@@ -333,6 +401,8 @@ struct Pass2 {
     unrendered: u64,
     /// The whole file was read (not stopped by the budget or a halt).
     exhausted: bool,
+    /// `[schedule]`: letters each target may still receive this run.
+    quota: Option<Vec<u64>>,
 }
 
 impl Pass2 {
@@ -430,7 +500,12 @@ fn dispatch(
                     continue;
                 }
             };
-            for (target, mut built) in config.targets.iter().zip(letters) {
+            // Row by row, each target in turn: targets interleave fairly.
+            for (i, (target, mut built)) in config.targets.iter().zip(letters).enumerate() {
+                // `[schedule]`: this target's share for this run went.
+                if pass2.quota.as_ref().is_some_and(|q| q[i] == 0) {
+                    continue;
+                }
                 let target_key = target.key();
                 let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
@@ -438,6 +513,9 @@ fn dispatch(
                 }
                 if pass2.dispatched >= to_send || shared.halted() {
                     return Ok(());
+                }
+                if let Some(q) = pass2.quota.as_mut() {
+                    q[i] -= 1;
                 }
                 if let Some(verp) = &verp {
                     built.from = verp.address(&supporter.key, &target_key)?;
@@ -471,6 +549,177 @@ fn dispatch(
     }
     bar.finish_and_clear();
     result
+}
+
+/// `[schedule]` for one run: each target's allowance now.
+struct Pace {
+    /// Letters each target may receive now, in config order.
+    allow: Vec<u64>,
+    /// What holds each target, and when its next letter may go.
+    held: Vec<(crate::schedule::Allowance, Option<i64>)>,
+}
+
+impl Pace {
+    /// Letters this run may send under the schedule: per target, the
+    /// smaller of what is due and what it allows.
+    fn letters(&self, plan: &Plan) -> u64 {
+        self.allow
+            .iter()
+            .zip(&plan.per_target)
+            .map(|(a, d)| (*a).min(*d))
+            .sum()
+    }
+}
+
+/// Each target's allowance at `now` (`None` without `[schedule]`). A
+/// target's total is its letters in today's CSV: one per valid supporter.
+fn pace(campaign: &Campaign, ledger: &Ledger, plan: &Plan, now: i64) -> Result<Option<Pace>> {
+    let Some(schedule) = &campaign.config.schedule else {
+        return Ok(None);
+    };
+    let mut pace = Pace {
+        allow: Vec::new(),
+        held: Vec::new(),
+    };
+    for target in &campaign.config.targets {
+        let key = target.key();
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let sent = ledger.sent_to(&key, now)?;
+        let total = plan.supporters.max(sent.letters);
+        let allowance = window.allowance(now, total, &sent);
+        pace.allow.push(allowance.letters);
+        pace.held.push((allowance, window.next_letter(now, total, &sent)));
+    }
+    Ok(Some(pace))
+}
+
+/// Why a run sends nothing: one line per limit or window that held it,
+/// and when the next letter may go (the earliest, as `wake`).
+struct Held {
+    lines: Vec<String>,
+    wake: Option<i64>,
+}
+
+fn held_by(
+    campaign: &Campaign,
+    ledger: &Ledger,
+    plan: &Plan,
+    budget: Option<u64>,
+    pace: Option<&Pace>,
+    now: i64,
+) -> Result<Held> {
+    use crate::schedule::Limit;
+    let config = &campaign.config;
+    let mut held = Held {
+        lines: Vec::new(),
+        wake: None,
+    };
+    if plan.due == 0 {
+        return Ok(held);
+    }
+    let zone = config
+        .schedule
+        .as_ref()
+        .map_or_else(jiff::tz::TimeZone::system, |s| s.timezone.clone());
+    let mut earliest = |t: i64| held.wake = Some(held.wake.map_or(t, |w| w.min(t)));
+    let mut lines = Vec::new();
+    if budget == Some(0) {
+        if let Some(limit) = config.delivery.daily_limit
+            && ledger.handed_over_since(now - 86_400)? >= limit
+        {
+            let free = ledger
+                .nth_latest_hand_over(now - 86_400, limit)?
+                .map(|t| t + 86_400);
+            let when = free.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", crate::schedule::show(t, &zone))
+            });
+            lines.push(format!("daily_limit {limit}/{limit}{when}"));
+        } else {
+            lines.push("max_per_run / --limit is 0: nothing goes this run".to_owned());
+        }
+    }
+    if let (Some(pace), Some(schedule)) = (pace, &config.schedule) {
+        for ((target, (allowance, next)), due) in config.targets.iter().zip(&pace.held).zip(&plan.per_target)
+        {
+            if *due == 0 || allowance.letters > 0 {
+                continue;
+            }
+            let window = schedule.window(target.timezone.as_ref(), &target.key());
+            let why = match allowance.limit {
+                Limit::NotStarted => "its window has not opened".to_owned(),
+                Limit::Closed => format!(
+                    "outside its open hours ({}, {}, {})",
+                    schedule.hours,
+                    schedule.days_text(),
+                    crate::schedule::zone_name(&window.tz)
+                ),
+                Limit::Share => "its share of the window so far went".to_owned(),
+                Limit::Hourly => format!(
+                    "per_target_hourly {0}/{0}",
+                    schedule.per_target_hourly.unwrap_or_default()
+                ),
+                Limit::None => continue,
+            };
+            let when = next.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", window.show(t))
+            });
+            lines.push(format!("`{}`: {due} due, {why}{when}", target.key()));
+        }
+    }
+    held.lines = lines;
+    Ok(held)
+}
+
+/// `send --follow`: rounds until every letter went, sleeping (holding the
+/// ledger's lock) until the next letter's time; each round re-reads the
+/// supporters file, so new signups join.
+fn follow(
+    campaign: &Campaign,
+    opts: &Options,
+    ui: &Ui,
+    clock: &Arc<dyn Clock>,
+    interrupt: &Interrupt,
+    mut ledger: Ledger,
+    mut connector: Connector,
+) -> Result<Exit> {
+    let mut exit = Exit::Done;
+    let mut ask = true;
+    loop {
+        let r = round(campaign, opts, ui, clock, interrupt, ledger, connector, ask)?;
+        (ledger, connector, ask) = (r.ledger, r.connector, false);
+        if r.exit == Exit::Interrupted {
+            return Ok(Exit::Interrupted);
+        }
+        if r.exit != Exit::Done {
+            exit = r.exit;
+        }
+        if !r.left {
+            ui.note("Every letter due was handed over.");
+            return Ok(exit);
+        }
+        // After a round that sent, look again at once; else sleep until
+        // the next letter's time.
+        let Some(wake) = r.wake else { continue };
+        if !sleep_until_wall(clock.as_ref(), wake, &interrupt.stop) {
+            ui.error("interrupted while waiting for the next letter's time");
+            return Ok(Exit::Interrupted);
+        }
+    }
+}
+
+/// Sleeps until the wall clock reads `wake`, in short steps; false when a
+/// signal came first.
+fn sleep_until_wall(clock: &dyn Clock, wake: i64, stop: &AtomicBool) -> bool {
+    let tick = Duration::from_millis(200);
+    while clock.unix() < wake {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        clock.sleep(tick);
+    }
+    !stop.load(Ordering::SeqCst)
 }
 
 fn plural(n: u64) -> &'static str {

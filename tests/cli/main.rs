@@ -16,6 +16,7 @@ mod first_hour;
 mod first_hour2;
 mod hostile_files;
 mod inputs;
+mod schedule;
 mod security;
 mod terminal;
 mod variants;

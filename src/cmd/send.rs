@@ -672,6 +672,58 @@ fn held_by(
     Ok(held)
 }
 
+/// `send --dry-run` with `[schedule]`: per target, its letters, window, open
+/// hours and zone, letters per day (if each goes at its time), and when its
+/// next letter would go.
+fn schedule_plan(campaign: &Campaign, ledger: Option<&Ledger>, plan: &Plan, now: i64) -> Result<String> {
+    let Some(schedule) = &campaign.config.schedule else {
+        return Ok(String::new());
+    };
+    let mut text = String::new();
+    for target in &campaign.config.targets {
+        let key = target.key();
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let sent = match ledger {
+            Some(l) => l.sent_to(&key, now)?,
+            None => crate::schedule::Sent::default(),
+        };
+        let total = plan.supporters.max(sent.letters);
+        let _ = writeln!(
+            text,
+            "\nSchedule for {}: {total} letter{}, {} handed over",
+            target.mailbox(),
+            plural(total),
+            sent.letters
+        );
+        let bound = |t: Option<i64>, none: &str| t.map_or_else(|| none.to_owned(), |t| window.show(t));
+        let _ = writeln!(
+            text,
+            "  window   {} → {}",
+            bound(window.start(), "the first letter"),
+            bound(window.end(), "open-ended")
+        );
+        let _ = writeln!(
+            text,
+            "  open     {}, {} ({})",
+            schedule.hours,
+            schedule.days_text(),
+            crate::schedule::zone_name(&window.tz)
+        );
+        if let Some(n) = schedule.per_target_hourly {
+            let _ = writeln!(text, "  hourly   at most {n}");
+        }
+        for (i, (date, n)) in window.per_day(now, total, &sent).iter().enumerate() {
+            let label = if i == 0 { "per day " } else { "        " };
+            let _ = writeln!(text, "  {label} {date}  {n:>6}");
+        }
+        let next = window
+            .next_letter(now, total, &sent)
+            .map_or_else(|| "none: every letter went".to_owned(), |t| window.show(t));
+        let _ = writeln!(text, "  next     {next}");
+    }
+    Ok(text)
+}
+
 /// `send --follow`: rounds until every letter went, sleeping (holding the
 /// ledger's lock) until the next letter's time; each round re-reads the
 /// supporters file, so new signups join.
@@ -829,6 +881,9 @@ fn dry_run(
             .map(|p| p.min(config.delivery.daily_limit.unwrap_or(u64::MAX))),
     };
     report::print_plan(campaign, &plan, budget)?;
+    if campaign.config.schedule.is_some() {
+        report::out(&schedule_plan(campaign, ledger.as_ref(), &plan, now)?)?;
+    }
     if let Some(changed) = ledger
         .as_ref()
         .map(|l| campaign.changed_since_sent(l))

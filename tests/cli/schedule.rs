@@ -203,3 +203,43 @@ fn issue11_follow_is_interrupted_while_waiting() {
     run.code(130).stderr_has("next letter allowed");
     assert!(server.received().is_empty());
 }
+
+#[test]
+fn issue11_dry_run_shows_each_targets_plan() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    // A five-day window in the future, weekdays 09:00-17:00 in New York.
+    let c = scheduled(
+        &server,
+        200,
+        "America/New_York",
+        "start = 2030-12-02\nend = 2030-12-06\nhours = \"09:00-17:00\"\n\
+         days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\nper_target_hourly = 60\n",
+    );
+    let run = c.run(&["send", "--dry-run"]);
+    run.code(0)
+        .stdout_has("Schedule for Satya Nadella <ceo@corp.example>: 200 letters, 0 handed over")
+        .stdout_has("  window   2030-12-02 00:00 America/New_York → 2030-12-07 00:00 America/New_York")
+        .stdout_has("  open     09:00-17:00, mon, tue, wed, thu, fri (America/New_York)")
+        .stdout_has("  per day  2030-12-02      40\n")
+        .stdout_has("           2030-12-06      40\n")
+        .stdout_has("  next     2030-12-02 09:00 America/New_York");
+    assert!(server.received().is_empty());
+}
+
+#[test]
+fn issue11_a_spent_daily_limit_says_when_the_next_letter_is_allowed() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = scheduled(&server, 5, "UTC", "timezone = \"UTC\"\n").section("[delivery]\ndaily_limit = 2\n");
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(server.received().len(), 2);
+    let at = hand_overs(&c);
+    let free = jiff::Timestamp::from_second(at[1] + 86_400)
+        .unwrap()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M")
+        .to_string();
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stderr_has(&format!("daily_limit 2/2 — next letter allowed {free} UTC"));
+    assert_eq!(server.received().len(), 2);
+}

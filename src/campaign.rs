@@ -12,16 +12,17 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 use lettre::message::dkim::DkimConfig;
 
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::ledger::Ledger;
-use crate::letter::{self, Globals, Letter};
+use crate::letter::{self, Globals, Letter, Rendered};
 use crate::message::{self, Built, Envelopes};
-use crate::roster::{Repeat, Roster, Row, Skip, Supporter};
+use crate::roster::{Duplicate, Roster, Row, Skipped, Supporter};
+use crate::targets::Router;
 
 /// A letter template failed to render for a row: a bug in the letter or
 /// config, not in the data. Typed so `check` can list each and go on.
 #[derive(Debug)]
-pub struct TemplateError(pub String);
+pub(crate) struct TemplateError(pub String);
 
 impl std::fmt::Display for TemplateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,13 +34,13 @@ impl std::error::Error for TemplateError {}
 
 /// Letters sent from a text that changed since ([`Campaign::changed_since_sent`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changed {
+pub(crate) struct Changed {
     /// How many letters went with an older text.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Their letter files, as the config named them.
-    pub files: Vec<String>,
+    pub(crate) files: Vec<String>,
     /// The campaign has several letter files (name them in the warning).
-    pub several_files: bool,
+    pub(crate) several_files: bool,
 }
 
 impl std::fmt::Display for Changed {
@@ -63,45 +64,59 @@ impl std::fmt::Display for Changed {
 }
 
 /// A loaded campaign, ready to prepare letters.
-pub struct Campaign {
+pub(crate) struct Campaign {
     /// The validated config.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The compiled templates.
-    pub letter: Letter,
+    pub(crate) letter: Letter,
     globals: Globals,
     dkim: Option<Arc<DkimConfig>>,
     /// The `Date` of messages built here; `send` dates each again at hand-over.
     date: SystemTime,
     /// Supporters held back by hand (`mailer skip`): key → the reason shown.
     holds: HashMap<String, String>,
+    /// Who writes to whom.
+    router: Router,
+    /// `[campaign] attachments`, read once.
+    attachments: Vec<message::Attachment>,
 }
 
 /// What one CSV row yields.
 #[derive(Debug)]
-pub enum Prepared {
-    /// The supporter's letters, one per target in config order.
+pub(crate) enum Prepared {
+    /// The supporter's letters, one per target of theirs, in config order.
     Letters {
         /// The supporter.
         supporter: Supporter,
-        /// One finished message per target.
-        letters: Vec<Built>,
+        /// Each of their targets with its finished message.
+        letters: Vec<(Arc<Target>, Built)>,
+    },
+    /// A valid supporter who matches no target: no letter.
+    Unmatched {
+        /// The supporter.
+        supporter: Supporter,
+        /// The values that matched nothing (`state PR`), for grouping.
+        label: String,
     },
     /// A row that cannot be sent: invalid in the file, or its letter
     /// cannot be built (a header-bound value); recorded as skipped by `send`.
-    Skipped(Skip),
+    Skipped(Skipped),
     /// A repeated email; only its first row counts.
-    Duplicate(Repeat),
+    Duplicate(Duplicate),
 }
 
 impl Campaign {
     /// Loads the config file, the letter and the DKIM key.
-    pub fn load(config_path: &Path, now: SystemTime) -> Result<Campaign> {
+    pub(crate) fn load(config_path: &Path, now: SystemTime) -> Result<Campaign> {
         let config = Config::load(config_path)?;
         Campaign::new(config, now)
     }
 
-    /// Compiles the letter for an already loaded config.
-    pub fn new(config: Config, now: SystemTime) -> Result<Campaign> {
+    /// Reads the routing rows, compiles the letters for an already loaded config.
+    pub(crate) fn new(mut config: Config, now: SystemTime) -> Result<Campaign> {
+        crate::targets::load_routed(&mut config)?;
+        let router = Router::new(&config);
+        let attachments = message::read_attachments(&config.campaign.attachments)?;
         let letter = Letter::load(&config)?;
         let dkim = config
             .dkim
@@ -124,6 +139,8 @@ impl Campaign {
             dkim,
             date: now,
             holds: HashMap::new(),
+            router,
+            attachments,
         };
         campaign.check_headers()?;
         Ok(campaign)
@@ -183,30 +200,36 @@ impl Campaign {
         Ok(())
     }
 
-    /// Opens the supporters file.
-    pub fn roster(&self) -> Result<Roster> {
-        Roster::open(&self.config.supporters_file)
+    /// Opens the supporters file (and checks it has every column a
+    /// `match` names).
+    pub(crate) fn roster(&self) -> Result<Roster> {
+        let roster = Roster::open(&self.config.supporters_file, &self.config.supporters_layout)?;
+        self.router.check_columns(
+            roster.headers(),
+            &self.config.supporters_file.display().to_string(),
+        )?;
+        Ok(roster)
     }
 
     /// Streams every row, prepared. An `Err` is fatal: the file is unreadable
     /// or the letter cannot render (a template bug, not a data problem).
     /// `encode`: also MIME-encode each message (`Built::bytes`); validation,
     /// Message-IDs and previews of headers and text do not need it.
-    pub fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
+    pub(crate) fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
         let roster = self.roster()?;
         let file = roster.path().display().to_string();
         Ok(roster.map(move |row| self.prepare(row?, &file, encode)))
     }
 
     /// Renders and builds one row's letters.
-    pub fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
+    pub(crate) fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
-            Row::Invalid(skip) => return Ok(Prepared::Skipped(skip)),
+            Row::Skipped(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
         if let Some(reason) = self.holds.get(&supporter.key) {
-            return Ok(Prepared::Skipped(Skip {
+            return Ok(Prepared::Skipped(Skipped {
                 line: supporter.line,
                 key: supporter.key,
                 reason: reason.clone(),
@@ -218,22 +241,21 @@ impl Campaign {
             bcc: &self.config.sender.bcc,
             dkim: self.dkim.as_deref(),
             encode,
+            attachments: &self.attachments,
         };
-        let mut letters = Vec::with_capacity(self.config.targets.len());
-        for target in &self.config.targets {
-            let rendered = self
-                .letter
-                .render(&supporter, target, &self.globals, encode)
-                .map_err(|e| {
-                    anyhow::Error::new(TemplateError(format!(
-                        "{e:#} (rendering the letter for {file}:{})",
-                        supporter.line
-                    )))
-                })?;
+        let routed = self.router.route(&supporter);
+        if routed.is_empty() {
+            let label = self.router.unmatched_label(&supporter);
+            return Ok(Prepared::Unmatched { supporter, label });
+        }
+        let mut letters = Vec::with_capacity(routed.len());
+        for i in routed {
+            let target = &self.config.targets[i];
+            let rendered = self.render(&supporter, target, file, encode)?;
             match message::build(&rendered, &supporter, target, &settings, self.date) {
-                Ok(built) => letters.push(built),
+                Ok(built) => letters.push((Arc::clone(target), built)),
                 Err(reason) => {
-                    return Ok(Prepared::Skipped(Skip {
+                    return Ok(Prepared::Skipped(Skipped {
                         line: supporter.line,
                         key: supporter.key,
                         reason,
@@ -244,15 +266,92 @@ impl Campaign {
         Ok(Prepared::Letters { supporter, letters })
     }
 
+    /// Renders one (supporter, target) letter. A template error, or a body
+    /// with nothing but whitespace in it, is a [`TemplateError`]: never sent.
+    pub(crate) fn render(
+        &self,
+        supporter: &Supporter,
+        target: &Target,
+        file: &str,
+        html: bool,
+    ) -> Result<Rendered> {
+        let rendered = self
+            .letter
+            .render(supporter, target, &self.globals, html)
+            .map_err(|e| {
+                anyhow::Error::new(TemplateError(format!(
+                    "{e:#} (rendering the letter for {file}:{})",
+                    supporter.line
+                )))
+            })?;
+        if rendered.text.trim().is_empty() {
+            return Err(anyhow::Error::new(TemplateError(format!(
+                "{}: the letter to `{}` is empty (nothing but whitespace), and an empty letter \
+                 is never sent (rendering the letter for {file}:{})\n\nhint: to leave a target \
+                 out for some supporters, give it `match = {{ column = [\"value\"] }}` instead of \
+                 an `{{% if %}}` around the whole letter",
+                rendered.variant.letter_file,
+                target.key(),
+                supporter.line
+            ))));
+        }
+        Ok(rendered)
+    }
+
+    /// The letter `supporter` writes to `target`, addressed to `to` alone
+    /// for `send --test`: `[TEST] ` before the subject, no Cc or Bcc,
+    /// encoded and DKIM-signed. The inner `Err` is why it cannot be built.
+    pub(crate) fn test_letter(
+        &self,
+        supporter: &Supporter,
+        target: &Target,
+        to: &lettre::Address,
+        file: &str,
+    ) -> Result<std::result::Result<Built, String>> {
+        let mut rendered = self.render(supporter, target, file, true)?;
+        rendered.subject = format!("[TEST] {}", rendered.subject);
+        let inbox = Target {
+            name: None,
+            email: to.clone(),
+            ..target.clone()
+        };
+        let settings = Envelopes {
+            campaign_id: &self.config.campaign.id,
+            cc_supporter: false,
+            bcc: &[],
+            dkim: self.dkim.as_deref(),
+            encode: true,
+            attachments: &self.attachments,
+        };
+        Ok(message::build(&rendered, supporter, &inbox, &settings, self.date))
+    }
+
+    /// The targets a row that cannot be read counts for (status, ledger):
+    /// every `[[targets]]` entry without `match`.
+    #[must_use]
+    pub(crate) fn unconditional_targets(&self) -> Vec<Arc<Target>> {
+        self.router
+            .unconditional()
+            .into_iter()
+            .map(|i| Arc::clone(&self.config.targets[i]))
+            .collect()
+    }
+
+    /// The attachments, read.
+    #[must_use]
+    pub(crate) fn attachments(&self) -> &[message::Attachment] {
+        &self.attachments
+    }
+
     /// The DKIM signing key, if configured (`send` signs again at hand-over).
     #[must_use]
-    pub fn dkim(&self) -> Option<Arc<DkimConfig>> {
+    pub(crate) fn dkim(&self) -> Option<Arc<DkimConfig>> {
         self.dkim.clone()
     }
 
     /// Holds these supporters' rows back (`mailer skip`): each yields
     /// [`Prepared::Skipped`] with its reason instead of letters.
-    pub fn hold(&mut self, holds: HashMap<String, String>) {
+    pub(crate) fn hold(&mut self, holds: HashMap<String, String>) {
         self.holds = holds;
     }
 
@@ -262,7 +361,7 @@ impl Campaign {
     /// longer in `[campaign] letter`. `None` when every sent letter's text
     /// is still the current one (letters sent before texts were recorded
     /// are not counted).
-    pub fn changed_since_sent(&self, ledger: &Ledger) -> Result<Option<Changed>> {
+    pub(crate) fn changed_since_sent(&self, ledger: &Ledger) -> Result<Option<Changed>> {
         let current = self.letter.versions();
         let mut changed = Changed::default();
         for sent in ledger.sent_versions()? {
@@ -280,9 +379,15 @@ impl Campaign {
         Ok((changed.sent > 0).then_some(changed))
     }
 
+    /// Whether supporters write to different targets (`match`, `[routing]`).
+    #[must_use]
+    pub(crate) fn is_routed(&self) -> bool {
+        self.router.is_conditional()
+    }
+
     /// The number of targets (letters per supporter).
     #[must_use]
-    pub fn target_count(&self) -> usize {
+    pub(crate) fn target_count(&self) -> usize {
         self.config.targets.len()
     }
 }

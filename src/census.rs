@@ -8,39 +8,39 @@ use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
 use crate::ledger::{Ledger, Record, State};
-use crate::roster::{Repeat, Skip, fingerprint};
+use crate::roster::{Duplicate, Skipped, fingerprint};
 
 /// One letter's current standing.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Normalized supporter email (or `line:N` for a row without one).
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Normalized target email.
-    pub target: String,
+    pub(crate) target: String,
     /// State now: ledger state, else `pending` (or `skipped` for invalid rows).
-    pub state: State,
+    pub(crate) state: State,
     /// The ledger row, if any.
-    pub record: Option<Record>,
+    pub(crate) record: Option<Record>,
     /// Message-ID (known for every valid letter, sent or not).
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// Why a skipped letter is skipped.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// For a sent letter: the Cc/Bcc copies the server refused, as
     /// `(recipient, reply)`.
-    pub refused_copies: Vec<(String, String)>,
+    pub(crate) refused_copies: Vec<(String, String)>,
     /// Where the letter comes from: a row of today's CSV, or only the ledger.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
     /// The row's 1-based line in the supporters file (none once it left).
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
     /// The supporter's display name, for a valid row.
-    pub supporter_name: Option<String>,
+    pub(crate) supporter_name: Option<String>,
     /// The target's configured name, when it has one and is still configured.
-    pub target_name: Option<String>,
+    pub(crate) target_name: Option<String>,
 }
 
 /// Where a letter of the census comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A valid row of today's CSV: a letter `check` counts as ready.
     Ready,
     /// A valid row held back by hand (`mailer skip`): `check` counts it too.
@@ -58,7 +58,7 @@ fn configured_name(campaign: &Campaign, key: &str) -> Option<String> {
 }
 
 /// Calls `visit` for every letter: CSV order first, then departed ones.
-pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
+pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(Entry)) -> Result<()> {
     let mut seen = HashSet::new();
     let lookup = |s: &str, t: &str| -> Result<Option<Record>> {
         match ledger {
@@ -76,7 +76,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
     for prepared in campaign.prepared(false)? {
         match prepared? {
             Prepared::Letters { supporter, letters } => {
-                for (target, built) in campaign.config.targets.iter().zip(letters) {
+                for (target, built) in letters {
                     let t = target.key();
                     seen.insert(fingerprint(&[&supporter.key, &t]));
                     let record = lookup(&supporter.key, &t)?;
@@ -99,13 +99,13 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     });
                 }
             }
-            Prepared::Skipped(Skip { key, reason, line }) => {
+            Prepared::Skipped(Skipped { key, reason, line }) => {
                 let origin = if reason.starts_with(crate::hold::PREFIX) {
                     Origin::Held
                 } else {
                     Origin::Invalid
                 };
-                for target in &campaign.config.targets {
+                for target in campaign.unconditional_targets() {
                     let t = target.key();
                     seen.insert(fingerprint(&[&key, &t]));
                     let record = lookup(&key, &t)?;
@@ -130,7 +130,7 @@ pub fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl FnMut(
                     });
                 }
             }
-            Prepared::Duplicate(Repeat { .. }) => {}
+            Prepared::Duplicate(Duplicate { .. }) | Prepared::Unmatched { .. } => {}
         }
     }
     if let Some(ledger) = ledger {

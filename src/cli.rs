@@ -216,8 +216,15 @@ pub struct SendArgs {
     /// Keep running: send each letter at its `[schedule]` time until every one
     /// is handed over; re-reads the supporters file each time it wakes and holds
     /// the ledger's lock meanwhile (cron runs then exit 75)
-    #[arg(long, conflicts_with = "dry_run")]
+    #[arg(long, conflicts_with_all = ["dry_run", "test"])]
     pub follow: bool,
+    /// Send test letters to EMAIL only: one per distinct target, letter
+    /// file, language and subject variant (at most --limit, default 10)
+    ///
+    /// Subjects start with `[TEST] `; no Cc or Bcc; same relay, TLS and
+    /// DKIM. The ledger and `daily_limit` are untouched.
+    #[arg(long, value_name = "EMAIL", conflicts_with_all = ["dry_run", "retry_failed", "resend_unknown"])]
+    pub test: Option<String>,
 }
 
 /// The command line as `mailer` parses it: the derive's, with the global

@@ -6,11 +6,12 @@
 //! (`instant`: pacing and waits), which a wall-clock step never moves.
 
 use std::process::{Child, ExitStatus};
+#[cfg(test)]
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Reads the time and sleeps.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
     /// The monotonic clock: for spacing and waiting, never for dates.
@@ -26,13 +27,13 @@ pub trait Clock: Send + Sync {
 
 /// Seconds since the Unix epoch.
 #[must_use]
-pub fn unix_secs(t: SystemTime) -> i64 {
+pub(crate) fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The operating system's clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // the one place that may read the real clock
@@ -51,9 +52,11 @@ impl Clock for SystemClock {
 }
 
 /// A clock that only moves when slept on or advanced: for tests.
+#[cfg(test)]
 #[derive(Debug)]
-pub struct ManualClock(Mutex<Manual>);
+pub(crate) struct ManualClock(Mutex<Manual>);
 
+#[cfg(test)]
 #[derive(Debug)]
 struct Manual {
     wall: SystemTime,
@@ -62,10 +65,11 @@ struct Manual {
     elapsed: Duration,
 }
 
+#[cfg(test)]
 impl ManualClock {
     /// A clock stopped at `start`.
     #[must_use]
-    pub fn new(start: SystemTime) -> Self {
+    pub(crate) fn new(start: SystemTime) -> Self {
         ManualClock(Mutex::new(Manual {
             wall: start,
             base: Instant::now(),
@@ -74,7 +78,7 @@ impl ManualClock {
     }
 
     /// Moves the clock (wall and monotonic) forward.
-    pub fn advance(&self, d: Duration) {
+    pub(crate) fn advance(&self, d: Duration) {
         let mut m = self.0.lock().expect("clock lock");
         m.wall += d;
         m.elapsed += d;
@@ -82,11 +86,12 @@ impl ManualClock {
 
     /// Sets the wall clock (as NTP or an administrator might, also
     /// backwards); the monotonic clock does not move.
-    pub fn set_wall(&self, t: SystemTime) {
+    pub(crate) fn set_wall(&self, t: SystemTime) {
         self.0.lock().expect("clock lock").wall = t;
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         self.0.lock().expect("clock lock").wall

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -20,61 +21,107 @@ use crate::secret::{Password, Secret};
 
 /// A validated campaign config.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The config file, as given.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `[campaign]`
-    pub campaign: Campaign,
+    pub(crate) campaign: CampaignSection,
     /// `[sender]`
-    pub sender: Sender,
-    /// `[[targets]]`, at least one.
-    pub targets: Vec<Target>,
+    pub(crate) sender: Sender,
+    /// `[[targets]]` in config order, then one per row of `[routing] targets`
+    /// (added when the campaign loads, see `targets::load_routed`).
+    pub(crate) targets: Vec<Arc<Target>>,
+    /// `[routing]`: more targets from a CSV file, matched by column.
+    pub(crate) routing: Option<Routing>,
     /// `[supporters] file`, resolved.
-    pub supporters_file: PathBuf,
+    pub(crate) supporters_file: PathBuf,
+    /// How the supporters file is laid out (`email_column`, `delimiter`).
+    pub(crate) supporters_layout: Layout,
     /// `[smtp]`, needed only to send.
-    pub smtp: Option<Smtp>,
+    pub(crate) smtp: Option<Smtp>,
     /// `[delivery]`
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
     /// `[ledger] path`, resolved (default `.mailer/<id>.sqlite3`).
-    pub ledger_path: PathBuf,
+    pub(crate) ledger_path: PathBuf,
     /// `[dkim]`
-    pub dkim: Option<Dkim>,
+    pub(crate) dkim: Option<Dkim>,
     /// `[bounces]`
-    pub bounces: Option<Bounces>,
+    pub(crate) bounces: Option<Bounces>,
     /// `[schedule]`: when each target's letters may go.
-    pub schedule: Option<crate::schedule::Schedule>,
+    pub(crate) schedule: Option<crate::schedule::Schedule>,
 }
 
 /// `[campaign]`
 #[derive(Debug, Clone)]
-pub struct Campaign {
+pub(crate) struct CampaignSection {
     /// Keys the ledger; `[a-z0-9-]+`.
-    pub id: String,
+    pub(crate) id: String,
     /// Human name (`campaign.name`).
-    pub name: String,
+    pub(crate) name: String,
     /// Organization (`campaign.org`).
-    pub org: String,
+    pub(crate) org: String,
     /// The letter template, resolved (the first of `letters`).
-    pub letter: PathBuf,
+    pub(crate) letter: PathBuf,
     /// `FILE:LINE` of the `letter` key, for error messages.
-    pub letter_at: String,
+    pub(crate) letter_at: String,
     /// Every letter file: `letter` is one path or a list; each supporter
     /// gets one of them, stably.
-    pub letters: Vec<LetterFile>,
-    /// Subject template (the first of `subjects`).
-    pub subject: Source,
+    pub(crate) letters: Vec<LetterFile>,
     /// Every subject template: `subject` is one or a list; each letter gets
     /// one of them, stably.
-    pub subjects: Vec<Source>,
+    pub(crate) subjects: Vec<Source>,
+    /// `language_column`: the supporters column naming each one's language
+    /// (normalized like a header); absent = no languages.
+    pub(crate) language_column: Option<String>,
+    /// `attachments`: files attached to every letter (default none).
+    pub(crate) attachments: Vec<AttachmentFile>,
+}
+
+/// One file of `[campaign] attachments`.
+#[derive(Debug, Clone)]
+pub(crate) struct AttachmentFile {
+    /// Resolved against the config's folder.
+    pub(crate) path: PathBuf,
+    /// `FILE:LINE` of its config value.
+    pub(crate) at: String,
+}
+
+/// `[routing]`: one target per row of a CSV file.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    /// `targets`, resolved.
+    pub(crate) file: PathBuf,
+    /// `match`: the columns a row and a supporter must agree on (normalized).
+    pub(crate) columns: Vec<String>,
+    /// `FILE:LINE` of `[routing]`, for errors.
+    pub(crate) at: String,
+}
+
+/// How a CSV file is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The column holding addresses, normalized like a header (default `email`).
+    pub(crate) email_column: String,
+    /// The field separator; `None` = detected from the header line.
+    pub(crate) delimiter: Option<u8>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            email_column: "email".into(),
+            delimiter: None,
+        }
+    }
 }
 
 /// One file of `[campaign] letter`.
 #[derive(Debug, Clone)]
-pub struct LetterFile {
+pub(crate) struct LetterFile {
     /// Resolved against the config's folder.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// As the config writes it: what the ledger records.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// A value that may be given once or as a list (`letter`, `subject`).
@@ -109,49 +156,61 @@ impl<'de> Deserialize<'de> for OneOrList {
 
 /// A template string from the config, with where it came from.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// The template text.
-    pub text: String,
+    pub(crate) text: String,
     /// `FILE:LINE` of the value, for error messages.
-    pub location: String,
+    pub(crate) location: String,
 }
 
 /// `[sender]`
 #[derive(Debug, Clone)]
-pub struct Sender {
+pub(crate) struct Sender {
     /// From template, e.g. `{{ supporter.name }} via Org <letters@org.example>`.
-    pub from: Source,
+    pub(crate) from: Source,
     /// Reply-To template (optional).
-    pub reply_to: Option<Source>,
+    pub(crate) reply_to: Option<Source>,
     /// Cc the supporter (default false).
-    pub cc_supporter: bool,
+    pub(crate) cc_supporter: bool,
     /// Extra Bcc recipients (default none).
-    pub bcc: Vec<Mailbox>,
+    pub(crate) bcc: Vec<Mailbox>,
 }
 
-/// One `[[targets]]` entry.
+/// One `[[targets]]` entry, or one row of `[routing] targets`.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Display name, if given.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Where the letter goes.
-    pub email: Address,
-    /// Every key of the entry, for the template's `target.*`.
-    pub fields: toml::Table,
+    pub(crate) email: Address,
+    /// Every key of the entry (but `match`), or every column of the row,
+    /// for the template's `target.*`.
+    pub(crate) fields: toml::Table,
+    /// Its position in [`Config::targets`].
+    pub(crate) index: usize,
+    /// `letter`: its own letter instead of `[campaign] letter`.
+    pub(crate) letter: Option<LetterFile>,
+    /// `subject`: its own subject instead of `[campaign] subject`.
+    pub(crate) subject: Option<Source>,
+    /// `match = { column = ["value", …] }`, columns and values normalized
+    /// (lower-case, trimmed); empty = every supporter.
+    pub(crate) matcher: Vec<(String, Vec<String>)>,
+    /// For a row of `[routing] targets`: its line there.
+    pub(crate) routed: Option<u64>,
     /// Its own time zone (`timezone`), for `[schedule]`.
-    pub timezone: Option<jiff::tz::TimeZone>,
+    pub(crate) timezone: Option<jiff::tz::TimeZone>,
 }
 
 impl Target {
     /// The target's address, lower-cased: its identity in the ledger.
     #[must_use]
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.email.to_string().to_lowercase()
     }
 
     /// The `To` mailbox.
     #[must_use]
-    pub fn mailbox(&self) -> Mailbox {
+    pub(crate) fn mailbox(&self) -> Mailbox {
         Mailbox::new(self.name.clone(), self.email.clone())
     }
 }
@@ -159,7 +218,7 @@ impl Target {
 /// `[smtp] security`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Security {
+pub(crate) enum Security {
     /// Plain connect, then a mandatory STARTTLS upgrade (default).
     #[default]
     Starttls,
@@ -172,7 +231,7 @@ pub enum Security {
 impl Security {
     /// The port this mode uses when `port` is absent.
     #[must_use]
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Security::Starttls => 587,
             Security::Tls => 465,
@@ -193,89 +252,89 @@ impl fmt::Display for Security {
 
 /// `[smtp]`, validated.
 #[derive(Debug, Clone)]
-pub struct Smtp {
+pub(crate) struct Smtp {
     /// Server host name or IP.
-    pub host: String,
+    pub(crate) host: String,
     /// Port (default by `security`).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Transport security.
-    pub security: Security,
+    pub(crate) security: Security,
     /// AUTH user; no AUTH when absent.
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Where the password comes from.
-    pub password: Secret,
+    pub(crate) password: Secret,
     /// Extra trusted root(s), PEM.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Connect and per-reply timeout.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// `[delivery]`
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Spacing between letters (absent = as fast as allowed).
-    pub rate: Option<Rate>,
+    pub(crate) rate: Option<Rate>,
     /// Letters per rolling 24 h, counted from the ledger.
-    pub daily_limit: Option<u64>,
+    pub(crate) daily_limit: Option<u64>,
     /// Letters per run (`send --limit` overrides).
-    pub max_per_run: Option<u64>,
+    pub(crate) max_per_run: Option<u64>,
     /// SMTP connections at once (default 1).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Immediate retries of a transient failure within a run (default 3).
-    pub retries: u32,
+    pub(crate) retries: u32,
 }
 
 /// `[dkim]`
 #[derive(Debug, Clone)]
-pub struct Dkim {
+pub(crate) struct Dkim {
     /// The signing domain (`d=`).
-    pub domain: String,
+    pub(crate) domain: String,
     /// The selector (`s=`).
-    pub selector: String,
+    pub(crate) selector: String,
     /// The private key PEM file, resolved.
-    pub private_key_file: PathBuf,
+    pub(crate) private_key_file: PathBuf,
 }
 
 /// `[bounces]`: VERP return paths and the mailbox their DSNs land in.
 #[derive(Debug, Clone)]
-pub struct Bounces {
+pub(crate) struct Bounces {
     /// The envelope sender with `{token}` in it (absent: MAIL FROM stays From).
-    pub return_path: Option<ReturnPath>,
+    pub(crate) return_path: Option<ReturnPath>,
     /// Where DSNs arrive (needed by `mailer bounces` only).
-    pub mailbox: Option<BounceMailbox>,
+    pub(crate) mailbox: Option<BounceMailbox>,
     /// `FILE:LINE` of `[bounces]`, for errors.
-    pub at: String,
+    pub(crate) at: String,
     /// IMAP login name (default: the `return_path` address without its token).
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// The IMAP password's source (default env `MAILER_BOUNCES_PASSWORD`).
-    pub password: Secret,
+    pub(crate) password: Secret,
     /// IMAP folder (default `INBOX`).
-    pub folder: String,
+    pub(crate) folder: String,
     /// Extra trusted root(s) for the IMAP server, PEM.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Connect and per-reply timeout for IMAP (default 30 s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// `[bounces] return_path`, split around its `{token}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReturnPath {
+pub(crate) struct ReturnPath {
     /// The text before `{token}` (e.g. `bounces+`).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// The text after it (e.g. `@org.example`).
-    pub suffix: String,
+    pub(crate) suffix: String,
 }
 
 impl ReturnPath {
     /// The address for one letter's token.
     #[must_use]
-    pub fn with_token(&self, token: &str) -> String {
+    pub(crate) fn with_token(&self, token: &str) -> String {
         format!("{}{token}{}", self.prefix, self.suffix)
     }
 
     /// The token in `address`, if it is one of ours (compared ignoring case).
     #[must_use]
-    pub fn token_of(&self, address: &str) -> Option<String> {
+    pub(crate) fn token_of(&self, address: &str) -> Option<String> {
         let a = address.trim().to_ascii_lowercase();
         let rest = a.strip_prefix(&self.prefix.to_ascii_lowercase())?;
         let token = rest.strip_suffix(&self.suffix.to_ascii_lowercase())?;
@@ -284,14 +343,14 @@ impl ReturnPath {
 
     /// The domain after `@`.
     #[must_use]
-    pub fn domain(&self) -> &str {
+    pub(crate) fn domain(&self) -> &str {
         self.suffix.rsplit_once('@').map_or("", |(_, d)| d)
     }
 }
 
 /// `[bounces] mailbox`
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BounceMailbox {
+pub(crate) enum BounceMailbox {
     /// `imaps://host[:port]` (port 993 by default).
     Imap {
         /// Server host name or IP.
@@ -314,17 +373,17 @@ impl fmt::Display for BounceMailbox {
 
 /// A sending rate such as `30/minute`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
+pub(crate) struct Rate {
     /// Letters per `per`.
-    pub count: u32,
+    pub(crate) count: u32,
     /// The period.
-    pub per: Duration,
+    pub(crate) per: Duration,
 }
 
 impl Rate {
     /// The spacing between two letters.
     #[must_use]
-    pub fn interval(self) -> Duration {
+    pub(crate) fn interval(self) -> Duration {
         self.per / self.count
     }
 }
@@ -366,6 +425,7 @@ impl<'de> Deserialize<'de> for Rate {
 struct RawConfig {
     campaign: RawCampaign,
     sender: RawSender,
+    #[serde(default)]
     targets: Vec<Spanned<toml::Table>>,
     supporters: RawSupporters,
     smtp: Option<RawSmtp>,
@@ -376,6 +436,15 @@ struct RawConfig {
     dkim: Option<RawDkim>,
     bounces: Option<Spanned<RawBounces>>,
     schedule: Option<Spanned<RawSchedule>>,
+    routing: Option<Spanned<RawRouting>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    targets: PathBuf,
+    #[serde(rename = "match")]
+    columns: Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +457,9 @@ struct RawCampaign {
     org: String,
     letter: Spanned<OneOrList>,
     subject: Spanned<OneOrList>,
+    language_column: Option<String>,
+    #[serde(default)]
+    attachments: Vec<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +477,8 @@ struct RawSender {
 #[serde(deny_unknown_fields)]
 struct RawSupporters {
     file: PathBuf,
+    email_column: Option<String>,
+    delimiter: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -508,14 +582,14 @@ fn default_folder() -> String {
 }
 
 /// The default bounce mailbox password variable.
-pub const DEFAULT_BOUNCES_PASSWORD_ENV: &str = "MAILER_BOUNCES_PASSWORD";
+pub(crate) const DEFAULT_BOUNCES_PASSWORD_ENV: &str = "MAILER_BOUNCES_PASSWORD";
 
 /// The default SMTP password variable.
-pub const DEFAULT_PASSWORD_ENV: &str = "MAILER_SMTP_PASSWORD";
+pub(crate) const DEFAULT_PASSWORD_ENV: &str = "MAILER_SMTP_PASSWORD";
 
 impl Config {
     /// Reads and validates a config file. Relative paths resolve against its folder.
-    pub fn load(path: &Path) -> Result<Config> {
+    pub(crate) fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {
                 "\n\nhint: run `mailer init` to create one, or pass --config PATH"
@@ -544,7 +618,7 @@ impl Config {
     }
 
     /// Parses config text. `path` names the file in errors and anchors relative paths.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Config> {
+    pub(crate) fn from_toml(text: &str, path: &Path) -> Result<Config> {
         let file = path.display().to_string();
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e
@@ -574,34 +648,8 @@ impl Config {
             text: s.into_inner(),
         };
 
-        let id_at = at(raw.campaign.id.span());
-        let id = raw.campaign.id.into_inner();
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
-        }
-        let letter_at = at(raw.campaign.letter.span());
-        let letters: Vec<LetterFile> = one_or_list(raw.campaign.letter, "letter", &at)?
-            .into_iter()
-            .map(|s| LetterFile {
-                path: resolve(PathBuf::from(&s.text)),
-                name: s.text,
-            })
-            .collect();
-        let subjects = one_or_list(raw.campaign.subject, "subject", &at)?;
-        let campaign = Campaign {
-            id: id.clone(),
-            name: raw.campaign.name,
-            org: raw.campaign.org,
-            letter_at,
-            letter: letters[0].path.clone(),
-            letters,
-            subject: subjects[0].clone(),
-            subjects,
-        };
+        let campaign = campaign_from_raw(raw.campaign, &at, &resolve)?;
+        let id = campaign.id.clone();
         let sender = Sender {
             from: source(raw.sender.from),
             reply_to: raw.sender.reply_to.map(source),
@@ -609,7 +657,12 @@ impl Config {
             bcc: raw.sender.bcc,
         };
 
-        let targets = targets_from_raw(raw.targets, &file, &at)?;
+        let targets = targets_from_raw(raw.targets, &file, &at, &resolve, raw.routing.is_some())?;
+        let routing = raw
+            .routing
+            .map(|r| routing_from_raw(r, &at, &resolve))
+            .transpose()?;
+        let supporters_layout = layout_from_raw(raw.supporters.email_column, raw.supporters.delimiter, &at)?;
 
         let smtp = raw.smtp.map(|s| smtp_from_raw(s, &dir, &at)).transpose()?;
 
@@ -644,6 +697,8 @@ impl Config {
             campaign,
             sender,
             targets,
+            routing,
+            supporters_layout,
             supporters_file: resolve(raw.supporters.file),
             smtp,
             delivery,
@@ -653,7 +708,7 @@ impl Config {
     }
 
     /// `[smtp]`, or an error saying it is needed.
-    pub fn smtp(&self) -> Result<&Smtp> {
+    pub(crate) fn smtp(&self) -> Result<&Smtp> {
         self.smtp.as_ref().ok_or_else(|| {
             anyhow!(
                 "{}: no [smtp] section: add host, security and username to send",
@@ -696,14 +751,20 @@ fn targets_from_raw(
     raw: Vec<Spanned<toml::Table>>,
     file: &str,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<Vec<Target>> {
-    if raw.is_empty() {
-        bail!("{file}: no [[targets]]: add at least one with `name` and `email`");
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    routed: bool,
+) -> Result<Vec<Arc<Target>>> {
+    if raw.is_empty() && !routed {
+        bail!(
+            "{file}: no [[targets]]: add at least one with `name` and `email`, or a [routing] \
+             section with a targets file"
+        );
     }
-    let mut targets: Vec<Target> = Vec::with_capacity(raw.len());
+    let mut targets: Vec<Arc<Target>> = Vec::with_capacity(raw.len());
     for (i, spanned) in raw.into_iter().enumerate() {
-        let where_ = format!("{}: [[targets]] #{}", at(spanned.span()), i + 1);
-        let fields = spanned.into_inner();
+        let line_at = at(spanned.span());
+        let where_ = format!("{line_at}: [[targets]] #{}", i + 1);
+        let mut fields = spanned.into_inner();
         let email = match fields.get("email") {
             Some(toml::Value::String(s)) => s
                 .trim()
@@ -729,19 +790,48 @@ fn targets_from_raw(
             Some(_) => bail!("{where_}: `timezone` must be a string, e.g. \"America/New_York\""),
             None => None,
         };
+        let letter = match fields.get("letter") {
+            Some(toml::Value::String(s)) => Some(LetterFile {
+                path: resolve(PathBuf::from(s)),
+                name: s.clone(),
+            }),
+            Some(_) => bail!("{where_}: `letter` must be a string (a letter file)"),
+            None => None,
+        };
+        let subject = match fields.get("subject") {
+            Some(toml::Value::String(s)) => Some(Source {
+                text: s.clone(),
+                location: line_at.clone(),
+            }),
+            Some(_) => bail!("{where_}: `subject` must be a string (a Tera template)"),
+            None => None,
+        };
+        let matcher = match fields.remove("match") {
+            Some(value) => matcher_from(value).map_err(|why| {
+                anyhow!(
+                    "{where_}: {why}\n\nhint: match = {{ country = [\"US\", \"CA\"] }} (a supporters column and the values that select this target)"
+                )
+            })?,
+            None => Vec::new(),
+        };
         let fields = fields.into_iter().map(|(k, v)| (k, dates_as_text(v))).collect();
-        targets.push(Target {
+        targets.push(Arc::new(Target {
             name,
             email,
             fields,
+            index: i,
+            letter,
+            subject,
+            matcher,
+            routed: None,
             timezone,
-        });
+        }));
     }
     Ok(targets)
 }
 
 /// An IANA time zone, or an error that says how to name one.
-pub fn time_zone(name: &str) -> std::result::Result<jiff::tz::TimeZone, String> {
+pub(crate) fn time_zone(name: &str) -> std::result::Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(name.trim()).map_err(|_| {
         format!(
             "unknown time zone `{name}`\n\nhint: use an IANA name such as `America/New_York`, \
@@ -886,6 +976,149 @@ fn schedule_from_raw(
         }
     }
     Ok(schedule)
+}
+
+/// `[campaign]`, validated.
+fn campaign_from_raw(
+    c: RawCampaign,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<CampaignSection> {
+    let id_at = at(c.id.span());
+    let id = c.id.into_inner();
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("{id_at}: campaign id `{id}` may hold only a-z, 0-9 and `-`");
+    }
+    let letter_at = at(c.letter.span());
+    let letters: Vec<LetterFile> = one_or_list(c.letter, "letter", at)?
+        .into_iter()
+        .map(|s| LetterFile {
+            path: resolve(PathBuf::from(&s.text)),
+            name: s.text,
+        })
+        .collect();
+    let subjects = one_or_list(c.subject, "subject", at)?;
+    let attachments = c
+        .attachments
+        .into_iter()
+        .map(|a| AttachmentFile {
+            at: at(a.span()),
+            path: resolve(a.into_inner()),
+        })
+        .collect();
+    let language_column = language_column(c.language_column);
+    Ok(CampaignSection {
+        language_column,
+        attachments,
+        id,
+        name: c.name,
+        org: c.org,
+        letter_at,
+        letter: letters[0].path.clone(),
+        letters,
+        subjects,
+    })
+}
+
+/// `[campaign] language_column`, normalized like a header.
+fn language_column(raw: Option<String>) -> Option<String> {
+    raw.map(|c| crate::roster::normalize_header(&c))
+        .filter(|c| !c.is_empty())
+}
+
+/// `[routing]`, validated.
+fn routing_from_raw(
+    r: Spanned<RawRouting>,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Routing> {
+    let section_at = at(r.span());
+    let r = r.into_inner();
+    let columns_at = at(r.columns.span());
+    let columns: Vec<String> = r
+        .columns
+        .into_inner()
+        .iter()
+        .map(|c| crate::roster::normalize_header(c))
+        .collect();
+    if columns.is_empty() || columns.iter().any(String::is_empty) {
+        bail!("{columns_at}: [routing] match needs at least one column name\n\nhint: match = [\"state\"]");
+    }
+    Ok(Routing {
+        file: resolve(r.targets),
+        columns,
+        at: section_at,
+    })
+}
+
+/// `[supporters] email_column` and `delimiter`, validated.
+fn layout_from_raw(
+    email_column: Option<String>,
+    delimiter_text: Option<Spanned<String>>,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<Layout> {
+    Ok(Layout {
+        email_column: email_column.map_or_else(|| "email".into(), |c| crate::roster::normalize_header(&c)),
+        delimiter: match delimiter_text {
+            None => None,
+            Some(d) => Some(delimiter(d.get_ref()).ok_or_else(|| {
+                anyhow!(
+                    "{}: [supporters] delimiter `{}` must be one character: `,`, `;`, `|` or a tab (\"\\t\")",
+                    at(d.span()),
+                    d.get_ref().escape_default()
+                )
+            })?),
+        },
+    })
+}
+
+/// `match = { column = ["value", …] }`, normalized: columns like headers,
+/// values trimmed and lower-cased (comparisons ignore case and spaces).
+fn matcher_from(value: toml::Value) -> std::result::Result<Vec<(String, Vec<String>)>, String> {
+    let toml::Value::Table(table) = value else {
+        return Err("`match` must be a table of column = [values]".into());
+    };
+    let mut out = Vec::with_capacity(table.len());
+    for (column, values) in table {
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.trim().to_lowercase()),
+            toml::Value::Integer(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let list: Vec<String> = match &values {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<_>>(),
+            other => scalar(other).map(|v| vec![v]),
+        }
+        .ok_or_else(|| format!("`match.{column}` must be a list of values"))?;
+        if list.is_empty() {
+            return Err(format!(
+                "`match.{column}` is an empty list: no supporter could match"
+            ));
+        }
+        out.push((crate::roster::normalize_header(&column), list));
+    }
+    if out.is_empty() {
+        return Err("`match` is empty".into());
+    }
+    Ok(out)
+}
+
+/// `delimiter = ";"`: one ASCII character that can separate fields.
+fn delimiter(text: &str) -> Option<u8> {
+    let t = if text == "tab" { "\t" } else { text };
+    match t.as_bytes() {
+        [b] if b.is_ascii()
+            && !matches!(b, b'"' | b'\n' | b'\r')
+            && (b.is_ascii_punctuation() || *b == b'\t') =>
+        {
+            Some(*b)
+        }
+        _ => None,
+    }
 }
 
 /// TOML dates and times become the text they were written as (`2018-06-01`),
@@ -1088,7 +1321,7 @@ fn parse_mailbox(text: &str, dir: &Path) -> Result<BounceMailbox> {
 
 /// Whether `host` names this machine (`localhost`, 127.0.0.0/8, `::1`).
 #[must_use]
-pub fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -1120,7 +1353,7 @@ fn ensure_private(_: &Path) -> Result<()> {
 
 /// 1-based line of byte `offset` in `text`.
 #[must_use]
-pub fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|b| **b == b'\n')
@@ -1223,7 +1456,7 @@ file = "supporters.csv"
         assert_eq!(c.delivery.concurrency, 1);
         assert_eq!(c.delivery.retries, 3);
         assert!(c.smtp.is_none());
-        assert_eq!(c.campaign.subject.location, "camp/mailer.toml:5");
+        assert_eq!(c.campaign.subjects[0].location, "camp/mailer.toml:5");
     }
 
     #[test]

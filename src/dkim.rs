@@ -25,7 +25,7 @@ const SIGNED: [&str; 8] = [
 ];
 
 /// Reads the key file and builds lettre's signer config.
-pub fn load(dkim: &Dkim) -> Result<DkimConfig> {
+pub(crate) fn load(dkim: &Dkim) -> Result<DkimConfig> {
     let path = &dkim.private_key_file;
     let pem = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read DKIM key `{}`", path.display()))?;

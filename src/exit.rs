@@ -26,7 +26,7 @@ pub enum Exit {
 impl Exit {
     /// The numeric code, as listed in the README and `--help`.
     #[must_use]
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Exit::Done => 0,
             Exit::BadInput => 1,
@@ -49,14 +49,14 @@ impl From<Exit> for ExitCode {
 /// Make it the root of the error (`Err(Failure::error(..))?`, then add context
 /// freely); [`exit_for`] finds it anywhere in the chain.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     exit: Exit,
     message: String,
 }
 
 impl Failure {
     /// An error with this exit code and message.
-    pub fn error(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    pub(crate) fn error(exit: Exit, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             exit,
             message: message.into(),

@@ -14,17 +14,17 @@ use crate::ledger::Ledger;
 use crate::roster::Row;
 
 /// How a hold's reason reads in the ledger, `status`, `export` and `send`.
-pub const PREFIX: &str = "skipped by hand: ";
+pub(crate) const PREFIX: &str = "skipped by hand: ";
 
 /// The letters one `skip`/`requeue` command line names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Normalized supporter email.
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// The supporter's CSV line, if the row is still there.
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
     /// Normalized target emails, config order first.
-    pub targets: Vec<String>,
+    pub(crate) targets: Vec<String>,
 }
 
 /// Reads the holds from the ledger (if any) into `campaign`, so that
@@ -32,7 +32,7 @@ pub struct Selection {
 /// `writing`: the command goes on to write the ledger (a real `send`), so
 /// open it as that run will (a full disk is named as such); otherwise
 /// read-only, writing nothing.
-pub fn apply(campaign: &mut Campaign, writing: bool) -> Result<()> {
+pub(crate) fn apply(campaign: &mut Campaign, writing: bool) -> Result<()> {
     let config = &campaign.config;
     let (path, id) = (&config.ledger_path, &config.campaign.id);
     let ledger = if writing && path.exists() {
@@ -52,7 +52,7 @@ pub fn apply(campaign: &mut Campaign, writing: bool) -> Result<()> {
 }
 
 /// The reason as stored: one line of text, prefixed.
-pub fn reason(text: &str) -> Result<String> {
+pub(crate) fn reason(text: &str) -> Result<String> {
     let text = text.trim();
     if text.is_empty() {
         bail!("`--reason` is empty\n\nhint: say why, e.g. --reason \"asked to wait\"");
@@ -65,7 +65,7 @@ pub fn reason(text: &str) -> Result<String> {
 
 /// The letters of `supporter` (to `target`, or to every target) that
 /// today's CSV or the ledger knows.
-pub fn select(
+pub(crate) fn select(
     campaign: &Campaign,
     ledger: &Ledger,
     supporter: &str,
@@ -76,7 +76,7 @@ pub fn select(
     for row in campaign.roster()? {
         match row? {
             Row::Valid(s) if s.key == key => line = Some(s.line),
-            Row::Invalid(skip) if skip.key == key => line = Some(skip.line),
+            Row::Skipped(skip) if skip.key == key => line = Some(skip.line),
             _ => {}
         }
         if line.is_some() {
@@ -91,12 +91,7 @@ pub fn select(
             campaign.config.supporters_file.display()
         );
     }
-    let mut all: Vec<String> = campaign
-        .config
-        .targets
-        .iter()
-        .map(crate::config::Target::key)
-        .collect();
+    let mut all: Vec<String> = campaign.config.targets.iter().map(|t| t.key()).collect();
     for t in in_ledger {
         if !all.contains(&t) {
             all.push(t);

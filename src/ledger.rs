@@ -15,10 +15,11 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::exit::{Exit, Failure};
 use crate::letter::Variant;
+use crate::smtp::Attempt;
 
 /// A letter's state (SPEC.md "Ledger states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum State {
+pub(crate) enum State {
     /// Not yet attempted.
     Pending,
     /// Handed to the server, outcome not yet recorded.
@@ -39,7 +40,7 @@ pub enum State {
 
 impl State {
     /// Every state, in report order.
-    pub const ALL: [State; 8] = [
+    pub(crate) const ALL: [State; 8] = [
         State::Sent,
         State::Bounced,
         State::Pending,
@@ -52,7 +53,7 @@ impl State {
 
     /// The name stored and shown.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
             State::Sending => "sending",
@@ -75,61 +76,44 @@ impl State {
 
 /// One letter's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     /// Normalized supporter email.
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Normalized target email.
-    pub target: String,
+    pub(crate) target: String,
     /// Current state.
-    pub state: State,
+    pub(crate) state: State,
     /// How many times it was handed to a connection.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The CSV line it came from, when last seen.
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
     /// Its Message-ID.
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// The server's last reply, or why it was skipped.
-    pub reply: Option<String>,
+    pub(crate) reply: Option<String>,
     /// Earliest next attempt (unix seconds), for `deferred`.
-    pub next_attempt_at: Option<i64>,
+    pub(crate) next_attempt_at: Option<i64>,
     /// When the server accepted it (unix seconds).
-    pub sent_at: Option<i64>,
-}
-
-/// How one attempt ended, as the ledger records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// 2xx after the final dot.
-    Sent(String),
-    /// Transient: retry later (at unix second `next_attempt_at`).
-    Deferred {
-        reply: String,
-        next_attempt_at: i64,
-        handed_over: bool,
-    },
-    /// Permanent rejection.
-    Failed { reply: String, handed_over: bool },
-    /// The body was handed over and no reply came.
-    Unknown(String),
+    pub(crate) sent_at: Option<i64>,
 }
 
 /// Which letter a write is about.
 #[derive(Debug, Clone, Copy)]
-pub struct Key<'a> {
+pub(crate) struct Key<'a> {
     /// Normalized supporter email.
-    pub supporter: &'a str,
+    pub(crate) supporter: &'a str,
     /// Normalized target email.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
     /// CSV line.
-    pub line: u64,
+    pub(crate) line: u64,
     /// Message-ID.
-    pub message_id: &'a str,
+    pub(crate) message_id: &'a str,
     /// Which text it is: recorded when the letter is claimed (handed over).
-    pub variant: &'a Variant,
+    pub(crate) variant: &'a Variant,
 }
 
 /// The open ledger.
-pub struct Ledger {
+pub(crate) struct Ledger {
     // NOTE: field order matters: `conn` must be dropped (closing `SQLite`'s
     // own descriptors) before `_lock`, see [`Ledger::open`].
     conn: Connection,
@@ -198,7 +182,7 @@ impl Ledger {
     /// folder 0700, file 0600, WAL, integrity-checked, refusing another
     /// campaign's file. Holds the run lock until dropped: while one `send`
     /// has it open, another fails at once with exit 75.
-    pub fn open(path: &Path, campaign_id: &str) -> Result<Ledger> {
+    pub(crate) fn open(path: &Path, campaign_id: &str) -> Result<Ledger> {
         let shown = path.display();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir)?;
@@ -261,7 +245,7 @@ impl Ledger {
     /// runs and the send dispatcher's lookups: no schema, no permission
     /// changes, no writes, no run lock, and it never waits for a running
     /// `send`. `None` if no run wrote one yet.
-    pub fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
+    pub(crate) fn open_existing(path: &Path, campaign_id: &str) -> Result<Option<Ledger>> {
         // NOTE: only `stat` here, never a `File` on the ledger: this runs
         // inside `send` beside its writing connection, and closing any
         // descriptor of the file would drop that connection's POSIX locks.
@@ -289,16 +273,10 @@ impl Ledger {
         }))
     }
 
-    /// The file.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Turns `sending` rows left by a run that died into `unknown`, and
     /// records each as a handed-over attempt (it counts against the daily
     /// limit: the server may well have it).
-    pub fn recover(&self, now: i64) -> Result<usize> {
+    pub(crate) fn recover(&self, now: i64) -> Result<usize> {
         let reply = "the run ended after handing the letter over, before the server replied";
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
@@ -315,7 +293,7 @@ impl Ledger {
     }
 
     /// One letter's row.
-    pub fn get(&self, supporter: &str, target: &str) -> Result<Option<Record>> {
+    pub(crate) fn get(&self, supporter: &str, target: &str) -> Result<Option<Record>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
              FROM letters WHERE supporter = ?1 AND target = ?2",
@@ -326,7 +304,7 @@ impl Ledger {
     }
 
     /// Every row, ordered by supporter then target.
-    pub fn all(&self) -> Result<Vec<Record>> {
+    pub(crate) fn all(&self) -> Result<Vec<Record>> {
         let mut stmt = self.conn.prepare(
             "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
              FROM letters ORDER BY coalesce(line, 0), supporter, target",
@@ -352,7 +330,7 @@ impl Ledger {
     ///
     /// Refuses every letter (outer `Err`) once the ledger's path no longer
     /// names the file this run locked ([`Ledger::still_ours`]).
-    pub fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
+    pub(crate) fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
         self.still_ours()?;
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = self.conn.unchecked_transaction()?;
@@ -407,83 +385,81 @@ impl Ledger {
         Ok(results)
     }
 
-    /// Records how an attempt ended. `claimed`: [`Ledger::claim`] already
-    /// counted this attempt. Committed without an fsync: the next claim's
-    /// fsync covers it, and if power fails first the letter reads back as
-    /// `sending`, which becomes `unknown`, never resent silently.
-    pub fn record(&self, letter: &Key<'_>, outcome: &Outcome, claimed: bool, now: i64) -> Result<()> {
-        self.record_with_copies(letter, outcome, &[], claimed, now)
-    }
-
-    /// [`Ledger::record`], keeping in the same transaction the Cc/Bcc copies
-    /// (`(recipient, reply)`) the server refused while it took the letter.
-    pub fn record_with_copies(
+    /// Records how an attempt ended (with the Cc/Bcc copies the server
+    /// refused while it took the letter, in the same transaction); a
+    /// `deferred` letter waits until unix second `next_attempt_at`.
+    /// `claimed`: [`Ledger::claim`] already counted this attempt. Committed
+    /// without an fsync: the next claim's fsync covers it, and if power fails
+    /// first the letter reads back as `sending`, which becomes `unknown`,
+    /// never resent silently.
+    pub(crate) fn record(
         &self,
         letter: &Key<'_>,
-        outcome: &Outcome,
-        refused: &[(String, String)],
+        attempt: &Attempt,
+        next_attempt_at: i64,
         claimed: bool,
         now: i64,
     ) -> Result<()> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let (state, reply, next, sent_at, handed_over) = match outcome {
-            Outcome::Sent(r) => (State::Sent, r.as_str(), None, Some(now), true),
-            Outcome::Deferred {
-                reply,
-                next_attempt_at,
-                handed_over,
-            } => (
-                State::Deferred,
-                reply.as_str(),
-                Some(*next_attempt_at),
-                None,
-                *handed_over,
-            ),
-            Outcome::Failed { reply, handed_over } => {
-                (State::Failed, reply.as_str(), None, None, *handed_over)
-            }
-            Outcome::Unknown(r) => (State::Unknown, r.as_str(), None, None, true),
+        let (state, next, sent_at) = match attempt {
+            Attempt::Sent { .. } => (State::Sent, None, Some(now)),
+            Attempt::Deferred { .. } => (State::Deferred, Some(next_attempt_at), None),
+            Attempt::Failed { .. } => (State::Failed, None, None),
+            Attempt::Unknown(_) => (State::Unknown, None, None),
         };
-        let tx = self.conn.unchecked_transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
-                sent_at, updated_at)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
-                message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
-                updated_at = ?9
-             WHERE state NOT IN ('sent', 'bounced')",
-        )?
-        .execute(params![
-            letter.supporter,
-            letter.target,
-            state.as_str(),
-            letter.line as i64,
-            letter.message_id,
-            reply,
-            next,
-            sent_at,
-            now,
-            i64::from(!claimed),
-        ])?;
-        tx.prepare_cached(
-            "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
-        for (recipient, reply) in refused {
+        let reply = attempt.text();
+        let handed_over = attempt.handed_over();
+        let refused: Vec<(String, String)> = match attempt {
+            Attempt::Sent { refused, .. } => refused
+                .iter()
+                .map(|c| (c.recipient.clone(), c.reply.to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Every failure names the ledger (a busy or full disk included).
+        let write = || -> rusqlite::Result<()> {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let tx = self.conn.unchecked_transaction()?;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
+                    sent_at, updated_at)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (supporter, target) DO UPDATE SET state = ?3, attempts = attempts + ?10, line = ?4,
+                    message_id = ?5, reply = ?6, next_attempt_at = ?7, sent_at = coalesce(?8, sent_at),
+                    updated_at = ?9
+                 WHERE state NOT IN ('sent', 'bounced')",
             )?
-            .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
-        }
-        tx.commit().map_err(|e| disk_error(e, &self.path))
+            .execute(params![
+                letter.supporter,
+                letter.target,
+                state.as_str(),
+                letter.line as i64,
+                letter.message_id,
+                reply,
+                next,
+                sent_at,
+                now,
+                i64::from(!claimed),
+            ])?;
+            tx.prepare_cached(
+                "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
+            for (recipient, reply) in refused {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
+            }
+            tx.commit()
+        };
+        write().map_err(|e| disk_error(e, &self.path))
     }
 
     /// The Cc/Bcc copies of a letter the server refused, as `(recipient,
     /// reply)` in the order they were sent. None for a ledger written before
     /// copies were kept (opened read-only, it has no such table).
-    pub fn refused_copies(&self, supporter: &str, target: &str) -> Result<Vec<(String, String)>> {
+    pub(crate) fn refused_copies(&self, supporter: &str, target: &str) -> Result<Vec<(String, String)>> {
         let read = || -> rusqlite::Result<Vec<(String, String)>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT recipient, reply FROM refused_copies WHERE supporter = ?1 AND target = ?2
@@ -502,7 +478,13 @@ impl Ledger {
 
     /// Puts a `failed` letter back to `deferred`, due again at unix second
     /// `next_attempt_at` (a run-wide policy stop was not the letter's fault).
-    pub fn requeue(&self, supporter: &str, target: &str, next_attempt_at: i64, now: i64) -> Result<()> {
+    pub(crate) fn requeue(
+        &self,
+        supporter: &str,
+        target: &str,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE letters SET state = 'deferred', next_attempt_at = ?3, updated_at = ?4
              WHERE supporter = ?1 AND target = ?2 AND state = 'failed'",
@@ -512,7 +494,14 @@ impl Ledger {
     }
 
     /// Records an invalid row's letter as `skipped` (never over a sent letter).
-    pub fn skip(&self, supporter: &str, target: &str, line: u64, reason: &str, now: i64) -> Result<()> {
+    pub(crate) fn skip(
+        &self,
+        supporter: &str,
+        target: &str,
+        line: u64,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         self.conn
             .prepare_cached(
@@ -529,7 +518,7 @@ impl Ledger {
 
     /// Letters handed to the server since `since` (unix seconds): the daily
     /// quota's use. A letter retried after a refusal counts once.
-    pub fn handed_over_since(&self, since: i64) -> Result<u64> {
+    pub(crate) fn handed_over_since(&self, since: i64) -> Result<u64> {
         let n: i64 = self.conn.query_row(
             "SELECT count(*) FROM (SELECT DISTINCT supporter, target FROM attempts
              WHERE handed_over = 1 AND at >= ?1)",
@@ -542,7 +531,7 @@ impl Ledger {
     /// What one target already received, for `[schedule]`: its letters
     /// handed over (each once), the first hand-over, and every hand-over in
     /// the hour up to `now`.
-    pub fn sent_to(&self, target: &str, now: i64) -> Result<crate::schedule::Sent> {
+    pub(crate) fn sent_to(&self, target: &str, now: i64) -> Result<crate::schedule::Sent> {
         let (letters, first_at): (i64, Option<i64>) = self.conn.query_row(
             "SELECT count(DISTINCT supporter), min(at) FROM attempts
              WHERE handed_over = 1 AND target = ?1",
@@ -566,7 +555,7 @@ impl Ledger {
     /// The latest hand-over of the `n`-th most recent letter handed over
     /// since `since`: once it is older than the quota's period, one more
     /// letter fits a quota of `n` (`daily_limit`).
-    pub fn nth_latest_hand_over(&self, since: i64, n: u64) -> Result<Option<i64>> {
+    pub(crate) fn nth_latest_hand_over(&self, since: i64, n: u64) -> Result<Option<i64>> {
         if n == 0 {
             return Ok(None);
         }
@@ -583,7 +572,8 @@ impl Ledger {
     }
 
     /// Rows per state.
-    pub fn counts(&self) -> Result<Vec<(State, u64)>> {
+    #[cfg(test)]
+    fn counts(&self) -> Result<Vec<(State, u64)>> {
         let mut stmt = self
             .conn
             .prepare("SELECT state, count(*) FROM letters GROUP BY state")?;
@@ -598,7 +588,7 @@ impl Ledger {
 
     /// Writes everything to the main database file (end of a run). A
     /// ledger deleted after the run's last claim is saved here.
-    pub fn checkpoint(&self) -> Result<()> {
+    pub(crate) fn checkpoint(&self) -> Result<()> {
         self.still_ours()?;
         self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         Ok(())
@@ -612,7 +602,7 @@ impl Ledger {
     /// over, and first saves what it recorded (`PATH.rescued-PID`, a
     /// complete copy, `sending` rows included: they become `unknown`, never
     /// resent by themselves), which a later run refuses to ignore.
-    pub fn still_ours(&self) -> Result<()> {
+    pub(crate) fn still_ours(&self) -> Result<()> {
         let Some(identity) = self.identity else {
             return Ok(());
         };
@@ -672,31 +662,31 @@ impl Ledger {
 
 /// A bounce the ledger records (`mailer bounces`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bounce {
+pub(crate) struct Bounce {
     /// Identifies the notification (its Message-ID, or a digest of it):
     /// reading the same one again changes nothing.
-    pub source: String,
+    pub(crate) source: String,
     /// Normalized supporter email.
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Normalized target email.
-    pub target: String,
+    pub(crate) target: String,
     /// When the failure happened, as the notification says (unix seconds).
-    pub at: i64,
+    pub(crate) at: i64,
     /// RFC 3464 `Action` (`failed`, `delayed`).
-    pub action: String,
+    pub(crate) action: String,
     /// RFC 3464 `Status`, e.g. `5.1.1`.
-    pub status: String,
+    pub(crate) status: String,
     /// The remote server's words (`Diagnostic-Code`), single line.
-    pub diagnostic: String,
+    pub(crate) diagnostic: String,
     /// The server that reported it (`Remote-MTA`, else `Reporting-MTA`).
-    pub reporter: String,
+    pub(crate) reporter: String,
     /// A final failure: the letter becomes `bounced`.
-    pub permanent: bool,
+    pub(crate) permanent: bool,
 }
 
 /// What recording a bounce did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BounceEffect {
+pub(crate) enum BounceEffect {
     /// The letter is now `bounced`.
     Bounced,
     /// Kept as a notice (delayed, or the letter was not `sent`); no state change.
@@ -707,7 +697,7 @@ pub enum BounceEffect {
 
 impl Ledger {
     /// The per-ledger VERP secret, created on first use (32 random bytes).
-    pub fn verp_secret(&self) -> Result<Vec<u8>> {
+    pub(crate) fn verp_secret(&self) -> Result<Vec<u8>> {
         if let Some(secret) = self.stored_verp_secret()? {
             return Ok(secret);
         }
@@ -727,7 +717,7 @@ impl Ledger {
     }
 
     /// The VERP secret, if a run created one (read-only ledgers).
-    pub fn stored_verp_secret(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn stored_verp_secret(&self) -> Result<Option<Vec<u8>>> {
         let hex: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'verp_secret'", [], |r| {
@@ -743,7 +733,7 @@ impl Ledger {
 
     /// Records a delivery status notification for a letter, durably. A
     /// permanent one turns a `sent` (or `unknown`) letter `bounced`.
-    pub fn record_bounce(&self, b: &Bounce, now: i64) -> Result<BounceEffect> {
+    pub(crate) fn record_bounce(&self, b: &Bounce, now: i64) -> Result<BounceEffect> {
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = self.conn.unchecked_transaction()?;
         let new = tx.execute(
@@ -780,7 +770,7 @@ impl Ledger {
     }
 
     /// Every recorded notification, oldest first.
-    pub fn bounces(&self) -> Result<Vec<Bounce>> {
+    pub(crate) fn bounces(&self) -> Result<Vec<Bounce>> {
         let mut stmt = self.conn.prepare(
             "SELECT source, supporter, target, at, action, status, diagnostic, reporter, permanent
              FROM bounces ORDER BY at, supporter, target",
@@ -848,17 +838,17 @@ fn letter_columns(conn: &Connection) -> Result<Vec<String>> {
 
 /// Letters sent from one text: what [`Ledger::sent_versions`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentVersion {
+pub(crate) struct SentVersion {
     /// The letter file, as the config named it then.
-    pub letter_file: String,
+    pub(crate) letter_file: String,
     /// Its language (empty: the file itself).
-    pub language: String,
+    pub(crate) language: String,
     /// The subject variant (1-based).
-    pub subject: u32,
+    pub(crate) subject: u32,
     /// The text version (see [`Variant::version`]).
-    pub version: String,
+    pub(crate) version: String,
     /// How many letters went with it.
-    pub letters: u64,
+    pub(crate) letters: u64,
 }
 
 impl Ledger {
@@ -869,7 +859,7 @@ impl Ledger {
     }
 
     /// Which text a letter was handed over with, if recorded.
-    pub fn variant(&self, supporter: &str, target: &str) -> Result<Option<Variant>> {
+    pub(crate) fn variant(&self, supporter: &str, target: &str) -> Result<Option<Variant>> {
         let stmt = self.conn.prepare_cached(
             "SELECT fingerprint, letter_file, language, subject_variant, letter_version
              FROM letters WHERE supporter = ?1 AND target = ?2 AND letter_version IS NOT NULL",
@@ -895,7 +885,7 @@ impl Ledger {
 
     /// Sent (and bounced) letters counted by the text they went with;
     /// letters sent before texts were recorded are left out.
-    pub fn sent_versions(&self) -> Result<Vec<SentVersion>> {
+    pub(crate) fn sent_versions(&self) -> Result<Vec<SentVersion>> {
         if !self.has_variants()? {
             return Ok(Vec::new());
         }
@@ -1032,7 +1022,7 @@ fn sync_dir(path: &Path) -> Result<()> {
 
 /// What [`Ledger::hold`] or [`Ledger::release`] did to one letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Changed; the state it had before (`None`: no row yet, i.e. pending).
     Changed(Option<State>),
     /// Left as it is, in this state.
@@ -1043,7 +1033,7 @@ impl Ledger {
     /// Holds a letter back by hand: `skipped` with `reason`, flagged so that
     /// no run sends it (nor re-evaluates it) until [`Ledger::release`].
     /// Never touches a letter that is `sent` or in flight (`sending`).
-    pub fn hold(
+    pub(crate) fn hold(
         &self,
         supporter: &str,
         target: &str,
@@ -1077,7 +1067,7 @@ impl Ledger {
 
     /// Puts a `failed`, `unknown` or `skipped` letter back in the queue
     /// (`pending`, no longer held). Any other state is left as it is.
-    pub fn release(&self, supporter: &str, target: &str, now: i64) -> Result<Change> {
+    pub(crate) fn release(&self, supporter: &str, target: &str, now: i64) -> Result<Change> {
         let tx = self.conn.unchecked_transaction()?;
         let before: Option<String> = tx
             .query_row(
@@ -1103,7 +1093,7 @@ impl Ledger {
     }
 
     /// Letters held back by hand: (supporter, target, reason).
-    pub fn holds(&self) -> Result<Vec<(String, String, String)>> {
+    pub(crate) fn holds(&self) -> Result<Vec<(String, String, String)>> {
         if !has_held_column(&self.conn)? {
             return Ok(Vec::new()); // a ledger written before holds existed
         }
@@ -1116,7 +1106,7 @@ impl Ledger {
     }
 
     /// Every target this supporter has a ledger row for.
-    pub fn targets_of(&self, supporter: &str) -> Result<Vec<String>> {
+    pub(crate) fn targets_of(&self, supporter: &str) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
             .prepare("SELECT target FROM letters WHERE supporter = ?1 ORDER BY target")?;
@@ -1483,7 +1473,7 @@ fn new_private_file(path: &Path) -> std::io::Result<File> {
 /// The ledger as the send workers share it. Claims go through a group
 /// commit: a worker that finds the ledger busy queues its claim, and the
 /// next committer writes every queued claim in one transaction, one fsync.
-pub struct SharedLedger {
+pub(crate) struct SharedLedger {
     ledger: Mutex<Ledger>,
     queue: Mutex<ClaimQueue>,
 }
@@ -1506,7 +1496,7 @@ struct OwnedKey {
 impl SharedLedger {
     /// Wraps an open ledger.
     #[must_use]
-    pub fn new(ledger: Ledger) -> SharedLedger {
+    pub(crate) fn new(ledger: Ledger) -> SharedLedger {
         SharedLedger {
             ledger: Mutex::new(ledger),
             queue: Mutex::default(),
@@ -1514,7 +1504,7 @@ impl SharedLedger {
     }
 
     /// Exclusive use of the ledger (reads, outcomes).
-    pub fn lock(&self) -> MutexGuard<'_, Ledger> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1524,7 +1514,7 @@ impl SharedLedger {
 
     /// [`Ledger::claim`], batched with whatever other workers are claiming.
     /// Returns only once this letter's `sending` is on disk.
-    pub fn claim(&self, key: &Key<'_>, now: i64) -> Result<()> {
+    pub(crate) fn claim(&self, key: &Key<'_>, now: i64) -> Result<()> {
         let ticket = {
             let mut q = self.queue();
             let ticket = q.next;
@@ -1585,31 +1575,31 @@ impl SharedLedger {
 
     /// The ledger back, once the workers are done.
     #[must_use]
-    pub fn into_inner(self) -> Ledger {
+    pub(crate) fn into_inner(self) -> Ledger {
         self.ledger.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// How the latest `mailer send` (not a dry run) ended, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastRun {
+pub(crate) struct LastRun {
     /// Unix second it started.
-    pub started: i64,
+    pub(crate) started: i64,
     /// Unix second it ended; `None` when no run said how it ended (a
     /// ledger from before runs were noted, or a run that was killed).
-    pub finished: Option<i64>,
+    pub(crate) finished: Option<i64>,
     /// Its exit code, when it ended.
-    pub exit: Option<u8>,
+    pub(crate) exit: Option<u8>,
     /// Its error, when it ended with one (first line).
-    pub error: String,
+    pub(crate) error: String,
     /// Letter attempts during the run, by outcome (`sent`, `deferred` …);
     /// empty when the run did not say how it ended.
-    pub outcomes: Vec<(String, u64)>,
+    pub(crate) outcomes: Vec<(String, u64)>,
 }
 
 impl Ledger {
     /// Notes how a run ended (`status` shows it as "Last run").
-    pub fn note_run(&self, started: i64, finished: i64, exit: u8, error: &str) -> Result<()> {
+    pub(crate) fn note_run(&self, started: i64, finished: i64, exit: u8, error: &str) -> Result<()> {
         let value = serde_json::json!({
             "started": started, "finished": finished, "exit": exit, "error": error,
         });
@@ -1624,7 +1614,7 @@ impl Ledger {
 
     /// The latest run: the noted one, unless letters were attempted after
     /// it ended (a run that never said how it ended: the latest attempt).
-    pub fn last_run(&self) -> Result<Option<LastRun>> {
+    pub(crate) fn last_run(&self) -> Result<Option<LastRun>> {
         let noted: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'last_run'", [], |r| r.get(0))
@@ -1677,11 +1667,34 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::{End, RefusedCopy, Reply, classify};
 
     fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(&dir.path().join(".mailer/c.sqlite3"), "c").unwrap();
         (dir, l)
+    }
+
+    fn reply(code: u16, text: &str) -> End {
+        End::Reply(Reply {
+            code,
+            text: text.into(),
+        })
+    }
+
+    /// A 2xx attempt with these refused copies `(recipient, code, text)`.
+    fn sent(code: &str, text: &str, refused: &[(&str, u16, &str)]) -> Attempt {
+        let refused = refused
+            .iter()
+            .map(|(to, code, text)| RefusedCopy {
+                recipient: (*to).to_string(),
+                reply: Reply {
+                    code: *code,
+                    text: (*text).to_string(),
+                },
+            })
+            .collect();
+        classify(reply(code.parse().unwrap(), text), true, refused)
     }
 
     #[test]
@@ -1696,20 +1709,16 @@ mod tests {
             message_id: "<id@o>",
             variant: &v,
         };
-        l.record(&key("a@x.org"), &Outcome::Sent("250 ok".into()), false, 100)
+        l.record(&key("a@x.org"), &sent("250", "ok", &[]), 0, false, 100)
             .unwrap();
-        let deferred = Outcome::Deferred {
-            reply: "451 later".into(),
-            next_attempt_at: 500,
-            handed_over: false,
-        };
-        l.record(&key("b@x.org"), &deferred, false, 101).unwrap();
+        let deferred = classify(reply(451, "later"), false, Vec::new());
+        l.record(&key("b@x.org"), &deferred, 500, false, 101).unwrap();
         l.note_run(99, 102, 3, "").unwrap();
         let run = l.last_run().unwrap().unwrap();
         assert_eq!((run.started, run.finished, run.exit), (99, Some(102), Some(3)));
         assert_eq!(run.outcomes, vec![("deferred".into(), 1), ("sent".into(), 1)]);
         // A run that died without a word: its latest attempt, no outcome.
-        l.record(&key("c@x.org"), &Outcome::Sent("250 ok".into()), false, 200)
+        l.record(&key("c@x.org"), &sent("250", "ok", &[]), 0, false, 200)
             .unwrap();
         let run = l.last_run().unwrap().unwrap();
         assert_eq!((run.started, run.finished, run.exit), (200, None, None));
@@ -1730,7 +1739,7 @@ mod tests {
             l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
             State::Sending
         );
-        l.record(&a, &Outcome::Sent("250 ok".into()), true, 101).unwrap();
+        l.record(&a, &sent("250", "ok", &[]), 0, true, 101).unwrap();
         let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
         assert_eq!(
             (r.state, r.attempts, r.sent_at, r.reply.as_deref()),
@@ -1738,16 +1747,8 @@ mod tests {
         );
         // A sent letter can never be claimed again.
         assert!(l.claim(&a, 102).is_err());
-        l.record(
-            &a,
-            &Outcome::Failed {
-                reply: "550".into(),
-                handed_over: false,
-            },
-            false,
-            102,
-        )
-        .unwrap();
+        l.record(&a, &classify(reply(550, "no"), false, Vec::new()), 0, false, 102)
+            .unwrap();
         // Nor skipped.
         l.skip("a@x.org", "ceo@corp.example", 2, "bad", 103).unwrap();
         assert_eq!(
@@ -1764,11 +1765,8 @@ mod tests {
         };
         l.record(
             &b,
-            &Outcome::Deferred {
-                reply: "451".into(),
-                next_attempt_at: 160,
-                handed_over: false,
-            },
+            &classify(reply(451, "later"), false, Vec::new()),
+            160,
             false,
             100,
         )
@@ -1799,8 +1797,18 @@ mod tests {
             ("a@x.org".to_string(), "550 5.1.1 no".to_string()),
             ("archive@o.org".to_string(), "452 4.2.2 full".to_string()),
         ];
-        l.record_with_copies(&a, &Outcome::Sent("250 ok".into()), &refused, true, 101)
-            .unwrap();
+        l.record(
+            &a,
+            &sent(
+                "250",
+                "ok",
+                &[("a@x.org", 550, "5.1.1 no"), ("archive@o.org", 452, "4.2.2 full")],
+            ),
+            0,
+            true,
+            101,
+        )
+        .unwrap();
         assert_eq!(
             l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
             State::Sent
@@ -1853,7 +1861,7 @@ mod tests {
                     shared.claim(&key, 1).unwrap();
                     shared
                         .lock()
-                        .record(&key, &Outcome::Sent("250".into()), true, 2)
+                        .record(&key, &sent("250", "ok", &[]), 0, true, 2)
                         .unwrap();
                     // A second claim of a sent letter is refused.
                     assert!(shared.claim(&key, 3).is_err());
@@ -1878,7 +1886,8 @@ mod tests {
             variant: &Variant::default(),
         };
         l.claim(&sent, 1).unwrap();
-        l.record(&sent, &Outcome::Sent("250 ok".into()), true, 2).unwrap();
+        l.record(&sent, &super::tests::sent("250", "ok", &[]), 0, true, 2)
+            .unwrap();
         assert_eq!(
             l.hold("a@x.org", "t@x.org", Some(2), "asked", 3).unwrap(),
             Change::Untouched(State::Sent)
@@ -1967,7 +1976,7 @@ mod tests {
             variant: &v,
         };
         l.claim(&key, 6).unwrap();
-        l.record(&key, &Outcome::Sent("250".into()), true, 7).unwrap();
+        l.record(&key, &sent("250", "", &[]), 0, true, 7).unwrap();
         assert_eq!(l.variant("b@x.org", "t@x.org").unwrap(), Some(v));
         assert_eq!(
             l.sent_versions().unwrap(),
@@ -2101,7 +2110,7 @@ mod tests {
             let path = dir.path().join(".mailer/c.sqlite3");
             let l = Ledger::open(&path, "c").unwrap();
             l.claim(&a, 100).unwrap();
-            l.record(&a, &Outcome::Sent("250 ok".into()), true, 101).unwrap();
+            l.record(&a, &sent("250", "ok", &[]), 0, true, 101).unwrap();
             std::fs::remove_file(&path).unwrap();
             if replace {
                 std::fs::write(&path, b"another file").unwrap();

@@ -7,7 +7,7 @@
 //! values only ever enter as context data, never as template source.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ const REPLY_ADDR: &str = "config:reply_to.address";
 
 /// Which header part a config template fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     /// `[campaign] subject`.
     Subject,
     /// The display name of `[sender] from`.
@@ -47,7 +47,7 @@ pub enum Part {
 impl Part {
     /// The config key it comes from, for hints.
     #[must_use]
-    pub fn config_key(self) -> &'static str {
+    pub(crate) fn config_key(self) -> &'static str {
         match self {
             Part::Subject => "[campaign] subject",
             Part::FromName | Part::FromAddress => "[sender] from",
@@ -67,20 +67,20 @@ fn subject_key(i: usize) -> String {
 
 /// One header template from the config.
 #[derive(Debug, Clone)]
-pub struct HeaderTemplate {
+pub(crate) struct HeaderTemplate {
     /// What it fills.
-    pub part: Part,
+    pub(crate) part: Part,
     /// Its Tera source.
-    pub text: String,
+    pub(crate) text: String,
     /// `FILE:LINE` of the config value.
-    pub location: String,
+    pub(crate) location: String,
     /// The name it is compiled under.
     key: String,
 }
 
 /// How the letter is sent, chosen by its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `.txt`: text/plain only.
     Text,
     /// `.md`: text/plain as written, plus text/html rendered from Markdown.
@@ -100,12 +100,16 @@ struct Body {
     dir: PathBuf,
     /// The letter folder's template texts by name, for error locations.
     texts: BTreeMap<String, String>,
-    /// Its language: empty (the file itself) until letters come in languages.
+    /// Its language (`es` for `letter.es.md`), empty for the file itself.
     language: Arc<str>,
+    /// The name of its front matter `subject` template in `headers_tera`.
+    subject: Option<String>,
+    /// For a file the config names: its language files (language → body).
+    languages: HashMap<String, usize>,
 }
 
 /// The compiled letter files and header templates.
-pub struct Letter {
+pub(crate) struct Letter {
     /// The config's header templates (and the first letter's files, so a
     /// header may include one as it always could).
     headers_tera: Tera,
@@ -124,66 +128,81 @@ pub struct Letter {
     headers: Vec<HeaderTemplate>,
     /// Whether any template calls `one_of` (else its seed is not computed).
     uses_one_of: bool,
+    /// How many of `bodies` are `[campaign] letter` (the rest are targets'
+    /// own letters and language files).
+    campaign_bodies: usize,
+    /// Per target (by index): its own letter's body.
+    target_bodies: Vec<Option<usize>>,
+    /// Per target (by index): its own subject's template name.
+    target_subjects: Vec<Option<String>>,
+    /// The version of a body with its front matter subject.
+    own_versions: Vec<Option<Arc<str>>>,
+    /// The version of (body, target) for targets with their own subject.
+    target_versions: HashMap<(usize, usize), Arc<str>>,
+    /// `[campaign] language_column`.
+    language_column: Option<String>,
 }
 
 /// Which text a letter used: recorded per handed-over letter in the ledger,
 /// shown by `preview --variants`, exported.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Variant {
+pub(crate) struct Variant {
     /// The letter file, as `[campaign] letter` names it.
-    pub letter_file: Arc<str>,
-    /// The letter's language; empty until letters come in languages.
-    pub language: Arc<str>,
-    /// The subject variant: its 1-based position in `[campaign] subject`.
-    pub subject: u32,
+    pub(crate) letter_file: Arc<str>,
+    /// The letter file's language (`es` for `letter.es.md`); empty for a
+    /// file without one (also when the supporter's language has no file).
+    pub(crate) language: Arc<str>,
+    /// The subject variant: its 1-based position in `[campaign] subject`;
+    /// 0 when the letter file's front matter or the target gives the subject.
+    pub(crate) subject: u32,
     /// A fingerprint of the templates this letter came from (the letter
     /// file and everything it includes, the subject variant, From and
     /// Reply-To): it changes when the organizer edits any of them.
-    pub version: Arc<str>,
+    pub(crate) version: Arc<str>,
     /// A fingerprint of this letter's rendered text body; set when the
     /// message is encoded for sending (empty in `check`).
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
 }
 
 /// The per-letter values a template sees besides supporter and target.
 #[derive(Debug, Clone)]
-pub struct Globals {
+pub(crate) struct Globals {
     /// `campaign.id`, `campaign.name`, `campaign.org`.
-    pub campaign: BTreeMap<&'static str, String>,
+    pub(crate) campaign: BTreeMap<&'static str, String>,
     /// `today`, YYYY-MM-DD.
-    pub today: String,
+    pub(crate) today: String,
 }
 
 /// A mailbox as rendered: optional display name and the address text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderedMailbox {
+pub(crate) struct RenderedMailbox {
     /// Display name, if the template has one.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// The address, not yet validated.
-    pub address: String,
+    pub(crate) address: String,
 }
 
 /// One letter, rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// Subject line.
-    pub subject: String,
+    pub(crate) subject: String,
     /// From.
-    pub from: RenderedMailbox,
+    pub(crate) from: RenderedMailbox,
     /// Reply-To.
-    pub reply_to: Option<RenderedMailbox>,
+    pub(crate) reply_to: Option<RenderedMailbox>,
     /// text/plain body.
-    pub text: String,
+    pub(crate) text: String,
     /// text/html body (`.md` letters).
-    pub html: Option<String>,
+    pub(crate) html: Option<String>,
     /// Which letter file and subject it used.
-    pub variant: Variant,
+    pub(crate) variant: Variant,
 }
 
 /// A stable choice among `n` from a letter's identity: SHA-256 of the parts
 /// (never row order, row count, the run or the Rust version), reduced mod `n`.
 #[must_use]
-pub fn pick(parts: &[&str], n: usize) -> usize {
+pub(crate) fn pick(parts: &[&str], n: usize) -> usize {
     if n <= 1 {
         return 0;
     }
@@ -203,7 +222,7 @@ fn digest64(parts: &[&str]) -> u64 {
 
 /// 16 hex digits of SHA-256: the fingerprints the ledger records.
 #[must_use]
-pub fn fingerprint(text: &str) -> String {
+pub(crate) fn fingerprint(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     d[..8].iter().fold(String::with_capacity(16), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -268,7 +287,8 @@ impl Drop for Seeded {
 impl Letter {
     /// Loads every letter file named in the config (with its folder, for
     /// includes) and compiles the subject / from / reply-to templates.
-    pub fn load(config: &Config) -> Result<Letter> {
+    #[allow(clippy::too_many_lines)] // one pass over every letter source, in order
+    pub(crate) fn load(config: &Config) -> Result<Letter> {
         let mut headers: Vec<HeaderTemplate> = Vec::new();
         let mut add = |part: Part, key: String, text: String, src: &Source| {
             headers.push(HeaderTemplate {
@@ -325,21 +345,121 @@ impl Letter {
             sources,
             headers: Vec::new(),
             uses_one_of: false,
+            campaign_bodies: config.campaign.letters.len(),
+            target_bodies: vec![None; config.targets.len()],
+            target_subjects: vec![None; config.targets.len()],
+            own_versions: Vec::new(),
+            target_versions: HashMap::new(),
+            language_column: config.campaign.language_column.clone(),
         };
         let mut first_files = Vec::new();
+        // Extra subject templates: front matter and targets' own, (key, text, location).
+        let mut extra: Vec<(String, String, String)> = Vec::new();
+        let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        let add_body = |letter: &mut Letter,
+                        extra: &mut Vec<(String, String, String)>,
+                        path: &Path,
+                        name: &str,
+                        at: &str,
+                        language: &str|
+         -> Result<(usize, Vec<(String, String)>)> {
+            let (mut body, files, front) = letter.load_body(path, name, at)?;
+            let index = letter.bodies.len();
+            body.language = Arc::from(language);
+            if let Some((text, location)) = front {
+                let key = format!("letter:{index}:subject");
+                letter.sources.insert(key.clone(), location.clone());
+                extra.push((key.clone(), text, location));
+                body.subject = Some(key);
+            }
+            letter.bodies.push(body);
+            Ok((index, files))
+        };
+        let mut bases = Vec::new();
         for file in &config.campaign.letters {
-            let (body, files) = letter.load_body(&file.path, &file.name, &config.campaign.letter_at)?;
+            let (i, files) = add_body(
+                &mut letter,
+                &mut extra,
+                &file.path,
+                &file.name,
+                &config.campaign.letter_at,
+                "",
+            )?;
             if first_files.is_empty() {
                 first_files = files;
             }
-            letter.bodies.push(body);
+            by_path.insert(file.path.clone(), i);
+            bases.push(i);
         }
-        let compiled: Vec<(&str, String)> =
+        for target in &config.targets {
+            if let Some(file) = &target.letter {
+                let i = if let Some(&i) = by_path.get(&file.path) {
+                    i
+                } else {
+                    let at = target_at(config, target);
+                    let (i, _) = add_body(&mut letter, &mut extra, &file.path, &file.name, &at, "")?;
+                    by_path.insert(file.path.clone(), i);
+                    bases.push(i);
+                    i
+                };
+                letter.target_bodies[target.index] = Some(i);
+            }
+            if let Some(subject) = &target.subject {
+                let key = format!("target:{}:subject", target.index);
+                letter.sources.insert(key.clone(), subject.location.clone());
+                extra.push((key.clone(), subject.text.clone(), subject.location.clone()));
+                letter.target_subjects[target.index] = Some(key);
+            }
+        }
+        if config.campaign.language_column.is_some() {
+            for base in bases {
+                let (dir, file, shown) = {
+                    let b = &letter.bodies[base];
+                    (b.dir.clone(), b.name.clone(), b.file.to_string())
+                };
+                for (language, name) in language_files(&dir, &file)? {
+                    let shown = with_language(&shown, &language);
+                    let (i, _) = add_body(
+                        &mut letter,
+                        &mut extra,
+                        &dir.join(&name),
+                        &shown,
+                        &config.campaign.letter_at,
+                        &language,
+                    )?;
+                    letter.bodies[base].languages.insert(language, i);
+                }
+            }
+        }
+        let mut compiled: Vec<(&str, String)> =
             headers.iter().map(|h| (h.key.as_str(), h.text.clone())).collect();
+        compiled.extend(extra.iter().map(|(k, t, _)| (k.as_str(), t.clone())));
         letter.headers_tera =
             compile(&first_files, &compiled, false).map_err(|e| letter.explain(&e, &letter.bodies[0]))?;
         letter.versions = versions(&headers, &letter.bodies);
+        let subject_text: HashMap<&str, &str> =
+            extra.iter().map(|(k, t, _)| (k.as_str(), t.as_str())).collect();
+        letter.own_versions = letter
+            .bodies
+            .iter()
+            .map(|b| {
+                b.subject
+                    .as_deref()
+                    .map(|k| version_with(&headers, b, subject_text.get(k).copied().unwrap_or("")))
+            })
+            .collect();
+        for target in &config.targets {
+            let Some(key) = &letter.target_subjects[target.index] else {
+                continue;
+            };
+            let text = subject_text.get(key.as_str()).copied().unwrap_or("");
+            for b in letter.bodies_of(target.index) {
+                let v = version_with(&headers, &letter.bodies[b], text);
+                letter.target_versions.insert((b, target.index), v);
+            }
+        }
         letter.uses_one_of = headers.iter().any(|h| h.text.contains("one_of"))
+            || extra.iter().any(|(_, t, _)| t.contains("one_of"))
             || letter
                 .bodies
                 .iter()
@@ -348,8 +468,41 @@ impl Letter {
         Ok(letter)
     }
 
-    /// Compiles one letter file; also returns its templates (name, text).
-    fn load_body(&self, path: &Path, shown: &str, at: &str) -> Result<(Body, Vec<(String, String)>)> {
+    /// The bodies a target's letters can come from: its own letter or the
+    /// campaign's, each with its language files.
+    fn bodies_of(&self, target: usize) -> Vec<usize> {
+        let bases: Vec<usize> = match self.target_bodies[target] {
+            Some(b) => vec![b],
+            None => (0..self.campaign_bodies).collect(),
+        };
+        let mut out = bases.clone();
+        for b in bases {
+            out.extend(self.bodies[b].languages.values().copied());
+        }
+        out
+    }
+
+    /// Whether some letter file comes in this language (`letter.es.md`).
+    #[must_use]
+    pub(crate) fn has_language(&self, language: &str) -> bool {
+        self.bodies.iter().any(|b| &*b.language == language)
+    }
+
+    /// `[campaign] language_column`, if set.
+    #[must_use]
+    pub(crate) fn language_column(&self) -> Option<&str> {
+        self.language_column.as_deref()
+    }
+
+    /// Compiles one letter file; also returns its templates (name, text)
+    /// and its front matter subject (text, `FILE:LINE`).
+    #[allow(clippy::type_complexity)]
+    fn load_body(
+        &self,
+        path: &Path,
+        shown: &str,
+        at: &str,
+    ) -> Result<(Body, Vec<(String, String)>, Option<(String, String)>)> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("md") => Format::Markdown,
             Some("txt") => Format::Text,
@@ -370,7 +523,7 @@ impl Letter {
             .and_then(|n| n.to_str())
             .context("letter name is not UTF-8")?
             .to_string();
-        let files = template_files(&dir, &name)?;
+        let (files, front) = template_files(&dir, &name)?;
         let mut body = Body {
             file: Arc::from(shown),
             plain: Tera::new(),
@@ -379,12 +532,14 @@ impl Letter {
             dir,
             texts: files.iter().cloned().collect(),
             language: Arc::from(""),
+            subject: None,
+            languages: HashMap::new(),
         };
         body.plain = compile(&files, &[], false).map_err(|e| self.explain(&e, &body))?;
         if format == Format::Markdown {
             body.markdown = Some(compile(&files, &[], true).map_err(|e| self.explain(&e, &body))?);
         }
-        Ok((body, files))
+        Ok((body, files, front))
     }
 
     /// Turns a Tera error into `FILE:LINE:COL: message`.
@@ -464,21 +619,22 @@ impl Letter {
 
     /// The config's header templates (subject variants, from and reply-to parts).
     #[must_use]
-    pub fn header_templates(&self) -> &[HeaderTemplate] {
+    pub(crate) fn header_templates(&self) -> &[HeaderTemplate] {
         &self.headers
     }
 
     /// How many letter files `[campaign] letter` lists.
     #[must_use]
-    pub fn files(&self) -> usize {
+    pub(crate) fn files(&self) -> usize {
         self.bodies.len()
     }
 
     /// The text version of each letter file and subject variant:
     /// `(letter file, subject variant (1-based), version)`.
     #[must_use]
-    pub fn versions(&self) -> Vec<(Arc<str>, u32, Arc<str>)> {
-        self.bodies
+    pub(crate) fn versions(&self) -> Vec<(Arc<str>, u32, Arc<str>)> {
+        let mut all: Vec<(Arc<str>, u32, Arc<str>)> = self
+            .bodies
             .iter()
             .zip(&self.versions)
             .flat_map(|(b, vs)| {
@@ -486,12 +642,26 @@ impl Letter {
                     .enumerate()
                     .map(|(i, v)| (Arc::clone(&b.file), i as u32 + 1, Arc::clone(v)))
             })
-            .collect()
+            .collect();
+        for (b, v) in self.bodies.iter().zip(&self.own_versions) {
+            if let Some(v) = v {
+                all.push((Arc::clone(&b.file), 0, Arc::clone(v)));
+            }
+        }
+        for ((b, _), v) in &self.target_versions {
+            all.push((Arc::clone(&self.bodies[*b].file), 0, Arc::clone(v)));
+        }
+        all
     }
 
     /// Renders one header template with no supporter values at all (every
     /// `supporter.*` undefined): for templates that never mention them.
-    pub fn render_header(&self, h: &HeaderTemplate, target: &Target, globals: &Globals) -> Result<String> {
+    pub(crate) fn render_header(
+        &self,
+        h: &HeaderTemplate,
+        target: &Target,
+        globals: &Globals,
+    ) -> Result<String> {
         let ctx = context_with(&BTreeMap::new(), target, globals);
         Ok(self
             .headers_tera
@@ -508,7 +678,7 @@ impl Letter {
     /// The letter file is chosen from (campaign id, supporter), so a
     /// supporter writes the same letter to every target; the subject and
     /// every `one_of` from (campaign id, supporter, target).
-    pub fn render(
+    pub(crate) fn render(
         &self,
         supporter: &Supporter,
         target: &Target,
@@ -522,9 +692,37 @@ impl Letter {
         } else {
             String::new()
         };
-        let b = pick(&[id, &supporter.key, "letter"], self.bodies.len());
+        let base = match self.target_bodies.get(target.index).copied().flatten() {
+            Some(b) => b,
+            None => pick(&[id, &supporter.key, "letter"], self.campaign_bodies),
+        };
+        let b = match &self.language_column {
+            Some(column) => {
+                let languages = &self.bodies[base].languages;
+                match supporter.get(column).map(str::trim) {
+                    Some(l) if !l.is_empty() && !languages.is_empty() => {
+                        languages.get(&l.to_lowercase()).copied().unwrap_or(base)
+                    }
+                    _ => base,
+                }
+            }
+            None => base,
+        };
         let s = pick(&[id, &supporter.key, &target_key, "subject"], self.subjects);
         let body = &self.bodies[b];
+        let own_subject = self.target_subjects.get(target.index).and_then(Option::as_ref);
+        let (subject_name, subject_no, version) = if let Some(key) = &body.subject {
+            (key.clone(), 0, self.own_versions[b].clone().unwrap_or_default())
+        } else if let Some(key) = own_subject {
+            let v = self
+                .target_versions
+                .get(&(b, target.index))
+                .cloned()
+                .unwrap_or_default();
+            (key.clone(), 0, v)
+        } else {
+            (subject_key(s), s as u32 + 1, Arc::clone(&self.versions[b][s]))
+        };
         let _seed = Seeded::new(if self.uses_one_of {
             digest64(&[id, &supporter.key, &target_key, "one_of"])
         } else {
@@ -557,7 +755,7 @@ impl Letter {
             None => None,
         };
         Ok(Rendered {
-            subject: r(&subject_key(s))?.trim().to_string(),
+            subject: r(&subject_name)?.trim().to_string(),
             from: mailbox(self.from_has_name, FROM_NAME, FROM_ADDR)?,
             reply_to: if self.reply_to {
                 Some(mailbox(self.reply_has_name, REPLY_NAME, REPLY_ADDR)?)
@@ -569,8 +767,8 @@ impl Letter {
             variant: Variant {
                 letter_file: Arc::clone(&body.file),
                 language: Arc::clone(&body.language),
-                subject: s as u32 + 1,
-                version: Arc::clone(&self.versions[b][s]),
+                subject: subject_no,
+                version,
                 fingerprint: String::new(),
             },
         })
@@ -615,6 +813,144 @@ fn versions(headers: &[HeaderTemplate], bodies: &[Body]) -> Vec<Vec<Arc<str>>> {
         .collect()
 }
 
+/// The version of one body with a subject of its own (front matter or the
+/// target's), as [`versions`] computes it for the campaign's subjects.
+fn version_with(headers: &[HeaderTemplate], body: &Body, subject: &str) -> Arc<str> {
+    let mut h = Sha256::new();
+    for t in headers.iter().filter(|h| h.part != Part::Subject) {
+        h.update(t.key.as_bytes());
+        h.update([0]);
+        h.update(t.text.as_bytes());
+        h.update([0]);
+    }
+    for (name, text) in &body.texts {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    h.update(subject.as_bytes());
+    let d = h.finalize();
+    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+/// Where a target is configured, for errors about its letter.
+fn target_at(config: &Config, target: &Target) -> String {
+    match (&config.routing, target.routed) {
+        (Some(r), Some(line)) => format!("{}:{line}", r.file.display()),
+        _ => format!("{}: [[targets]] `{}`", config.path.display(), target.email),
+    }
+}
+
+/// The language files of letter `file` in `dir`: `letter.es.md` for
+/// `letter.md`, as (language lower-cased, file name), sorted.
+fn language_files(dir: &Path, file: &str) -> Result<Vec<(String, String)>> {
+    let Some((stem, ext)) = file.rsplit_once('.') else {
+        return Ok(Vec::new());
+    };
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(language) = name
+            .strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_suffix(ext))
+            .and_then(|r| r.strip_suffix('.'))
+        else {
+            continue;
+        };
+        let valid = !language.is_empty()
+            && language.len() <= 35
+            && language
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid && entry.path().is_file() {
+            out.push((language.to_lowercase(), name));
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// `letters/letter.md` → `letters/letter.es.md`.
+fn with_language(shown: &str, language: &str) -> String {
+    match shown.rsplit_once('.') {
+        Some((stem, ext)) if !ext.contains('/') => format!("{stem}.{language}.{ext}"),
+        _ => format!("{shown}.{language}"),
+    }
+}
+
+/// A letter file's text without a UTF-8 BOM, and without its front matter:
+/// a first line `+++`, TOML up to the next `+++` line. The block becomes a
+/// Tera comment over as many lines, so line numbers in errors stay right.
+/// Returns the text and the front matter's `subject` with its line.
+fn front_matter(path: &Path, text: &str) -> Result<(String, Option<(String, String)>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Front {
+        subject: Option<String>,
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let first = text.lines().next().unwrap_or("");
+    if first.trim_end() != "+++" {
+        return Ok((text.to_string(), None));
+    }
+    let after_open = text.find('\n').map_or(text.len(), |i| i + 1);
+    let mut offset = after_open;
+    let mut close = None;
+    for line in text[after_open..].split_inclusive('\n') {
+        if line.trim_end() == "+++" {
+            close = Some((offset, offset + line.len()));
+            break;
+        }
+        offset += line.len();
+    }
+    let Some((toml_end, end)) = close else {
+        bail!(
+            "{}:1: the front matter opened by `+++` is never closed: end it with a line `+++`",
+            path.display()
+        );
+    };
+    let front: Front = toml::from_str(&text[after_open..toml_end]).map_err(|e| {
+        let line = e.span().map_or(2, |s| {
+            text[after_open..after_open + s.start].matches('\n').count() + 2
+        });
+        anyhow!(
+            "{}:{line}: front matter: {}",
+            path.display(),
+            e.message().trim_end()
+        )
+    })?;
+    let block = &text[..end];
+    let subject = front.subject.map(|s| {
+        let line = 2 + text[after_open..toml_end]
+            .lines()
+            .position(|l| l.trim_start().starts_with("subject"))
+            .unwrap_or(0);
+        (s, format!("{}:{line}", path.display()))
+    });
+    let body = &text[end..];
+    let stripped = if block.contains("#}") {
+        body.to_string()
+    } else {
+        // `{#` + the block's line ends + `#}`: the body keeps its line numbers.
+        let newlines = block.matches('\n').count();
+        let mut t = String::with_capacity(body.len() + newlines + 4);
+        t.push_str("{#");
+        t.push_str(&"\n".repeat(newlines));
+        t.push_str("#}");
+        t.push_str(body);
+        t
+    };
+    Ok((stripped, subject))
+}
+
 /// A Tera instance with our settings, `one_of`, and these templates.
 fn compile(files: &[(String, String)], headers: &[(&str, String)], md: bool) -> tera::TeraResult<Tera> {
     let mut tera = Tera::new();
@@ -643,11 +979,13 @@ fn compile(files: &[(String, String)], headers: &[(&str, String)], md: bool) -> 
 /// including tag (`FILE:LINE:COL`), and files are read through the checked
 /// canonical path. Otherwise `dir.join("/proc/self/environ")` would put any
 /// file the user can read into every letter.
-fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
+#[allow(clippy::type_complexity)]
+fn template_files(dir: &Path, letter: &str) -> Result<(Vec<(String, String)>, Option<(String, String)>)> {
     let root = dir
         .canonicalize()
         .with_context(|| format!("cannot read the letters folder `{}`", dir.display()))?;
     let mut out: Vec<(String, String)> = Vec::new();
+    let mut front = None;
     let mut todo = vec![letter.to_string()];
     while let Some(name) = todo.pop() {
         if out.iter().any(|(n, _)| *n == name) {
@@ -661,6 +999,14 @@ fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read template `{}`", dir.join(&name).display()))?;
+        // The letter itself may carry a front matter; any file may start with a BOM.
+        let text = if name == letter {
+            let (text, subject) = front_matter(&dir.join(&name), &text)?;
+            front = subject;
+            text
+        } else {
+            text.strip_prefix('\u{feff}').map_or(text.clone(), str::to_string)
+        };
         for r in referenced_templates(&text) {
             if let Some(why) = outside_folder(&root, dir, &r.name) {
                 let (line, col) = line_col(&text, r.offset);
@@ -679,7 +1025,7 @@ fn template_files(dir: &Path, letter: &str) -> Result<Vec<(String, String)>> {
         }
         out.push((name, text));
     }
-    Ok(out)
+    Ok((out, front))
 }
 
 /// Why template `name` is not inside the letters folder `root` (canonical),
@@ -786,7 +1132,7 @@ fn unclosed_block(source: &str) -> Option<(usize, usize, String)> {
 /// whole context, a component, another template). Conservative: the word
 /// `supporter` anywhere, even in plain text, counts as a mention.
 #[must_use]
-pub fn same_for_every_supporter(text: &str) -> bool {
+pub(crate) fn same_for_every_supporter(text: &str) -> bool {
     !text.contains("{{<")
         && !text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| {
             matches!(
@@ -801,7 +1147,7 @@ pub fn same_for_every_supporter(text: &str) -> bool {
 /// is output whatever its `{{ }}` expressions give (they only add text),
 /// less the whitespace that `{{-` / `-}}` or the final trim may remove.
 #[must_use]
-pub fn always_rendered(text: &str) -> Option<Vec<&str>> {
+pub(crate) fn always_rendered(text: &str) -> Option<Vec<&str>> {
     if text.contains("{%") {
         return None;
     }
@@ -914,7 +1260,7 @@ fn escape_markdown(value: &str, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// Markdown → HTML, with raw HTML in the source shown as text, not passed through.
 #[must_use]
-pub fn markdown_to_html(md: &str) -> String {
+pub(crate) fn markdown_to_html(md: &str) -> String {
     let parser = Parser::new_ext(md, Options::ENABLE_STRIKETHROUGH).map(|event| match event {
         Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
         other => other,
@@ -1234,6 +1580,30 @@ file = "s.csv"
         assert_eq!(
             split_mailbox("{{ supporter.email }}"),
             (None, "{{ supporter.email }}".into())
+        );
+    }
+
+    #[test]
+    fn front_matter_gives_the_subject_and_keeps_body_line_numbers() {
+        let path = Path::new("letters/letter.es.md");
+        let (body, subject) =
+            front_matter(path, "\u{feff}+++\nsubject = \"Hola\"\n+++\nEstimado\n{{ x }}\n").unwrap();
+        assert_eq!(
+            subject,
+            Some(("Hola".to_string(), "letters/letter.es.md:2".to_string()))
+        );
+        assert_eq!(body, "{#\n\n\n#}Estimado\n{{ x }}\n");
+        assert_eq!(
+            body.lines().position(|l| l == "{{ x }}"),
+            Some(4),
+            "still on line 5"
+        );
+        let (plain, none) = front_matter(path, "\u{feff}Dear\n").unwrap();
+        assert_eq!((plain.as_str(), none), ("Dear\n", None));
+        let open = front_matter(path, "+++\nsubject = \"x\"\nDear\n").unwrap_err();
+        assert!(
+            format!("{open:#}").contains("letters/letter.es.md:1: the front matter"),
+            "{open:#}"
         );
     }
 }

@@ -1,46 +1,57 @@
 //! mailer: deliver a campaign's personalized letters over SMTP, exactly once.
 //!
-//! Architecture, from the edges in:
+//! The pipeline, from the edges in:
 //! - `cli` parses the command line; `run` turns it into plain options.
-//! - `cmd/*` orchestrate one subcommand each: load → plan → act → report.
+//! - `cmd/*` orchestrate one subcommand each: load → plan → confirm → run → report.
 //! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
 //!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
 //! - `schedule` says when each target's letters may go (`[schedule]`), purely.
-//! - `send` alone adds `ledger` (`SQLite`, crash-safe states and the run lock),
-//!   `transport` (our SMTP client: TLS, AUTH, pipelining, phase-aware
-//!   failures) and `throttle` (rate).
-//! - `census` joins CSV and ledger for `status` and `export`;
-//!   `uniformity` measures how alike the letters are, for `check`.
-//! - `bounces` reads the bounce mailbox (Maildir, mbox, IMAP) and ties each
-//!   delivery status notification to its letter (VERP token or Message-ID).
+//! - `send` hands the prepared letters to `delivery`, the engine: `plan`
+//!   (resume rules, budget), `dispatch` (pass 2), `worker` (sessions,
+//!   retries, pacing via `throttle`), `breaker` (policy stops), the verdict.
+//! - `delivery` talks to the relay through `smtp`'s `Dialer`/`Session` seam:
+//!   `session` (TCP, TLS, STARTTLS, AUTH, pipelining) over `wire` (replies,
+//!   deadlines, dot-stuffing, redaction); each letter's exchange ends as one
+//!   `Attempt`, classified once, which `ledger` (`SQLite`, crash-safe states,
+//!   the run lock) records and `report` counts.
+//! - `census` joins CSV and ledger for `status` and `export`; `bounces`
+//!   ties each delivery status notification to its letter (VERP, Message-ID);
+//!   `uniformity` measures how alike the letters are, for `check`; `targets`
+//!   routes supporters to targets; `hold`, `placeholder`, `provider` and `man`
+//!   serve `skip`/`requeue`, `check`, `init` and `man`.
 //! - `report` formats data for stdout; `ui` talks to the person on stderr;
 //!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
 //!   `secret` keep time and passwords behind small seams.
 
-pub mod bounces;
-pub mod campaign;
-pub mod census;
+mod bounces;
+mod campaign;
+mod census;
 pub mod cli;
-pub mod clock;
-pub mod cmd;
-pub mod config;
-pub mod dkim;
-pub mod exit;
-pub mod hold;
-pub mod ledger;
-pub mod letter;
-pub mod man;
-pub mod message;
-pub mod placeholder;
-pub mod provider;
-pub mod report;
-pub mod roster;
-pub mod schedule;
-pub mod secret;
-pub mod throttle;
-pub mod transport;
-pub mod ui;
-pub mod uniformity;
+mod clock;
+mod cmd;
+mod config;
+mod delivery;
+mod dkim;
+mod exit;
+mod hold;
+mod ledger;
+mod letter;
+mod man;
+mod message;
+mod placeholder;
+mod provider;
+mod report;
+mod roster;
+mod schedule;
+mod secret;
+mod smtp;
+mod targets;
+mod throttle;
+mod ui;
+mod uniformity;
+
+pub use crate::exit::{Exit, exit_for};
+pub use crate::ui::Ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,8 +61,6 @@ use anyhow::Result;
 use crate::campaign::Campaign;
 use crate::cli::{Cli, Command};
 use crate::clock::{Clock, SystemClock};
-use crate::exit::Exit;
-use crate::ui::Ui;
 
 /// Runs one command line to its exit code. Errors carry their own code (see `exit`).
 pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
@@ -90,6 +99,9 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             },
             ui,
         ),
+        Command::Send(a) if a.test.is_some() => {
+            cmd::send_test::run(&load()?, a.test.as_deref().unwrap_or_default(), a.limit, ui)
+        }
         Command::Send(a) => {
             let opts = cmd::send::Options {
                 dry_run: a.dry_run,

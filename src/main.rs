@@ -1,8 +1,7 @@
 //! The `mailer` binary: parse, run, report the error, exit with its code.
 use std::process::ExitCode;
 
-use mailer::exit::exit_for;
-use mailer::ui::Ui;
+use mailer::{Ui, exit_for};
 
 fn main() -> ExitCode {
     let cli = mailer::cli::parse();

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::exit::EXIT_CODES_HELP;
 
 /// The whole page, roff.
-pub fn render(cmd: &clap::Command) -> std::io::Result<String> {
+pub(crate) fn render(cmd: &clap::Command) -> std::io::Result<String> {
     let mut cmd = cmd.clone();
     cmd.build();
     let man = clap_mangen::Man::new(cmd.clone());

@@ -9,66 +9,151 @@ use std::time::SystemTime;
 
 use lettre::address::Envelope;
 use lettre::message::dkim::DkimConfig;
-use lettre::message::header::Date;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, Date};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest as _, Sha256};
 
-use crate::config::Target;
+use std::sync::Arc;
+
+use crate::config::{AttachmentFile, Target};
 use crate::letter::{Part, Rendered, RenderedMailbox, Variant};
 use crate::roster::Supporter;
 
 /// Longest subject accepted, in characters. Keeps every header line under
 /// RFC 5322's 998 octets even when lettre encodes it as one word.
-pub const MAX_SUBJECT_CHARS: usize = 250;
+pub(crate) const MAX_SUBJECT_CHARS: usize = 250;
 /// Longest display name accepted, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
 
 /// Campaign-wide message settings.
-pub struct Envelopes<'a> {
+pub(crate) struct Envelopes<'a> {
     /// `campaign.id`, part of the Message-ID.
-    pub campaign_id: &'a str,
+    pub(crate) campaign_id: &'a str,
     /// Cc the supporter.
-    pub cc_supporter: bool,
+    pub(crate) cc_supporter: bool,
     /// Extra Bcc recipients.
-    pub bcc: &'a [Mailbox],
+    pub(crate) bcc: &'a [Mailbox],
     /// DKIM signing, if configured.
-    pub dkim: Option<&'a DkimConfig>,
+    pub(crate) dkim: Option<&'a DkimConfig>,
     /// Encode the message (`bytes`). `check`, `status` and plans only need
     /// the validation, the Message-ID and the summary: skipping MIME
     /// encoding makes them several times faster.
-    pub encode: bool,
+    pub(crate) encode: bool,
+    /// Files attached to every letter.
+    pub(crate) attachments: &'a [Attachment],
+}
+
+/// One file of `[campaign] attachments`, read.
+#[derive(Debug, Clone)]
+pub(crate) struct Attachment {
+    /// The file name the recipient sees.
+    pub(crate) filename: String,
+    /// Its MIME type, from the extension.
+    pub(crate) content_type: ContentType,
+    /// Its bytes.
+    pub(crate) bytes: Arc<[u8]>,
+}
+
+/// Reads `[campaign] attachments`: a missing or unreadable file is an
+/// error at its config line.
+pub(crate) fn read_attachments(files: &[AttachmentFile]) -> anyhow::Result<Vec<Attachment>> {
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f.path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read attachment `{}`: {e}\n\nhint: check [campaign] attachments",
+                    f.at,
+                    f.path.display()
+                )
+            })?;
+            let filename = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if filename.chars().any(char::is_control) {
+                anyhow::bail!(
+                    "{}: attachment name `{}` holds a control character",
+                    f.at,
+                    filename.escape_debug()
+                );
+            }
+            Ok(Attachment {
+                content_type: content_type_of(&filename),
+                filename,
+                bytes: bytes.into(),
+            })
+        })
+        .collect()
+}
+
+/// The MIME type for a file name's extension (`application/octet-stream`
+/// when it is not a common document, image or archive type).
+#[must_use]
+pub(crate) fn content_type_of(filename: &str) -> ContentType {
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mime = match ext.as_str() {
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "txt" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "md" => "text/markdown; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "ics" => "text/calendar; charset=utf-8",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "odt" => "application/vnd.oasis.opendocument.text",
+        "ods" => "application/vnd.oasis.opendocument.spreadsheet",
+        "rtf" => "application/rtf",
+        "zip" => "application/zip",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    };
+    ContentType::parse(mime).unwrap_or(ContentType::TEXT_PLAIN)
 }
 
 /// A finished message and its SMTP envelope.
 #[derive(Debug, Clone)]
-pub struct Built {
+pub(crate) struct Built {
     /// `<HEX@DOMAIN>`.
-    pub message_id: String,
+    pub(crate) message_id: String,
     /// MAIL FROM.
-    pub from: Address,
+    pub(crate) from: Address,
     /// RCPT TO, the target first.
-    pub recipients: Vec<Address>,
+    pub(crate) recipients: Vec<Address>,
     /// The main headers, readable (not MIME-encoded), for previews.
-    pub summary: Vec<(&'static str, String)>,
+    pub(crate) summary: Vec<(&'static str, String)>,
     /// The text/plain body as rendered.
-    pub text: String,
+    pub(crate) text: String,
     /// The text/html body of a `.md` letter, when it was rendered (`encode`).
-    pub html: Option<String>,
+    pub(crate) html: Option<String>,
     /// The whole message, CRLF line endings, not yet dot-stuffed.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
     unsigned: Option<Message>,
     /// Which text it is (letter file, subject variant, version); with
     /// `encode`, also its body's fingerprint.
-    pub variant: Variant,
+    pub(crate) variant: Variant,
 }
 
 impl Built {
     /// Dates the message `date` (when it is handed over) and signs it again,
     /// so its `Date` and the DKIM `t=` say when it went, not when the run
     /// started. The Message-ID stays. No-op for a message built without `encode`.
-    pub fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
+    pub(crate) fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
         let Some(unsigned) = &self.unsigned else {
             return;
         };
@@ -81,9 +166,28 @@ impl Built {
     }
 }
 
+#[cfg(test)]
+impl Built {
+    /// A letter with this Message-ID from `from@example.org` to `to`, for
+    /// tests that need a letter but not its making.
+    pub(crate) fn sample(message_id: &str, to: &str) -> Built {
+        Built {
+            message_id: message_id.into(),
+            from: "from@example.org".parse().expect("address"),
+            recipients: vec![to.parse().expect("address")],
+            summary: Vec::new(),
+            text: "text\n".into(),
+            bytes: b"Subject: s\r\n\r\ntext\r\n".to_vec(),
+            unsigned: None,
+            html: None,
+            variant: crate::letter::Variant::default(),
+        }
+    }
+}
+
 /// The Message-ID SPEC.md defines: stable per (campaign, supporter, target).
 #[must_use]
-pub fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, domain: &str) -> String {
+pub(crate) fn message_id(campaign_id: &str, supporter_key: &str, target_key: &str, domain: &str) -> String {
     let mut h = Sha256::new();
     for part in [campaign_id, supporter_key, target_key] {
         h.update(part.as_bytes());
@@ -110,7 +214,7 @@ fn describe(part: Part) -> (&'static str, usize) {
 
 /// Checks a header value that is the same for every supporter, as
 /// [`build`] would: an `Err` means no letter could ever be built.
-pub fn check_part(part: Part, value: &str) -> Result<(), String> {
+pub(crate) fn check_part(part: Part, value: &str) -> Result<(), String> {
     let (what, max) = describe(part);
     Headers(None).value(what, value, max)?;
     if matches!(part, Part::FromAddress | Part::ReplyToAddress) {
@@ -124,7 +228,7 @@ pub fn check_part(part: Part, value: &str) -> Result<(), String> {
 /// Checks the text every rendering of a header contains (its literal
 /// `pieces`, in order): what [`build`] would refuse in any of them, or in
 /// their total length, it refuses for every supporter.
-pub fn check_part_floor(part: Part, pieces: &[&str]) -> Result<(), String> {
+pub(crate) fn check_part_floor(part: Part, pieces: &[&str]) -> Result<(), String> {
     let (what, max) = describe(part);
     // Joined by a space so that no piece's end and the next one's start make
     // a pattern (`=?`) that a rendering would not contain.
@@ -208,7 +312,8 @@ impl Headers<'_> {
 }
 
 /// Builds one message. An `Err` is a reason the supporter's row cannot be sent.
-pub fn build(
+#[allow(clippy::too_many_lines)] // headers, envelope, then the MIME tree, in order
+pub(crate) fn build(
     rendered: &Rendered,
     supporter: &Supporter,
     target: &Target,
@@ -278,13 +383,35 @@ pub fn build(
             variant: rendered.variant.clone(),
         });
     }
-    let message = match &rendered.html {
-        Some(html) => builder.multipart(
-            MultiPart::alternative()
-                .singlepart(SinglePart::plain(text.clone()))
-                .singlepart(SinglePart::html(html.clone())),
-        ),
-        None => builder.singlepart(SinglePart::plain(text.clone())),
+    let message = if settings.attachments.is_empty() {
+        match &rendered.html {
+            Some(html) => builder.multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(text.clone()))
+                    .singlepart(SinglePart::html(html.clone())),
+            ),
+            None => builder.singlepart(SinglePart::plain(text.clone())),
+        }
+    } else {
+        // multipart/mixed: the body (text, or text + HTML), then each file.
+        let mut mixed = match &rendered.html {
+            Some(html) => MultiPart::mixed().multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(text.clone()))
+                    .singlepart(SinglePart::html(html.clone())),
+            ),
+            None => MultiPart::mixed().singlepart(SinglePart::plain(text.clone())),
+        };
+        for a in settings.attachments {
+            // NOTE: always base64, text files too: a 7bit text part keeps its
+            // bare LFs, which the wire turns into CRLF after DKIM signed it.
+            let body = Body::new_with_encoding(a.bytes.to_vec(), ContentTransferEncoding::Base64)
+                .map_err(|_| format!("cannot encode attachment `{}`", a.filename))?;
+            mixed = mixed.singlepart(
+                lettre::message::Attachment::new(a.filename.clone()).body(body, a.content_type.clone()),
+            );
+        }
+        builder.multipart(mixed)
     };
     let unsigned = message.map_err(|e| format!("cannot build the message: {e}"))?;
     let mut message = unsigned.clone();
@@ -327,7 +454,6 @@ fn normalize_newlines(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn target() -> Target {
         Target {
@@ -335,6 +461,11 @@ mod tests {
             email: "Satya@Corp.example".parse().unwrap(),
             fields: toml::Table::new(),
             timezone: None,
+            index: 0,
+            letter: None,
+            subject: None,
+            matcher: Vec::new(),
+            routed: None,
         }
     }
 
@@ -373,6 +504,7 @@ mod tests {
             bcc,
             dkim: None,
             encode: true,
+            attachments: &[],
         }
     }
 

@@ -6,11 +6,12 @@
 //! is not loopback while any letter would carry one (SPEC "Commands").
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::campaign::{Campaign, Prepared};
-use crate::config::is_loopback;
+use crate::config::{Target, is_loopback};
 use crate::message::Built;
 use crate::roster::Supporter;
 
@@ -21,7 +22,7 @@ const RESERVED_DOMAINS: [&str; 3] = ["example.com", "example.net", "example.org"
 
 /// The reserved domain `address` is in, if any (`.example`, `example.com` …).
 #[must_use]
-pub fn reserved_domain(address: &str) -> Option<String> {
+pub(crate) fn reserved_domain(address: &str) -> Option<String> {
     let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let tld = domain.rsplit('.').next().unwrap_or(&domain);
@@ -36,7 +37,7 @@ pub fn reserved_domain(address: &str) -> Option<String> {
 
 /// The `[smtp].host` when it is a real relay (not loopback).
 #[must_use]
-pub fn real_relay(campaign: &Campaign) -> Option<&str> {
+pub(crate) fn real_relay(campaign: &Campaign) -> Option<&str> {
     campaign
         .config
         .smtp
@@ -47,17 +48,17 @@ pub fn real_relay(campaign: &Campaign) -> Option<&str> {
 
 /// One placeholder address, where it first shows up and how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// `From`, `Reply-To` or `target`.
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// The address.
-    pub address: String,
+    pub(crate) address: String,
     /// The reserved domain it is in.
-    pub domain: String,
+    pub(crate) domain: String,
     /// `FILE` (the config) or `FILE:LINE` (a supporter's row).
-    pub at: String,
+    pub(crate) at: String,
     /// Letters that carry it.
-    pub letters: u64,
+    pub(crate) letters: u64,
 }
 
 impl std::fmt::Display for Found {
@@ -84,9 +85,11 @@ fn address_of(mailbox: &str) -> &str {
 
 /// Collects placeholder addresses letter by letter, so `check` finds them
 /// in the pass it already makes.
-pub struct Scan {
+pub(crate) struct Scan {
     config_file: String,
     csv: String,
+    /// `[routing] targets`, where a routed target's address comes from.
+    routing_file: Option<String>,
     /// (field, lower-cased address) → (order first seen, finding).
     found: BTreeMap<(&'static str, String), (usize, Found)>,
 }
@@ -94,17 +97,22 @@ pub struct Scan {
 impl Scan {
     /// An empty scan for this campaign.
     #[must_use]
-    pub fn new(campaign: &Campaign) -> Scan {
+    pub(crate) fn new(campaign: &Campaign) -> Scan {
         Scan {
             config_file: campaign.config.path.display().to_string(),
             csv: campaign.config.supporters_file.display().to_string(),
+            routing_file: campaign
+                .config
+                .routing
+                .as_ref()
+                .map(|r| r.file.display().to_string()),
             found: BTreeMap::new(),
         }
     }
 
     /// Looks at one supporter's letters.
-    pub fn observe(&mut self, supporter: &Supporter, letters: &[Built]) {
-        for built in letters {
+    pub(crate) fn observe(&mut self, supporter: &Supporter, letters: &[(Arc<Target>, Built)]) {
+        for (target, built) in letters {
             for (name, value) in &built.summary {
                 let field = match *name {
                     "From" => "From",
@@ -124,6 +132,10 @@ impl Scan {
                         // A supporter's own address comes from their row; the rest from the config.
                         let at = if address.eq_ignore_ascii_case(&supporter.key) {
                             format!("{}:{}", self.csv, supporter.line)
+                        } else if let (Some(file), Some(line), "target") =
+                            (&self.routing_file, target.routed, field)
+                        {
+                            format!("{file}:{line}")
                         } else {
                             self.config_file.clone()
                         };
@@ -143,7 +155,7 @@ impl Scan {
 
     /// Every placeholder, in the order first seen.
     #[must_use]
-    pub fn finish(self) -> Vec<Found> {
+    pub(crate) fn finish(self) -> Vec<Found> {
         let mut list: Vec<(usize, Found)> = self.found.into_values().collect();
         list.sort_by_key(|(i, _)| *i);
         list.into_iter().map(|(_, f)| f).collect()
@@ -152,7 +164,7 @@ impl Scan {
 
 /// Every placeholder address the campaign's letters would carry, in the
 /// order first seen. Rows that cannot be built are `check`'s business.
-pub fn find(campaign: &Campaign) -> Result<Vec<Found>> {
+pub(crate) fn find(campaign: &Campaign) -> Result<Vec<Found>> {
     let mut scan = Scan::new(campaign);
     for prepared in campaign.prepared(false)? {
         if let Ok(Prepared::Letters { supporter, letters }) = prepared {
@@ -163,7 +175,7 @@ pub fn find(campaign: &Campaign) -> Result<Vec<Found>> {
 }
 
 /// `send`'s gate: on a real relay, no letter may carry a placeholder.
-pub fn refuse_on_real_relay(campaign: &Campaign) -> Result<()> {
+pub(crate) fn refuse_on_real_relay(campaign: &Campaign) -> Result<()> {
     let Some(host) = real_relay(campaign) else {
         return Ok(());
     };

@@ -7,25 +7,25 @@ use crate::config::Security;
 
 /// One provider's submission settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Provider {
+pub(crate) struct Provider {
     /// What a person calls it.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The submission server.
-    pub host: &'static str,
+    pub(crate) host: &'static str,
     /// Its port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Its transport security.
-    pub security: Security,
+    pub(crate) security: Security,
     /// Address domains the provider owns (its free-mail domains).
-    pub domains: &'static [&'static str],
+    pub(crate) domains: &'static [&'static str],
     /// Host suffixes of its servers (`smtp.office365.com` is Microsoft's).
-    pub hosts: &'static [&'static str],
+    pub(crate) hosts: &'static [&'static str],
     /// Its sending limits, as the provider documents them.
-    pub limits: &'static str,
+    pub(crate) limits: &'static str,
 }
 
 /// The presets `init` offers, in menu order.
-pub const PRESETS: [Provider; 3] = [
+pub(crate) const PRESETS: [Provider; 3] = [
     Provider {
         name: "Gmail",
         host: "smtp.gmail.com",
@@ -63,7 +63,7 @@ pub const PRESETS: [Provider; 3] = [
 
 /// The provider whose free-mail domain `address` (or a bare domain) is in.
 #[must_use]
-pub fn by_address(address: &str) -> Option<&'static Provider> {
+pub(crate) fn by_address(address: &str) -> Option<&'static Provider> {
     let domain = address
         .rsplit_once('@')
         .map_or(address, |(_, d)| d)
@@ -73,7 +73,7 @@ pub fn by_address(address: &str) -> Option<&'static Provider> {
 
 /// The provider that runs the SMTP server `host`.
 #[must_use]
-pub fn by_host(host: &str) -> Option<&'static Provider> {
+pub(crate) fn by_host(host: &str) -> Option<&'static Provider> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     PRESETS.iter().find(|p| {
         p.hosts
@@ -85,7 +85,7 @@ pub fn by_host(host: &str) -> Option<&'static Provider> {
 /// Whether mail submitted to `host` is always DKIM-signed by its provider
 /// (with the sender's domain for the provider's own addresses).
 #[must_use]
-pub fn always_signs(host: &str) -> bool {
+pub(crate) fn always_signs(host: &str) -> bool {
     by_host(host).is_some()
 }
 
@@ -93,7 +93,7 @@ pub fn always_signs(host: &str) -> bool {
 /// through the provider that owns that domain (a volunteer sending as
 /// themselves through their own account): DMARC aligns, nothing to warn.
 #[must_use]
-pub fn sends_as_itself(host: &str, from_domain: &str, login_domain: Option<&str>) -> bool {
+pub(crate) fn sends_as_itself(host: &str, from_domain: &str, login_domain: Option<&str>) -> bool {
     let from_domain = from_domain.to_ascii_lowercase();
     let (Some(by_server), Some(owner)) = (by_host(host), by_address(&from_domain)) else {
         return false;

@@ -3,110 +3,96 @@
 //! Commands build the values; this module formats them (tables on a
 //! terminal, one line on a pipe, JSON on request).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::campaign::Campaign;
-use crate::cmd::send::{Event, Fate};
 use crate::message::Built;
+use crate::targets::Unmatched;
 use crate::ui::Ui;
 
 /// What `send` found due (pass 1).
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Valid supporters.
-    pub supporters: u64,
+    pub(crate) supporters: u64,
     /// Letters due now.
-    pub due: u64,
+    pub(crate) due: u64,
     /// Due letters per target, in config order.
-    pub per_target: Vec<u64>,
+    pub(crate) per_target: Vec<u64>,
+    /// Every letter per target, due or not (its supporters routed to it).
+    pub(crate) routed_per_target: Vec<u64>,
     /// Already delivered.
-    pub already_sent: u64,
+    pub(crate) already_sent: u64,
     /// Deferred, waiting for their backoff.
-    pub waiting: u64,
+    pub(crate) waiting: u64,
     /// Failed, held for `--retry-failed`.
-    pub held_failed: u64,
+    pub(crate) held_failed: u64,
     /// Unknown, held for `--resend-unknown`.
-    pub held_unknown: u64,
+    pub(crate) held_unknown: u64,
     /// Invalid rows.
-    pub skipped_rows: u64,
+    pub(crate) skipped_rows: u64,
     /// Repeated rows.
-    pub duplicates: u64,
+    pub(crate) duplicates: u64,
     /// The first due letter, shown in full by `--dry-run`.
-    pub first: Option<Built>,
+    pub(crate) first: Option<Built>,
+    /// Valid supporters who match no target.
+    pub(crate) unmatched: Unmatched,
+    /// Due letters per (letter file, language).
+    pub(crate) per_letter: BTreeMap<(Arc<str>, Arc<str>), u64>,
+}
+
+impl Plan {
+    /// Counts a due letter under its letter file and language.
+    pub(crate) fn count_letter(&mut self, built: &Built) {
+        let v = &built.variant;
+        *self
+            .per_letter
+            .entry((Arc::clone(&v.letter_file), Arc::clone(&v.language)))
+            .or_insert(0) += 1;
+    }
 }
 
 /// How a `send` run went.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// What was due.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Delivered this run.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Deferred this run.
-    pub deferred: u64,
+    pub(crate) deferred: u64,
     /// Failed this run.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Unknown this run.
-    pub unknown: u64,
+    pub(crate) unknown: u64,
     /// Cc/Bcc copies the server refused with letters it took this run.
-    pub refused_copies: u64,
+    pub(crate) refused_copies: u64,
     /// Due but left for a later run (limits, a stop).
-    pub not_reached: u64,
+    pub(crate) not_reached: u64,
     /// Wall time.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// The run ended early (a signal or a run-wide error), not by its limits.
-    pub stopped: bool,
+    pub(crate) stopped: bool,
+    /// `the relay throttled us at 14:02; slowed to 12/minute`, if it did.
+    pub(crate) throttled: Option<String>,
 }
 
 impl Summary {
     /// Letters that reached an outcome this run.
     #[must_use]
-    pub fn attempted(&self) -> u64 {
+    pub(crate) fn attempted(&self) -> u64 {
         self.sent + self.deferred + self.failed + self.unknown
-    }
-
-    /// Counts a worker's event; prints a failure line; moves the bar.
-    pub(crate) fn count(&mut self, event: &Event, ui: &Ui, bar: &indicatif::ProgressBar) {
-        let line = |what: &str| format!("{} → {}: {what}", event.supporter, event.target);
-        match &event.result {
-            Fate::Sent { reply, refused } => {
-                self.sent += 1;
-                self.refused_copies += refused.len() as u64;
-                bar.suspend(|| {
-                    ui.detail(&line(&format!("sent: {reply}")));
-                    // The letter went; its copy did not. Shown even with -q:
-                    // nothing will retry it.
-                    for (to, why) in refused {
-                        ui.failure(&line(&format!("sent, but the copy to {to} was refused: {why}")));
-                    }
-                });
-            }
-            Fate::Deferred(r) => {
-                self.deferred += 1;
-                bar.suspend(|| ui.failure(&line(&format!("deferred: {r}"))));
-            }
-            Fate::Failed(r) => {
-                self.failed += 1;
-                bar.suspend(|| ui.failure(&line(&format!("failed: {r}"))));
-            }
-            Fate::Unknown(r) => {
-                self.unknown += 1;
-                bar.suspend(|| ui.failure(&line(&format!("unknown: {r}"))));
-            }
-            Fate::NotSent => return,
-        }
-        bar.inc(1);
-        let failures = self.deferred + self.failed + self.unknown;
-        bar.set_message(format!("{failures} not delivered"));
     }
 }
 
 /// Writes data to stdout. A reader that went away (`mailer preview | head`)
 /// comes back as a `BrokenPipe` error, which `main` ends quietly.
-pub fn out(text: &str) -> std::io::Result<()> {
+pub(crate) fn out(text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
@@ -115,7 +101,7 @@ pub fn out(text: &str) -> std::io::Result<()> {
 
 /// `1234567` → `1,234,567`.
 #[must_use]
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -128,7 +114,7 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// The end-of-run report: a table on a terminal, one line otherwise.
-pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
+pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     if ui.quiet {
         return;
     }
@@ -160,6 +146,9 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
                 thousands(s.not_reached)
             );
         }
+        if let Some(throttled) = &s.throttled {
+            let _ = writeln!(t, "  {throttled}");
+        }
         let _ = writeln!(t, "  elapsed    {secs:>8.1}s  ({rate:.1} letters/s)");
         // The run is over; its exit code matters more than a closed stdout.
         let _ = out(&t);
@@ -174,8 +163,9 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
         } else {
             String::new()
         };
+        let throttled = s.throttled.as_ref().map_or(String::new(), |t| format!("; {t}"));
         let _ = out(&format!(
-            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s){copies}\n",
+            "sent {} deferred {} failed {} unknown {} skipped {} left {} in {secs:.1}s ({rate:.1}/s){copies}{throttled}\n",
             s.sent, s.deferred, s.failed, s.unknown, p.skipped_rows, s.not_reached
         ));
     }
@@ -209,8 +199,54 @@ pub fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     }
 }
 
+/// Routed targets shown by name in a dry run; the rest are summed up.
+const ROUTED_SHOWN: usize = 10;
+
+/// Due letters per target: each `[[targets]]` entry, then the routed ones
+/// grouped (the 10 with the most letters, then "… N more").
+fn plan_targets(text: &mut String, campaign: &Campaign, p: &Plan) {
+    let count = |i: usize| p.per_target.get(i).copied().unwrap_or(0);
+    let mut routed = Vec::new();
+    for t in &campaign.config.targets {
+        if t.routed.is_some() {
+            routed.push((count(t.index), t));
+        } else {
+            let _ = writeln!(text, "  {:>8}  to {}", thousands(count(t.index)), t.mailbox());
+        }
+    }
+    if routed.is_empty() {
+        return;
+    }
+    let total: u64 = routed.iter().map(|(n, _)| n).sum();
+    let file = campaign
+        .config
+        .routing
+        .as_ref()
+        .map_or_else(String::new, |r| r.file.display().to_string());
+    let _ = writeln!(
+        text,
+        "  {:>8}  to the {} targets of `{file}`:",
+        thousands(total),
+        thousands(routed.len() as u64)
+    );
+    routed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.index.cmp(&b.1.index)));
+    for (n, t) in routed.iter().take(ROUTED_SHOWN) {
+        let _ = writeln!(text, "    {:>8}  to {}", thousands(*n), t.mailbox());
+    }
+    if routed.len() > ROUTED_SHOWN {
+        let rest = &routed[ROUTED_SHOWN..];
+        let letters: u64 = rest.iter().map(|(n, _)| n).sum();
+        let _ = writeln!(
+            text,
+            "    {:>8}  … {} more",
+            thousands(letters),
+            thousands(rest.len() as u64)
+        );
+    }
+}
+
 /// `send --dry-run`: letters per target, the limits, the first letter.
-pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io::Result<()> {
+pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io::Result<()> {
     let mut text = String::new();
     let _ = writeln!(text, "Dry run: nothing will be sent and nothing recorded.\n");
     let _ = writeln!(
@@ -225,9 +261,21 @@ pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io
         p.skipped_rows,
         p.duplicates
     );
+    if p.unmatched.total > 0 {
+        let _ = writeln!(text, "No letter: {}", p.unmatched);
+    }
     let _ = writeln!(text, "Letters due now: {}", thousands(p.due));
-    for (t, n) in campaign.config.targets.iter().zip(&p.per_target) {
-        let _ = writeln!(text, "  {:>8}  to {}", thousands(*n), t.mailbox());
+    plan_targets(&mut text, campaign, p);
+    if p.per_letter.len() > 1 || p.per_letter.keys().any(|(_, l)| !l.is_empty()) {
+        let _ = writeln!(text, "Letters due per letter file:");
+        for ((file, language), n) in &p.per_letter {
+            let language = if language.is_empty() {
+                String::new()
+            } else {
+                format!(" (language {language})")
+            };
+            let _ = writeln!(text, "  {:>8}  {file}{language}", thousands(*n));
+        }
     }
     if p.already_sent + p.waiting + p.held_failed + p.held_unknown > 0 {
         let _ = writeln!(
@@ -264,7 +312,7 @@ pub fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> std::io
 
 /// A message as a person reads it: main headers unencoded, then the text.
 #[must_use]
-pub fn preview_text(b: &Built) -> String {
+pub(crate) fn preview_text(b: &Built) -> String {
     let mut out = String::new();
     for (name, value) in &b.summary {
         let _ = writeln!(out, "{name}: {value}");
@@ -279,25 +327,25 @@ pub fn preview_text(b: &Built) -> String {
 
 /// `status --json`, exactly as SPEC.md fixes it.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct StatusCounts {
+pub(crate) struct StatusCounts {
     /// `campaign.id`
-    pub campaign: String,
+    pub(crate) campaign: String,
     /// Letters implied by today's CSV × targets, plus ledger letters whose row left the CSV.
-    pub total: u64,
+    pub(crate) total: u64,
     /// Delivered.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Not yet attempted.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Waiting for a retry.
-    pub deferred: u64,
+    pub(crate) deferred: u64,
     /// Rejected.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// May have been delivered.
-    pub unknown: u64,
+    pub(crate) unknown: u64,
     /// Invalid rows.
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// Sent, then refused by the target's mail system (a DSN came back).
-    pub bounced: u64,
+    pub(crate) bounced: u64,
 }
 
 #[cfg(test)]

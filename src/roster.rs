@@ -16,8 +16,10 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use lettre::Address;
 
+use crate::config::Layout;
+
 /// The longest value a cell may hold; a longer one skips its row.
-pub const MAX_FIELD_CHARS: usize = 10_000;
+pub(crate) const MAX_FIELD_CHARS: usize = 10_000;
 
 /// The most bytes of one value the reader takes in: the longest that
 /// [`MAX_FIELD_CHARS`] characters can be in UTF-8. A longer value cannot be
@@ -34,25 +36,24 @@ const MAX_COLUMNS: u64 = 1_000;
 
 /// One supporter, valid for sending.
 #[derive(Debug, Clone)]
-pub struct Supporter {
+pub(crate) struct Supporter {
     /// 1-based line of the row in the CSV file.
-    pub line: u64,
+    pub(crate) line: u64,
     /// The address as written (trimmed).
-    pub email: Address,
+    pub(crate) email: Address,
     /// The address lower-cased: the supporter's identity in the ledger.
-    pub key: String,
+    pub(crate) key: String,
     /// Display name: the `name` column, else `first_name` + `last_name`.
-    pub name: String,
+    pub(crate) name: String,
     /// Column names, normalized (lower-case, spaces as `_`).
-    pub headers: Arc<[String]>,
+    pub(crate) headers: Arc<[String]>,
     /// Cell values in column order.
-    pub values: Vec<String>,
+    pub(crate) values: Vec<String>,
 }
 
 impl Supporter {
     /// A column's value by normalized header name.
-    #[must_use]
-    pub fn get(&self, column: &str) -> Option<&str> {
+    pub(crate) fn get(&self, column: &str) -> Option<&str> {
         self.headers
             .iter()
             .position(|h| h == column)
@@ -62,52 +63,52 @@ impl Supporter {
 
 /// A row that cannot be sent: reported, and recorded as `skipped` by `send`.
 #[derive(Debug, Clone)]
-pub struct Skip {
+pub(crate) struct Skipped {
     /// 1-based line.
-    pub line: u64,
+    pub(crate) line: u64,
     /// Ledger key: the lower-cased email as written, or `line:N` when empty.
-    pub key: String,
+    pub(crate) key: String,
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// A later row repeating an earlier email; only the first counts.
 #[derive(Debug, Clone)]
-pub struct Repeat {
+pub(crate) struct Duplicate {
     /// 1-based line.
-    pub line: u64,
+    pub(crate) line: u64,
     /// The repeated address.
-    pub email: String,
+    pub(crate) email: String,
     /// The line that holds it first.
-    pub first_line: u64,
+    pub(crate) first_line: u64,
 }
 
 /// What one CSV row turned out to be.
 #[derive(Debug, Clone)]
-pub enum Row {
+pub(crate) enum Row {
     /// A supporter whose letters can be built.
     Valid(Supporter),
     /// A row that cannot be sent.
-    Invalid(Skip),
+    Skipped(Skipped),
     /// A repeated email.
-    Duplicate(Repeat),
+    Duplicate(Duplicate),
 }
 
 impl Row {
     /// The row's 1-based line.
     #[must_use]
-    pub fn line(&self) -> u64 {
+    pub(crate) fn line(&self) -> u64 {
         match self {
             Row::Valid(s) => s.line,
-            Row::Invalid(Skip { line, .. }) | Row::Duplicate(Repeat { line, .. }) => *line,
+            Row::Skipped(Skipped { line, .. }) | Row::Duplicate(Duplicate { line, .. }) => *line,
         }
     }
 }
 
 /// A streaming reader over the supporters file.
-pub struct Roster {
+pub(crate) struct Roster {
     path: PathBuf,
-    reader: csv::Reader<Scanned<File>>,
+    reader: csv::Reader<Scanned<io::Chain<io::Cursor<Vec<u8>>, File>>>,
     headers: Arc<[String]>,
     email_col: usize,
     name_cols: NameCols,
@@ -121,12 +122,20 @@ enum NameCols {
 }
 
 impl Roster {
-    /// Opens the file and reads its header row.
-    pub fn open(path: &Path) -> Result<Roster> {
+    /// Opens the file and reads its header row. `layout`: which column holds
+    /// the addresses, and the delimiter (detected from the header line when
+    /// not given).
+    pub(crate) fn open(path: &Path, layout: &Layout) -> Result<Roster> {
         let shown = path.display();
+        let mut file = open_regular(path)?;
+        // The header line is read once, for the delimiter, and then read
+        // again from memory: the file may be a pipe that cannot be reopened.
+        let head = read_head(&mut file).map_err(|e| anyhow!("cannot read supporters file `{shown}`: {e}"))?;
+        let delimiter = layout.delimiter.unwrap_or_else(|| detect_delimiter(&head));
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
-            .from_reader(Scanned::new(open_regular(path)?, b','));
+            .delimiter(delimiter)
+            .from_reader(Scanned::new(io::Cursor::new(head).chain(file), delimiter));
         let raw = match reader.byte_headers() {
             Ok(raw) => raw.clone(),
             Err(e) => {
@@ -164,10 +173,11 @@ impl Roster {
             headers.push(name);
         }
         let col = |n: &str| headers.iter().position(|h| h == n);
-        let Some(email_col) = col("email") else {
+        let email_name = &layout.email_column;
+        let Some(email_col) = col(email_name) else {
             bail!(
-                "{shown}:1: no `email` column (found: {})\n\nhint: name the column holding addresses `email`; \
-                 a file separated by `;` must be re-saved with commas",
+                "{shown}:1: no `{email_name}` column (found: {})\n\nhint: name the column holding addresses \
+                 `{email_name}`, or set [supporters] email_column = \"…\" to its header",
                 headers.join(", ")
             );
         };
@@ -186,15 +196,21 @@ impl Roster {
         })
     }
 
+    /// The column names, normalized.
+    #[must_use]
+    pub(crate) fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
     /// The file, as given.
     #[must_use]
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// `FILE:LINE` for messages.
     #[must_use]
-    pub fn at(&self, line: u64) -> String {
+    pub(crate) fn at(&self, line: u64) -> String {
         format!("{}:{line}", self.path.display())
     }
 
@@ -218,7 +234,7 @@ impl Roster {
                 match e.kind() {
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
-                    } => Ok(Some(Row::Invalid(Skip {
+                    } => Ok(Some(Row::Skipped(Skipped {
                         line,
                         key: format!("line:{line}"),
                         reason: format!(
@@ -237,7 +253,7 @@ impl Roster {
     }
 
     fn classify(&mut self, line: u64) -> Row {
-        let invalid = |key: String, reason: String| Row::Invalid(Skip { line, key, reason });
+        let invalid = |key: String, reason: String| Row::Skipped(Skipped { line, key, reason });
         let raw_email = String::from_utf8_lossy(&self.record[self.email_col])
             .trim()
             .to_string();
@@ -253,7 +269,7 @@ impl Roster {
         if !raw_email.is_empty() {
             let fingerprint = fingerprint(&[&key]);
             if let Some(&first_line) = self.seen.get(&fingerprint) {
-                return Row::Duplicate(Repeat {
+                return Row::Duplicate(Duplicate {
                     line,
                     email: shown(&raw_email),
                     first_line,
@@ -280,7 +296,7 @@ impl Roster {
                     format!("column `{column}` is {chars} characters long (at most {MAX_FIELD_CHARS})"),
                 );
             }
-            values.push(text.to_string());
+            values.push(text.trim().to_string());
         }
         let email = match validate_email(&raw_email) {
             Ok(a) => a,
@@ -373,9 +389,55 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// The delimiter of a CSV file, from its header line: the most frequent
+/// of `,`, `;` and tab outside quotes (a comma when none appears).
+fn detect_delimiter(head: &[u8]) -> u8 {
+    let (mut counts, mut quoted) = ([0usize; 3], false);
+    for &b in head {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' | b'\r' if !quoted => break,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3)
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t'][best]
+    }
+}
+
+/// The file's first bytes, up to the end of the header line (at most 64 KiB:
+/// a longer line decides on what it has).
+fn read_head(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while head.len() < 1 << 16 {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(head)
+}
+
 /// `First Name` → `first_name`.
 #[must_use]
-pub fn normalize_header(h: &str) -> String {
+pub(crate) fn normalize_header(h: &str) -> String {
     h.trim_start_matches('\u{feff}')
         .trim()
         .to_lowercase()
@@ -383,7 +445,7 @@ pub fn normalize_header(h: &str) -> String {
 }
 
 /// A supporter's address: ASCII, parseable, with a dotted domain.
-pub fn validate_email(raw: &str) -> std::result::Result<Address, String> {
+pub(crate) fn validate_email(raw: &str) -> std::result::Result<Address, String> {
     if raw.is_empty() {
         return Err("the email is empty".into());
     }
@@ -430,11 +492,11 @@ pub(crate) fn fingerprint(parts: &[&str]) -> u128 {
 /// what follows cannot be trusted to be rows. `check` lists it as a problem,
 /// every other command stops with it (exit 1) before anything is sent.
 #[derive(Debug)]
-pub struct Malformed {
+pub(crate) struct Malformed {
     /// `FILE:LINE: reason`.
-    pub at: String,
+    pub(crate) at: String,
     /// What to do about it.
-    pub hint: &'static str,
+    pub(crate) hint: &'static str,
 }
 
 impl std::fmt::Display for Malformed {
@@ -880,14 +942,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        Roster::open(&path).unwrap().map(Result::unwrap).collect()
+        Roster::open(&path, &Layout::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn open_err(content: &[u8]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
-        format!("{:#}", Roster::open(&path).err().expect("should fail"))
+        format!(
+            "{:#}",
+            Roster::open(&path, &Layout::default())
+                .err()
+                .expect("should fail")
+        )
     }
 
     fn lines(rows: &[Row]) -> Vec<u64> {
@@ -908,7 +978,7 @@ mod tests {
         let csv = "\u{feff}email,note\r\na@x.org,\"two\r\nlines\"\r\nbad,\r\nc@x.org,ok\r\n";
         let r = rows(csv.as_bytes());
         assert_eq!(lines(&r), vec![2, 4, 5]);
-        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("invalid email")));
+        assert!(matches!(&r[1], Row::Skipped(Skipped { reason, .. }) if reason.contains("invalid email")));
     }
 
     #[test]
@@ -923,7 +993,7 @@ mod tests {
         let path = dir.path().join("s.csv");
         File::create(&path).unwrap().write_all(content).unwrap();
         let mut good = Vec::new();
-        let err = match Roster::open(&path) {
+        let err = match Roster::open(&path, &Layout::default()) {
             Err(e) => e,
             Ok(roster) => {
                 let mut rows = roster;
@@ -1082,7 +1152,7 @@ mod tests {
         let at_limit = "x".repeat(MAX_VALUE_BYTES as usize);
         let r = rows(format!("email,note\na@x.org,{at_limit}\nb@x.org,ok\n").as_bytes());
         assert!(
-            matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("40000 characters long"))
+            matches!(&r[0], Row::Skipped(Skipped { line: 2, reason, .. }) if reason.contains("40000 characters long"))
         );
         assert!(matches!(&r[1], Row::Valid(s) if s.line == 3), "{r:?}");
 
@@ -1130,7 +1200,7 @@ mod tests {
         assert!(
             matches!(
                 &r[1],
-                Row::Duplicate(Repeat {
+                Row::Duplicate(Duplicate {
                     line: 3,
                     first_line: 2,
                     ..
@@ -1148,14 +1218,14 @@ mod tests {
         let r = rows(b"email,note\na@x.org,ok\nA@x.org,a\0b\nb@x.org,c\0d\nB@X.org,ok\n");
         assert!(matches!(&r[0], Row::Valid(s) if s.line == 2), "{r:?}");
         assert!(
-            matches!(&r[1], Row::Duplicate(Repeat { line: 3, first_line: 2, email }) if email == "A@x.org"),
+            matches!(&r[1], Row::Duplicate(Duplicate { line: 3, first_line: 2, email }) if email == "A@x.org"),
             "{r:?}"
         );
-        assert!(matches!(&r[2], Row::Invalid(Skip { line: 4, reason, .. }) if reason.contains("NUL")));
+        assert!(matches!(&r[2], Row::Skipped(Skipped { line: 4, reason, .. }) if reason.contains("NUL")));
         assert!(
             matches!(
                 &r[3],
-                Row::Duplicate(Repeat {
+                Row::Duplicate(Duplicate {
                     line: 5,
                     first_line: 4,
                     ..
@@ -1168,8 +1238,10 @@ mod tests {
     #[test]
     fn ragged_and_bad_utf8_rows_are_skipped_not_fatal() {
         let r = rows(b"email,city\na@x.org,Oslo,extra\nb@x.org,\xff\xfe\nc@x.org,Rome\n");
-        assert!(matches!(&r[0], Row::Invalid(Skip { line: 2, reason, .. }) if reason.contains("3 fields")));
-        assert!(matches!(&r[1], Row::Invalid(Skip { line: 3, reason, .. }) if reason.contains("UTF-8")));
+        assert!(
+            matches!(&r[0], Row::Skipped(Skipped { line: 2, reason, .. }) if reason.contains("3 fields"))
+        );
+        assert!(matches!(&r[1], Row::Skipped(Skipped { line: 3, reason, .. }) if reason.contains("UTF-8")));
         assert!(matches!(&r[2], Row::Valid(s) if s.line == 4));
     }
 
@@ -1199,7 +1271,16 @@ mod tests {
     fn huge_and_nul_fields_are_refused() {
         let big = "x".repeat(MAX_FIELD_CHARS + 1);
         let r = rows(format!("email,note\na@x.org,{big}\nb@x.org,a\0b\n").as_bytes());
-        assert!(matches!(&r[0], Row::Invalid(Skip { reason, .. }) if reason.contains("characters long")));
-        assert!(matches!(&r[1], Row::Invalid(Skip { reason, .. }) if reason.contains("NUL")));
+        assert!(matches!(&r[0], Row::Skipped(Skipped { reason, .. }) if reason.contains("characters long")));
+        assert!(matches!(&r[1], Row::Skipped(Skipped { reason, .. }) if reason.contains("NUL")));
+    }
+
+    #[test]
+    fn the_delimiter_is_the_most_frequent_outside_quotes() {
+        assert_eq!(detect_delimiter(b"email,first_name,city\na;b;c;d\n"), b',');
+        assert_eq!(detect_delimiter(b"email;first_name;city\n"), b';');
+        assert_eq!(detect_delimiter(b"Email Address\tFirst Name\n"), b'\t');
+        assert_eq!(detect_delimiter(b"\"a;b;c\",email\n"), b',');
+        assert_eq!(detect_delimiter(b"email\n"), b',');
     }
 }

@@ -18,7 +18,7 @@ pub(crate) const HOUR: i64 = 3600;
 
 /// `start` or `end` as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bound {
+pub(crate) enum Bound {
     /// A whole day: `start` is its first moment, `end` its last.
     Date(Date),
     /// A local date-time, read in the target's zone.
@@ -52,16 +52,16 @@ impl fmt::Display for Bound {
 
 /// `hours = "09:00-17:00"`: minutes after midnight, `open < close <= 24:00`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hours {
+pub(crate) struct Hours {
     /// Opening, in minutes after midnight.
-    pub open: u32,
+    pub(crate) open: u32,
     /// Closing, in minutes after midnight (1440 = midnight at the day's end).
-    pub close: u32,
+    pub(crate) close: u32,
 }
 
 impl Hours {
     /// All day.
-    pub const ALL_DAY: Hours = Hours { open: 0, close: 1440 };
+    pub(crate) const ALL_DAY: Hours = Hours { open: 0, close: 1440 };
 }
 
 impl FromStr for Hours {
@@ -104,41 +104,41 @@ impl fmt::Display for Hours {
 }
 
 /// The three-letter day names of `days`, Monday first.
-pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub(crate) const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// `[schedule]`, typed.
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// First moment (default: the first letter handed over to the target).
-    pub start: Option<Bound>,
+    pub(crate) start: Option<Bound>,
     /// Last moment (default: no spreading, only `per_target_hourly`).
-    pub end: Option<Bound>,
+    pub(crate) end: Option<Bound>,
     /// Open hours (default all day).
-    pub hours: Hours,
+    pub(crate) hours: Hours,
     /// Open days, Monday first (default every day).
-    pub days: [bool; 7],
+    pub(crate) days: [bool; 7],
     /// The zone of targets without their own (default: the machine's).
-    pub timezone: TimeZone,
+    pub(crate) timezone: TimeZone,
     /// At most this many letters to one target in any rolling hour.
-    pub per_target_hourly: Option<u64>,
+    pub(crate) per_target_hourly: Option<u64>,
     /// Each letter's slot varies by up to ± this share of the spacing (0 to 0.5).
-    pub jitter: f64,
+    pub(crate) jitter: f64,
 }
 
 /// What a target already received, from the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// Letters handed over so far (each counted once).
-    pub letters: u64,
+    pub(crate) letters: u64,
     /// The first hand-over, if any: the window's start when `start` is absent.
-    pub first_at: Option<i64>,
+    pub(crate) first_at: Option<i64>,
     /// Hand-overs in the last hour before the moment asked about, ascending.
-    pub last_hour: Vec<i64>,
+    pub(crate) last_hour: Vec<i64>,
 }
 
 /// What bounds a target's letters at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// Nothing: every letter due may go.
     None,
     /// The window has not started.
@@ -153,19 +153,19 @@ pub enum Limit {
 
 /// How many letters may go now, and what stops more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowance {
+pub(crate) struct Allowance {
     /// Letters that may go now.
-    pub letters: u64,
+    pub(crate) letters: u64,
     /// What bounds `letters`.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
 }
 
 /// One target's view of the schedule: its zone and its window as instants.
 #[derive(Debug, Clone)]
-pub struct Window<'a> {
+pub(crate) struct Window<'a> {
     schedule: &'a Schedule,
     /// The target's zone.
-    pub tz: TimeZone,
+    pub(crate) tz: TimeZone,
     /// `start` in the target's zone, if given.
     start: Option<i64>,
     /// `end` in the target's zone, if given.
@@ -178,7 +178,7 @@ impl Schedule {
     /// The window of a target in zone `tz` (its own, or `None` for the default);
     /// `key` seeds its jitter.
     #[must_use]
-    pub fn window(&self, tz: Option<&TimeZone>, key: &str) -> Window<'_> {
+    pub(crate) fn window(&self, tz: Option<&TimeZone>, key: &str) -> Window<'_> {
         let tz = tz.unwrap_or(&self.timezone).clone();
         Window {
             schedule: self,
@@ -191,7 +191,7 @@ impl Schedule {
 
     /// The open days, as written (`mon, tue, …`), or `every day`.
     #[must_use]
-    pub fn days_text(&self) -> String {
+    pub(crate) fn days_text(&self) -> String {
         if self.days.iter().all(|d| *d) {
             return "every day".to_owned();
         }
@@ -208,19 +208,19 @@ impl Schedule {
 impl Window<'_> {
     /// `start` as an instant, if given.
     #[must_use]
-    pub fn start(&self) -> Option<i64> {
+    pub(crate) fn start(&self) -> Option<i64> {
         self.start
     }
 
     /// `end` as an instant, if given.
     #[must_use]
-    pub fn end(&self) -> Option<i64> {
+    pub(crate) fn end(&self) -> Option<i64> {
         self.end
     }
 
     /// The open intervals `[a, b)` that meet `[from, to)`, clipped to it.
     #[must_use]
-    pub fn open_spans(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
+    pub(crate) fn open_spans(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
         let mut spans = Vec::new();
         if from >= to {
             return spans;
@@ -273,19 +273,19 @@ impl Window<'_> {
 
     /// Seconds of open time in `[from, to)`.
     #[must_use]
-    pub fn open_between(&self, from: i64, to: i64) -> i64 {
+    pub(crate) fn open_between(&self, from: i64, to: i64) -> i64 {
         self.open_spans(from, to).iter().map(|(a, b)| b - a).sum()
     }
 
     /// Whether `t` is within the open hours.
     #[must_use]
-    pub fn is_open(&self, t: i64) -> bool {
+    pub(crate) fn is_open(&self, t: i64) -> bool {
         self.open_between(t, t + 1) == 1
     }
 
     /// The first open instant at or after `t` (within three weeks).
     #[must_use]
-    pub fn next_open(&self, t: i64) -> Option<i64> {
+    pub(crate) fn next_open(&self, t: i64) -> Option<i64> {
         self.open_spans(t, t + 21 * 86_400).first().map(|(a, _)| *a)
     }
 
@@ -371,7 +371,7 @@ impl Window<'_> {
     /// The letters one target may receive at `now`: `total` is its letters in
     /// today's CSV, `sent` what the ledger says went (its `last_hour` as of `now`).
     #[must_use]
-    pub fn allowance(&self, now: i64, total: u64, sent: &Sent) -> Allowance {
+    pub(crate) fn allowance(&self, now: i64, total: u64, sent: &Sent) -> Allowance {
         let due = total.saturating_sub(sent.letters);
         let start = self.spread_start(sent, now);
         if self.start.is_some_and(|s| now < s) {
@@ -426,7 +426,7 @@ impl Window<'_> {
     /// The first instant at or after `now` when one more letter may go (if
     /// nothing else goes before), or `None` when none is due.
     #[must_use]
-    pub fn next_letter(&self, now: i64, total: u64, sent: &Sent) -> Option<i64> {
+    pub(crate) fn next_letter(&self, now: i64, total: u64, sent: &Sent) -> Option<i64> {
         if sent.letters >= total {
             return None;
         }
@@ -472,7 +472,7 @@ impl Window<'_> {
     /// letters)` in the target's zone, for the dry-run plan. `due` letters are
     /// left of `total`.
     #[must_use]
-    pub fn per_day(&self, now: i64, total: u64, sent: &Sent) -> Vec<(Date, u64)> {
+    pub(crate) fn per_day(&self, now: i64, total: u64, sent: &Sent) -> Vec<(Date, u64)> {
         let mut days: Vec<(Date, u64)> = Vec::new();
         let mut sent = sent.clone();
         let mut t = now;
@@ -502,14 +502,14 @@ impl Window<'_> {
 
     /// `2026-12-01 09:00 America/New_York`
     #[must_use]
-    pub fn show(&self, t: i64) -> String {
+    pub(crate) fn show(&self, t: i64) -> String {
         show(t, &self.tz)
     }
 }
 
 /// `2026-12-01 09:00 America/New_York`, in `tz`.
 #[must_use]
-pub fn show(t: i64, tz: &TimeZone) -> String {
+pub(crate) fn show(t: i64, tz: &TimeZone) -> String {
     let Ok(ts) = Timestamp::from_second(t) else {
         return t.to_string();
     };
@@ -519,7 +519,7 @@ pub fn show(t: i64, tz: &TimeZone) -> String {
 
 /// The zone's IANA name, or its offset.
 #[must_use]
-pub fn zone_name(tz: &TimeZone) -> String {
+pub(crate) fn zone_name(tz: &TimeZone) -> String {
     tz.iana_name()
         .map_or_else(|| "local time".to_owned(), str::to_owned)
 }

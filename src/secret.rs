@@ -23,7 +23,7 @@ const MAX_OUTPUT: u64 = 64 * 1024;
 
 /// Where the SMTP password comes from (`[smtp] password_env`, `password_command`, `password`).
 #[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
+pub(crate) enum Secret {
     /// An environment variable's name (default `MAILER_SMTP_PASSWORD`).
     Env(String),
     /// A shell command whose first line of stdout is the password, run in
@@ -50,7 +50,7 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     /// Fetches the password now. Never cached: each connection asks again.
-    pub fn resolve(&self) -> Result<Password> {
+    pub(crate) fn resolve(&self) -> Result<Password> {
         match self {
             Secret::Env(name) => match std::env::var(name) {
                 Ok(value) if !value.is_empty() => Ok(Password(value)),
@@ -150,18 +150,18 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<Opti
 
 /// A password. Its only way out is [`Password::expose`].
 #[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
+pub(crate) struct Password(String);
 
 impl Password {
     /// Wraps a literal value.
     #[must_use]
-    pub fn new(value: String) -> Self {
+    pub(crate) fn new(value: String) -> Self {
         Password(value)
     }
 
     /// The value, for the AUTH exchange only.
     #[must_use]
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

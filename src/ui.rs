@@ -14,9 +14,9 @@ use crate::cli::ColorChoice;
 #[derive(Debug, Clone)]
 pub struct Ui {
     /// `-q`: only errors.
-    pub quiet: bool,
+    pub(crate) quiet: bool,
     /// `-v`: more detail.
-    pub verbose: bool,
+    pub(crate) verbose: bool,
     color: bool,
     stderr_tty: bool,
     stdin_tty: bool,
@@ -53,13 +53,13 @@ impl Ui {
 
     /// Whether a person is at the keyboard (prompts allowed).
     #[must_use]
-    pub fn interactive(&self) -> bool {
+    pub(crate) fn interactive(&self) -> bool {
         self.stdin_tty && self.stderr_tty
     }
 
     /// Whether stdout is a terminal (tables) or a pipe (one line).
     #[must_use]
-    pub fn stdout_is_terminal(&self) -> bool {
+    pub(crate) fn stdout_is_terminal(&self) -> bool {
         self.stdout_tty
     }
 
@@ -81,7 +81,7 @@ impl Ui {
     }
 
     /// `warning: …` (hidden by `-q`).
-    pub fn warn(&self, message: &str) {
+    pub(crate) fn warn(&self, message: &str) {
         if !self.quiet {
             let (main, hint) = split_hint(message);
             eprintln!("{} {main}", self.paint(YELLOW, "warning:"));
@@ -92,33 +92,35 @@ impl Ui {
     }
 
     /// A problem line such as `FILE:LINE: reason` (hidden by `-q`).
-    pub fn problem(&self, message: &str) {
+    pub(crate) fn problem(&self, message: &str) {
         if !self.quiet {
             eprintln!("{message}");
         }
     }
 
     /// A failure during a send: shown even with `-q` (cron mails it).
-    pub fn failure(&self, message: &str) {
+    // NOTE: a method like its siblings, so every word to the person goes through `Ui`.
+    #[allow(clippy::unused_self)]
+    pub(crate) fn failure(&self, message: &str) {
         eprintln!("{message}");
     }
 
     /// `hint: …` (hidden by `-q`).
-    pub fn hint(&self, message: &str) {
+    pub(crate) fn hint(&self, message: &str) {
         if !self.quiet {
             eprintln!("{} {message}", self.paint(CYAN, "hint:"));
         }
     }
 
     /// Progress notes (hidden by `-q`).
-    pub fn note(&self, message: &str) {
+    pub(crate) fn note(&self, message: &str) {
         if !self.quiet {
             eprintln!("{message}");
         }
     }
 
     /// Detail for `-v`.
-    pub fn detail(&self, message: &str) {
+    pub(crate) fn detail(&self, message: &str) {
         if self.verbose {
             eprintln!("{} {message}", self.paint(CYAN, "debug:"));
         }
@@ -126,12 +128,14 @@ impl Ui {
 
     /// A green `ok` mark for step lists.
     #[must_use]
-    pub fn ok(&self, text: &str) -> String {
+    pub(crate) fn ok(&self, text: &str) -> String {
         self.paint(GREEN, text)
     }
 
     /// Asks a yes/no question on stderr; only `y`/`yes` is yes.
-    pub fn confirm(&self, question: &str) -> bool {
+    // NOTE: a method like its siblings, so every word to the person goes through `Ui`.
+    #[allow(clippy::unused_self)]
+    pub(crate) fn confirm(&self, question: &str) -> bool {
         eprint!("{question} [y/N] ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -145,24 +149,12 @@ impl Ui {
         matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
     }
 
-    /// Asks for a value with a default (terminal only).
-    pub fn ask(&self, question: &str, default: &str) -> String {
-        eprint!("{question} [{default}]: ");
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        let answer = answer.trim();
-        if answer.is_empty() {
-            default.to_string()
-        } else {
-            answer.to_string()
-        }
-    }
-
     /// Asks for a line (terminal only): the answer trimmed, `default` when
     /// it is empty (shown in brackets when there is one), `None` at the end
     /// of input (Ctrl-D).
-    pub fn ask_line(&self, question: &str, default: Option<&str>) -> Option<String> {
+    // NOTE: a method like its siblings, so every word to the person goes through `Ui`.
+    #[allow(clippy::unused_self)]
+    pub(crate) fn ask_line(&self, question: &str, default: Option<&str>) -> Option<String> {
         match default {
             Some(d) if !d.is_empty() => eprint!("{question} [{d}]: "),
             _ => eprint!("{question}: "),
@@ -185,7 +177,7 @@ impl Ui {
 
     /// A progress bar on a terminal; hidden otherwise.
     #[must_use]
-    pub fn progress(&self, total: u64) -> indicatif::ProgressBar {
+    pub(crate) fn progress(&self, total: u64) -> indicatif::ProgressBar {
         if !self.stderr_tty || self.quiet {
             return indicatif::ProgressBar::hidden();
         }
@@ -216,7 +208,7 @@ impl Ui {
 /// (`\u{1b}`), so an `ESC [2J` shows as text instead of clearing the screen.
 /// Everything else, quotes and backslashes included, is kept as it is.
 #[must_use]
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
             || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')

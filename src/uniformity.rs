@@ -17,6 +17,7 @@
 
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::Target;
 use crate::message::Built;
@@ -24,19 +25,25 @@ use crate::report::thousands;
 use crate::roster::Supporter;
 
 /// Jaccard resemblance from which two letters count as near-identical.
-pub const NEAR_IDENTICAL: f64 = 0.95;
+pub(crate) const NEAR_IDENTICAL: f64 = 0.95;
 /// Letters per target measured exactly; past that, a deterministic sample.
-pub const SAMPLE: usize = 1000;
+pub(crate) const SAMPLE: usize = 1000;
 /// Columns a supporter writes their own words in.
 const NOTE_COLUMNS: [&str; 6] = ["note", "notes", "personal_note", "comment", "comments", "message"];
 /// A note adds real words when it has at least this many words of letters.
 const NOTE_MIN_WORDS: usize = 3;
 /// Shares from which `check` adds the hint.
-pub const HIGH: f64 = 0.5;
+pub(crate) const HIGH: f64 = 0.5;
 
 /// Collects the letters of a campaign, one target at a time.
-pub struct Meter {
+///
+/// NOTE: the rows of `[routing] targets` share one line ("the 535 targets
+/// of `targets.csv`"): one sample per row would hold hundreds of thousands
+/// of shingle sets, and hundreds of lines would hide the point.
+pub(crate) struct Meter {
     targets: Vec<TargetMeter>,
+    /// Target index → its meter in `targets`.
+    slot: Vec<usize>,
 }
 
 struct TargetMeter {
@@ -56,23 +63,23 @@ struct Sampled {
 
 /// One target's line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Uniformity {
+pub(crate) struct Uniformity {
     /// The target's name, else its address.
-    pub target: String,
+    pub(crate) target: String,
     /// Its letters.
-    pub letters: u64,
+    pub(crate) letters: u64,
     /// Share of them near-identical to another letter to it.
-    pub near_identical: f64,
+    pub(crate) near_identical: f64,
     /// Share carrying a personal note.
-    pub noted: f64,
+    pub(crate) noted: f64,
     /// `Some(n)`: the near-identical share is estimated from n letters.
-    pub sampled: Option<usize>,
+    pub(crate) sampled: Option<usize>,
 }
 
 impl Uniformity {
     /// Whether the hint should follow.
     #[must_use]
-    pub fn is_high(&self) -> bool {
+    pub(crate) fn is_high(&self) -> bool {
         self.letters > 1 && self.near_identical >= HIGH
     }
 }
@@ -102,25 +109,45 @@ impl fmt::Display for Uniformity {
 impl Meter {
     /// A meter for these targets (in config order, as `Prepared` gives letters).
     #[must_use]
-    pub fn new(targets: &[Target]) -> Meter {
+    pub(crate) fn new(targets: &[Arc<Target>], routing_file: Option<&str>) -> Meter {
+        let meter = |name: String| TargetMeter {
+            name,
+            letters: 0,
+            noted: 0,
+            sample: BinaryHeap::new(),
+        };
+        let mut meters = Vec::new();
+        let mut slot = Vec::with_capacity(targets.len());
+        let routed = targets.iter().filter(|t| t.routed.is_some()).count();
+        let mut routed_slot = None;
+        for t in targets {
+            if t.routed.is_some() {
+                let i = *routed_slot.get_or_insert_with(|| {
+                    meters.push(meter(format!(
+                        "the {} targets of `{}`",
+                        thousands(routed as u64),
+                        routing_file.unwrap_or("[routing] targets")
+                    )));
+                    meters.len() - 1
+                });
+                slot.push(i);
+            } else {
+                meters.push(meter(t.name.clone().unwrap_or_else(|| t.email.to_string())));
+                slot.push(meters.len() - 1);
+            }
+        }
         Meter {
-            targets: targets
-                .iter()
-                .map(|t| TargetMeter {
-                    name: t.name.clone().unwrap_or_else(|| t.email.to_string()),
-                    letters: 0,
-                    noted: 0,
-                    sample: BinaryHeap::new(),
-                })
-                .collect(),
+            targets: meters,
+            slot,
         }
     }
 
     /// Counts one supporter's letters, one per target.
-    pub fn add(&mut self, supporter: &Supporter, letters: &[Built]) {
+    pub(crate) fn add(&mut self, supporter: &Supporter, letters: &[(Arc<Target>, Built)]) {
         let note = personal_note(supporter);
         let mut own: Option<Vec<String>> = None;
-        for (t, built) in self.targets.iter_mut().zip(letters) {
+        for (target, built) in letters {
+            let t = &mut self.targets[self.slot[target.index]];
             t.letters += 1;
             if note.is_some_and(|n| built.text.contains(n)) {
                 t.noted += 1;
@@ -142,7 +169,7 @@ impl Meter {
 
     /// One line per target, in config order (targets without letters left out).
     #[must_use]
-    pub fn finish(self) -> Vec<Uniformity> {
+    pub(crate) fn finish(self) -> Vec<Uniformity> {
         self.targets
             .into_iter()
             .filter(|t| t.letters > 0)

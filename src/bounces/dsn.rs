@@ -14,23 +14,23 @@ use crate::ui::printable;
 
 /// One message from the mailbox, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read {
+pub(crate) struct Read {
     /// Identifies the message for idempotency: `mid:` + its Message-ID, or
     /// `sha256:` + a digest of its bytes.
-    pub source: String,
+    pub(crate) source: String,
     /// Addresses it was delivered to (`To`, `Delivered-To`,
     /// `X-Original-To`, `Envelope-To`, `X-Envelope-To`): a VERP token
     /// is found here.
-    pub addressed_to: Vec<String>,
+    pub(crate) addressed_to: Vec<String>,
     /// Its `Date`, unix seconds.
-    pub date: Option<i64>,
+    pub(crate) date: Option<i64>,
     /// What kind of message it is.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
 }
 
 /// What a message is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A delivery status notification.
     Dsn(Dsn),
     /// An automatic reply (out of office, vacation, challenge-response).
@@ -41,40 +41,42 @@ pub enum Kind {
 
 /// The machine-readable content of a DSN.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Dsn {
+pub(crate) struct Dsn {
     /// `Reporting-MTA`, without its type (`dns; `).
-    pub reporting_mta: Option<String>,
+    pub(crate) reporting_mta: Option<String>,
     /// One entry per recipient the report is about.
-    pub recipients: Vec<Recipient>,
+    pub(crate) recipients: Vec<Recipient>,
     /// The Message-ID of the returned message (angle brackets included),
     /// from `text/rfc822-headers` or `message/rfc822`.
-    pub original_message_id: Option<String>,
+    pub(crate) original_message_id: Option<String>,
 }
 
 /// One per-recipient block of a DSN.
+// NOTE: the field names are RFC 3464's.
+#[allow(clippy::struct_field_names)]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Recipient {
+pub(crate) struct Recipient {
     /// `Final-Recipient` address (lower-cased, type removed).
-    pub final_recipient: Option<String>,
+    pub(crate) final_recipient: Option<String>,
     /// `Original-Recipient` address, when given.
-    pub original_recipient: Option<String>,
+    pub(crate) original_recipient: Option<String>,
     /// `Action`, lower-cased: failed, delayed, delivered, relayed, expanded.
-    pub action: String,
+    pub(crate) action: String,
     /// `Status`, e.g. `5.1.1`.
-    pub status: String,
+    pub(crate) status: String,
     /// `Diagnostic-Code` without its type, on one line.
-    pub diagnostic: Option<String>,
+    pub(crate) diagnostic: Option<String>,
     /// `Remote-MTA` without its type.
-    pub remote_mta: Option<String>,
+    pub(crate) remote_mta: Option<String>,
     /// `Last-Attempt-Date`, unix seconds.
-    pub last_attempt: Option<i64>,
+    pub(crate) last_attempt: Option<i64>,
 }
 
 impl Recipient {
     /// A final failure: `Action: failed` (a 5.x.x refusal, or a relay that
     /// gave up retrying), or a 5.x.x status without an action.
     #[must_use]
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         match self.action.as_str() {
             "failed" => true,
             "" => self.status.starts_with('5'),
@@ -84,7 +86,7 @@ impl Recipient {
 
     /// A transient notice: `Action: delayed`, or 4.x.x without an action.
     #[must_use]
-    pub fn is_delay(&self) -> bool {
+    pub(crate) fn is_delay(&self) -> bool {
         match self.action.as_str() {
             "delayed" => true,
             "" => self.status.starts_with('4'),
@@ -98,7 +100,7 @@ const MAX_DIAGNOSTIC: usize = 500;
 
 /// Reads one raw message.
 #[must_use]
-pub fn read(raw: &[u8]) -> Read {
+pub(crate) fn read(raw: &[u8]) -> Read {
     let digest = || {
         let d = Sha256::digest(raw);
         d.iter().fold(String::from("sha256:"), |mut s, b| {
@@ -309,7 +311,7 @@ fn addresses(value: &str) -> Vec<String> {
 /// address, a queue id, a host name) removed, so that one problem across
 /// 500 letters reads as one line.
 #[must_use]
-pub fn problem_key(diagnostic: &str) -> String {
+pub(crate) fn problem_key(diagnostic: &str) -> String {
     let words: Vec<String> = diagnostic
         .split_whitespace()
         .map(|w| {

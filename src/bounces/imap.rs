@@ -18,7 +18,7 @@ use crate::ui::printable;
 
 /// Why a session failed.
 #[derive(Debug)]
-pub enum ImapError {
+pub(crate) enum ImapError {
     /// The server could not be reached, or went away: try later.
     Unreachable(String),
     /// Certificate, login or folder trouble: needs a person.
@@ -60,7 +60,7 @@ enum Literal {
 }
 
 /// What `fetch` got.
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// The message.
     Message(Vec<u8>),
     /// Larger than 10 MB: skipped.
@@ -70,7 +70,7 @@ pub enum Fetched {
 }
 
 /// An authenticated-or-not IMAP session.
-pub struct Session {
+pub(crate) struct Session {
     stream: StreamOwned<ClientConnection, TcpStream>,
     rbuf: Vec<u8>,
     tag: u32,
@@ -82,7 +82,7 @@ pub struct Session {
 
 impl Session {
     /// Connects over TLS and reads the greeting.
-    pub fn connect(
+    pub(crate) fn connect(
         host: &str,
         port: u16,
         tls: Arc<ClientConfig>,
@@ -124,7 +124,7 @@ impl Session {
     }
 
     /// `LOGIN user password`. A refusal names the user, never the password.
-    pub fn login(&mut self, user: &str, password: &Password) -> Result<(), ImapError> {
+    pub(crate) fn login(&mut self, user: &str, password: &Password) -> Result<(), ImapError> {
         let secret = password.expose();
         let (status, _) = self
             .command(&[Arg::Atom("LOGIN"), Arg::Str(user), Arg::Str(secret)], &[secret])
@@ -141,7 +141,7 @@ impl Session {
     }
 
     /// `SELECT folder` (read-write, for `\Seen`).
-    pub fn select(&mut self, folder: &str) -> Result<(), ImapError> {
+    pub(crate) fn select(&mut self, folder: &str) -> Result<(), ImapError> {
         let (status, _) = self
             .command(&[Arg::Atom("SELECT"), Arg::Str(folder)], &[])
             .map_err(|e| self.lost("SELECT", &e))?;
@@ -156,7 +156,7 @@ impl Session {
     }
 
     /// UIDs of the messages not yet `\Seen`.
-    pub fn unseen(&mut self) -> Result<Vec<u32>, ImapError> {
+    pub(crate) fn unseen(&mut self) -> Result<Vec<u32>, ImapError> {
         let (status, lines) = self
             .command(&[Arg::Atom("UID SEARCH UNSEEN")], &[])
             .map_err(|e| self.lost("SEARCH", &e))?;
@@ -171,7 +171,7 @@ impl Session {
     }
 
     /// One message's bytes, without setting `\Seen`.
-    pub fn fetch(&mut self, uid: u32) -> Result<Fetched, ImapError> {
+    pub(crate) fn fetch(&mut self, uid: u32) -> Result<Fetched, ImapError> {
         let cmd = format!("UID FETCH {uid} BODY.PEEK[]");
         let (status, lines) = self
             .command(&[Arg::Atom(&cmd)], &[])
@@ -188,7 +188,7 @@ impl Session {
     }
 
     /// Marks a message `\Seen` (never deletes).
-    pub fn mark_seen(&mut self, uid: u32) -> Result<(), ImapError> {
+    pub(crate) fn mark_seen(&mut self, uid: u32) -> Result<(), ImapError> {
         let cmd = format!("UID STORE {uid} +FLAGS.SILENT (\\Seen)");
         let (status, _) = self
             .command(&[Arg::Atom(&cmd)], &[])
@@ -197,7 +197,7 @@ impl Session {
     }
 
     /// `LOGOUT`, best effort.
-    pub fn logout(mut self) {
+    pub(crate) fn logout(mut self) {
         let _ = self.command(&[Arg::Atom("LOGOUT")], &[]);
     }
 

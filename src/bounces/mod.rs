@@ -5,8 +5,8 @@
 //! each message (`dsn` parses it). The ledger records the outcome;
 //! `cmd/bounces` orchestrates and reports.
 
-pub mod dsn;
-pub mod imap;
+pub(crate) mod dsn;
+pub(crate) mod imap;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -29,7 +29,7 @@ const TOKEN_BYTES: usize = 10;
 /// secret) of the campaign and the letter's identity, base32 lower-case.
 /// Stable across resends; not guessable without the secret.
 #[must_use]
-pub fn token(secret: &[u8], campaign_id: &str, supporter: &str, target: &str) -> String {
+pub(crate) fn token(secret: &[u8], campaign_id: &str, supporter: &str, target: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let mut ctx = ring::hmac::Context::with_key(&key);
     for part in [campaign_id, supporter, target] {
@@ -59,7 +59,7 @@ fn base32(bytes: &[u8]) -> String {
 }
 
 /// Per-letter return paths for a send run.
-pub struct Verp {
+pub(crate) struct Verp {
     return_path: ReturnPath,
     secret: Vec<u8>,
     campaign_id: String,
@@ -68,7 +68,7 @@ pub struct Verp {
 impl Verp {
     /// VERP for this run, when `[bounces] return_path` is set. Reads the
     /// ledger's secret (`send` creates it when it opens the ledger).
-    pub fn new(config: &Config, ledger: &Ledger) -> Result<Option<Verp>> {
+    pub(crate) fn new(config: &Config, ledger: &Ledger) -> Result<Option<Verp>> {
         let Some(return_path) = config.bounces.as_ref().and_then(|b| b.return_path.clone()) else {
             return Ok(None);
         };
@@ -83,7 +83,7 @@ impl Verp {
     }
 
     /// The MAIL FROM address of one letter.
-    pub fn address(&self, supporter: &str, target: &str) -> Result<Address> {
+    pub(crate) fn address(&self, supporter: &str, target: &str) -> Result<Address> {
         let t = token(&self.secret, &self.campaign_id, supporter, target);
         let text = self.return_path.with_token(&t);
         text.parse()
@@ -95,7 +95,7 @@ impl Verp {
 /// it, or the reverse): DMARC's SPF alignment compares the two. The reason,
 /// when it does not.
 #[must_use]
-pub fn misaligned(config: &Config, from_domain: &str) -> Option<String> {
+pub(crate) fn misaligned(config: &Config, from_domain: &str) -> Option<String> {
     let bounces = config.bounces.as_ref()?;
     let rp = bounces.return_path.as_ref()?;
     let (from, verp) = (from_domain.to_ascii_lowercase(), rp.domain().to_ascii_lowercase());
@@ -113,7 +113,7 @@ pub fn misaligned(config: &Config, from_domain: &str) -> Option<String> {
 /// For `send`: a misaligned return path is a config error (exit 1, nothing
 /// sent). From is a template: its domain is the first letter's, as `check`
 /// judges it.
-pub fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
+pub(crate) fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
     if campaign
         .config
         .bounces
@@ -127,7 +127,7 @@ pub fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
         if let Ok(Prepared::Letters { letters, .. }) = prepared
             && let Some(first) = letters.first()
         {
-            return match misaligned(&campaign.config, first.from.domain()) {
+            return match misaligned(&campaign.config, first.1.from.domain()) {
                 Some(problem) => Err(Failure::error(Exit::BadInput, problem)),
                 None => Ok(()),
             };
@@ -137,7 +137,7 @@ pub fn refuse_misaligned(campaign: &Campaign) -> Result<()> {
 }
 
 /// Which letter a notification is about: by VERP token, else by Message-ID.
-pub struct Index {
+pub(crate) struct Index {
     return_path: Option<ReturnPath>,
     by_token: HashMap<String, (String, String)>,
     by_message_id: HashMap<String, (String, String)>,
@@ -147,7 +147,7 @@ pub struct Index {
 impl Index {
     /// Indexes every letter the ledger holds.
     #[must_use]
-    pub fn new(config: &Config, records: &[Record], secret: Option<&[u8]>) -> Index {
+    pub(crate) fn new(config: &Config, records: &[Record], secret: Option<&[u8]>) -> Index {
         let return_path = config.bounces.as_ref().and_then(|b| b.return_path.clone());
         let mut by_token = HashMap::new();
         let mut by_message_id = HashMap::new();
@@ -199,7 +199,7 @@ impl Index {
 
 /// How a notification was tied to its letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Matched {
+pub(crate) enum Matched {
     /// The VERP token in the address it was delivered to.
     Token,
     /// The Message-ID of the returned headers.
@@ -217,7 +217,7 @@ impl std::fmt::Display for Matched {
 
 /// What one message from the mailbox is, for the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A notification about one of our letters (a failure or a delay).
     Letter(Bounce, Matched),
     /// A notification about our letter, but only about a copy (the
@@ -236,7 +236,7 @@ pub enum Verdict {
 
 /// Judges one raw message. `now` dates notifications that carry no date.
 #[must_use]
-pub fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
+pub(crate) fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
     let read = dsn::read(raw);
     let d = match &read.kind {
         dsn::Kind::Dsn(d) => d,
@@ -301,10 +301,10 @@ pub fn judge(raw: &[u8], index: &Index, now: i64) -> Verdict {
 
 /// Largest message judged (a bounce report is a few kilobytes); a larger
 /// one is skipped and counted, never read whole.
-pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 10 * 1024 * 1024;
 
 /// One entry of a mailbox, as it is read.
-pub enum Entry<'a> {
+pub(crate) enum Entry<'a> {
     /// A message's bytes.
     Message(&'a [u8]),
     /// A message that was not judged, and why.
@@ -320,7 +320,11 @@ const VANISHED: &str = "gone before it could be read (moved or deleted by a mail
 /// file — one message at a time, handing each to `visit` with a name for
 /// messages. Memory stays bounded by [`MAX_MESSAGE`], whatever the size of
 /// the mailbox. `at` is `FILE:LINE` of `[bounces]`, for errors.
-pub fn read_local(path: &Path, at: &str, visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>) -> Result<()> {
+pub(crate) fn read_local(
+    path: &Path,
+    at: &str,
+    visit: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>,
+) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
             "{at}: cannot read the bounce mailbox `{}`\n\nhint: set [bounces] mailbox to a Maildir folder, an mbox \

@@ -34,7 +34,7 @@ struct Tally {
 }
 
 /// Runs `mailer bounces`.
-pub fn run(campaign: &Campaign, ui: &Ui, clock: &dyn Clock) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, ui: &Ui, clock: &dyn Clock) -> Result<Exit> {
     let config = &campaign.config;
     let settings = config.bounces.as_ref().ok_or_else(|| {
         anyhow!(
@@ -161,7 +161,7 @@ fn read_imap(
     port: u16,
     judge: &mut dyn FnMut(&str, Entry<'_>) -> Result<bool>,
 ) -> Result<()> {
-    let tls = crate::transport::tls_client_config(settings.ca_file.as_deref())?;
+    let tls = crate::smtp::tls_client_config(settings.ca_file.as_deref())?;
     let user = settings
         .username
         .clone()

@@ -2,6 +2,7 @@
 //! anything is sent; optionally a full SMTP handshake.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use anyhow::Result;
 
@@ -10,8 +11,9 @@ use crate::exit::{Exit, Failure};
 use crate::placeholder;
 use crate::provider;
 use crate::report::{out, thousands};
-use crate::roster::{Malformed, Repeat, Skip};
-use crate::transport::{ConnectError, Connector};
+use crate::roster::{Duplicate, Malformed, Skipped};
+use crate::smtp::{ConnectError, Connector};
+use crate::targets::Unmatched;
 use crate::ui::Ui;
 use crate::uniformity::{Meter, Uniformity};
 
@@ -33,13 +35,16 @@ const FREE_MAIL: [&str; 14] = [
     "gmx.com",
 ];
 
+/// Attachments heavier than this in total get a warning (10 MB).
+const ATTACHMENTS_WARN_BYTES: usize = 10_000_000;
+
 /// `check` flags, free of clap.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Also connect, negotiate TLS, authenticate and quit.
-    pub smtp: bool,
+    pub(crate) smtp: bool,
     /// Rows `send` would skip are errors, not warnings.
-    pub strict: bool,
+    pub(crate) strict: bool,
 }
 
 /// Runs `mailer check`.
@@ -47,7 +52,8 @@ pub struct Options {
 /// Exit 1 for what would stop `send` (config, letter, the supporters file
 /// itself, a letter that cannot render); rows `send` would merely skip are
 /// listed too but only fail the check with `--strict` (SPEC "Commands").
-pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
+#[allow(clippy::too_many_lines)] // one pass over the rows, each kind counted in place
+pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     let Options { smtp, strict } = opts;
     let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
@@ -57,7 +63,14 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
     let mut from = None;
     // Placeholders matter only where a real relay would deliver them.
     let mut placeholders = placeholder::real_relay(campaign).map(|_| placeholder::Scan::new(campaign));
-    let mut meter = Meter::new(&campaign.config.targets);
+    let routing_file = campaign
+        .config
+        .routing
+        .as_ref()
+        .map(|r| r.file.display().to_string());
+    let mut meter = Meter::new(&campaign.config.targets, routing_file.as_deref());
+    let mut unmatched = Unmatched::default();
+    let mut languages: BTreeMap<String, u64> = BTreeMap::new();
     for prepared in campaign.prepared(false)? {
         match prepared {
             Ok(Prepared::Letters {
@@ -71,14 +84,19 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                 supporters += 1;
                 letters += built.len() as u64;
                 if from.is_none() {
-                    from = built.first().map(|b| b.from.clone());
+                    from = built.first().map(|(_, b)| b.from.clone());
+                }
+                if let Some(column) = campaign.letter.language_column() {
+                    let l = supporter.get(column).unwrap_or("").trim().to_lowercase();
+                    *languages.entry(l).or_insert(0) += 1;
                 }
             }
-            Ok(Prepared::Skipped(Skip { line, reason, .. })) => {
+            Ok(Prepared::Unmatched { label, .. }) => unmatched.add(label),
+            Ok(Prepared::Skipped(Skipped { line, reason, .. })) => {
                 problems += 1;
                 out(&format!("{file}:{line}: {reason}\n"))?;
             }
-            Ok(Prepared::Duplicate(Repeat {
+            Ok(Prepared::Duplicate(Duplicate {
                 line,
                 email,
                 first_line,
@@ -120,6 +138,7 @@ pub fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
         }
     }
     note_repeats(&template_errors, ui);
+    problems += shape_lines(campaign, &unmatched, &languages, ui)?;
     if let Some(scan) = placeholders {
         let n = report_placeholders(campaign, scan, ui)?;
         problems += n;
@@ -175,6 +194,59 @@ fn skip_hint(rows: u64, ui: &Ui) {
     ));
 }
 
+/// The campaign's shape: supporters who match no target (returns how
+/// many: rows `send` skips), the languages found, heavy attachments.
+fn shape_lines(
+    campaign: &Campaign,
+    unmatched: &Unmatched,
+    languages: &BTreeMap<String, u64>,
+    ui: &Ui,
+) -> Result<u64> {
+    if unmatched.total > 0 {
+        out(&format!("{unmatched}\n"))?;
+    }
+    language_lines(campaign, languages, ui)?;
+    let attached: usize = campaign.attachments().iter().map(|a| a.bytes.len()).sum();
+    if attached > ATTACHMENTS_WARN_BYTES {
+        ui.warn(&format!(
+            "the attachments ([campaign] attachments) weigh {:.1} MB together, more than 10 MB: many \
+             mail servers refuse large messages, and every letter carries them\n\nhint: link to the \
+             file instead, or make it smaller",
+            attached as f64 / 1_000_000.0
+        ));
+    }
+    Ok(unmatched.total)
+}
+
+/// `languages: es 120, en 3,400, fr 7 (no letter of its own: fr)`.
+fn language_lines(campaign: &Campaign, languages: &BTreeMap<String, u64>, ui: &Ui) -> Result<()> {
+    if languages.is_empty() || ui.quiet {
+        return Ok(());
+    }
+    let list: Vec<String> = languages
+        .iter()
+        .map(|(l, n)| {
+            let l = if l.is_empty() { "(empty)" } else { l.as_str() };
+            format!("{l} {}", thousands(*n))
+        })
+        .collect();
+    let missing: Vec<&str> = languages
+        .keys()
+        .filter(|l| !l.is_empty() && !campaign.letter.has_language(l))
+        .map(String::as_str)
+        .collect();
+    let mut line = format!("languages: {}", list.join(", "));
+    if !missing.is_empty() {
+        let _ = write!(
+            line,
+            "; without a letter of their own (they get the default letter): {}",
+            missing.join(", ")
+        );
+    }
+    out(&format!("{line}\n"))?;
+    Ok(())
+}
+
 /// Says how often each letter error (printed once, with its first row) repeats.
 fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
     for (msg, n) in template_errors {
@@ -193,7 +265,20 @@ fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
 fn print_summary(campaign: &Campaign, [supporters, letters, problems]: [u64; 3], ui: &Ui) -> Result<()> {
     let targets = campaign.target_count();
     let s = |n: u64| if n == 1 { "" } else { "s" };
-    if !ui.quiet {
+    if !ui.quiet && campaign.is_routed() {
+        // Each supporter writes to their own targets: no product to show.
+        out(&format!(
+            "{} supporter{} → {} letter{} to {} target{} ready; {} problem{}\n",
+            thousands(supporters),
+            s(supporters),
+            thousands(letters),
+            s(letters),
+            thousands(targets as u64),
+            s(targets as u64),
+            thousands(problems),
+            s(problems),
+        ))?;
+    } else if !ui.quiet {
         out(&format!(
             "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}\n",
             thousands(supporters),

@@ -12,7 +12,7 @@ use crate::ledger::Ledger;
 use crate::ui::printable;
 
 /// Runs `mailer export [--out FILE]`.
-pub fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, out: Option<&Path>) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     match out {

@@ -17,7 +17,7 @@ use crate::ui::Ui;
 
 /// The sentence the skeleton letter asks the volunteer to replace. A letter
 /// that still says it is not written yet: `check` and `send` stop on it.
-pub const UNWRITTEN: &str = "Write your letter here";
+pub(crate) const UNWRITTEN: &str = "Write your letter here";
 
 /// The letter skeleton: addressed to the target by name, signed by the supporter.
 const LETTER: &str = "Dear {{ target.name }},
@@ -69,7 +69,7 @@ impl Answers {
 const DEFAULT_SUBJECT: &str = "A letter from {{ supporter.name }}";
 
 /// Runs `mailer init`.
-pub fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
+pub(crate) fn run(dir: Option<PathBuf>, ui: &Ui) -> Result<Exit> {
     let dir = dir.unwrap_or_else(|| PathBuf::from("."));
     let files = [
         dir.join("mailer.toml"),
@@ -334,7 +334,7 @@ fn supporters(a: &Answers) -> Result<String> {
 
 /// The letter files of `campaign` that still hold the skeleton's sentence,
 /// as `FILE:LINE` (a letter nobody wrote yet must not go out).
-pub fn unwritten_letters(campaign: &crate::campaign::Campaign) -> Vec<String> {
+pub(crate) fn unwritten_letters(campaign: &crate::campaign::Campaign) -> Vec<String> {
     let path = &campaign.config.campaign.letter;
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
@@ -347,7 +347,7 @@ pub fn unwritten_letters(campaign: &crate::campaign::Campaign) -> Vec<String> {
 }
 
 /// `send`'s gate: a real relay never gets the skeleton letter.
-pub fn refuse_unwritten(campaign: &crate::campaign::Campaign) -> Result<()> {
+pub(crate) fn refuse_unwritten(campaign: &crate::campaign::Campaign) -> Result<()> {
     let Some(host) = crate::placeholder::real_relay(campaign) else {
         return Ok(());
     };

@@ -1,13 +1,14 @@
 //! One module per subcommand: load → plan → act → report.
-pub mod bounces;
-pub mod check;
-pub mod export;
-pub mod init;
-pub mod preview;
-pub mod requeue;
-pub mod send;
-pub mod skip;
-pub mod status;
+pub(crate) mod bounces;
+pub(crate) mod check;
+pub(crate) mod export;
+pub(crate) mod init;
+pub(crate) mod preview;
+pub(crate) mod requeue;
+pub(crate) mod send;
+pub(crate) mod send_test;
+pub(crate) mod skip;
+pub(crate) mod status;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;

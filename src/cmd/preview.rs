@@ -11,33 +11,33 @@ use crate::campaign::{Campaign, Prepared};
 use crate::exit::Exit;
 use crate::message::Built;
 use crate::report::{out, preview_text, thousands};
-use crate::roster::{Repeat, Skip};
+use crate::roster::{Duplicate, Skipped};
 use crate::ui::Ui;
 
 /// `preview` flags, free of clap.
 #[derive(Debug, Clone, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only this supporter (case-insensitive).
-    pub supporter: Option<String>,
+    pub(crate) supporter: Option<String>,
     /// Only this target (case-insensitive).
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// At most this many messages.
-    pub limit: Option<u64>,
+    pub(crate) limit: Option<u64>,
     /// Write .eml files here.
-    pub out: Option<std::path::PathBuf>,
+    pub(crate) out: Option<std::path::PathBuf>,
     /// Every message, even at a terminal.
-    pub all: bool,
+    pub(crate) all: bool,
     /// One letter per (letter file, language, subject variant), with counts.
-    pub variants: bool,
+    pub(crate) variants: bool,
     /// The HTML part instead of the text (`.html` files with `out`).
-    pub html: bool,
+    pub(crate) html: bool,
 }
 
 /// Messages shown at a terminal without `--limit` or `--all`.
-pub const TERMINAL_DEFAULT: u64 = 3;
+pub(crate) const TERMINAL_DEFAULT: u64 = 3;
 
 /// Runs `mailer preview`.
-pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     let file = campaign.config.supporters_file.display().to_string();
     let (want_s, want_t) = filters(campaign, opts)?;
     if opts.variants {
@@ -65,19 +65,19 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui) -> Result<Exit> {
     'rows: for prepared in campaign.prepared(opts.out.is_some() || opts.html)? {
         let (supporter, letters) = match prepared? {
             Prepared::Letters { supporter, letters } => (supporter, letters),
-            Prepared::Skipped(Skip { line, key, reason }) => {
+            Prepared::Skipped(Skipped { line, key, reason }) => {
                 if want_s.as_ref().is_none_or(|s| *s == key) {
                     ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
                 }
                 continue;
             }
-            Prepared::Duplicate(Repeat { .. }) => continue,
+            Prepared::Duplicate(Duplicate { .. }) | Prepared::Unmatched { .. } => continue,
         };
         if want_s.as_ref().is_some_and(|s| *s != supporter.key) {
             continue;
         }
         found_supporter = true;
-        for (target, built) in campaign.config.targets.iter().zip(letters) {
+        for (target, built) in letters {
             if want_t.as_ref().is_some_and(|t| *t != target.key()) {
                 continue;
             }
@@ -153,14 +153,15 @@ fn filters(campaign: &Campaign, opts: &Options) -> Result<(Option<String>, Optio
 fn count(campaign: &Campaign, supporter: Option<&str>, target: Option<&str>) -> Result<u64> {
     let mut n = 0;
     for prepared in campaign.prepared(false)? {
-        if let Prepared::Letters { supporter: s, .. } = prepared?
+        if let Prepared::Letters {
+            supporter: s,
+            letters,
+        } = prepared?
             && supporter.is_none_or(|w| w == s.key)
         {
-            n += campaign
-                .config
-                .targets
+            n += letters
                 .iter()
-                .filter(|t| target.is_none_or(|w| w == t.key()))
+                .filter(|(t, _)| target.is_none_or(|w| w == t.key()))
                 .count() as u64;
         }
     }
@@ -183,7 +184,7 @@ fn variants(campaign: &Campaign, opts: &Options, want_s: Option<&str>, want_t: O
         if want_s.is_some_and(|s| s != supporter.key) {
             continue;
         }
-        for (target, built) in campaign.config.targets.iter().zip(letters) {
+        for (target, built) in letters {
             if want_t.is_some_and(|t| t != target.key()) {
                 continue;
             }

@@ -12,15 +12,15 @@ use crate::ui::Ui;
 
 /// `requeue` arguments, free of clap.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The supporter's email.
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Only the letter to this target.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 }
 
 /// Runs `mailer requeue`.
-pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exit> {
     let config = &campaign.config;
     // Opening for writing takes the run lock (exit 75 while a send runs).
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;

@@ -11,17 +11,17 @@ use crate::ui::Ui;
 
 /// `skip` arguments, free of clap.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The supporter's email.
-    pub supporter: String,
+    pub(crate) supporter: String,
     /// Only the letter to this target.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Why (kept in the ledger, shown by `status` and `export`).
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Runs `mailer skip`.
-pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exit> {
     let reason = hold::reason(&opts.reason)?;
     let config = &campaign.config;
     // Opening for writing takes the run lock (exit 75 while a send runs).
@@ -53,7 +53,7 @@ pub fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Result<Exi
     let others: Vec<String> = config
         .targets
         .iter()
-        .map(crate::config::Target::key)
+        .map(|t| t.key())
         .filter(|t| !sel.targets.contains(t))
         .filter(|t| {
             ledger

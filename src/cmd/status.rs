@@ -57,7 +57,7 @@ const STATES: [&str; 7] = [
 
 /// Runs `mailer status [--json] [--failed]`.
 #[allow(clippy::too_many_lines)] // one walk feeding one report
-pub fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let file = config.supporters_file.file_name().map_or_else(
@@ -440,7 +440,7 @@ fn attention(
 /// Notes how a `send` ended in its ledger, for `status`'s "Last run".
 /// Best effort: a ledger that does not exist yet, is held by another run
 /// or cannot be written is left alone.
-pub fn note_run(config: &Config, started: i64, finished: i64, result: &Result<Exit>) {
+pub(crate) fn note_run(config: &Config, started: i64, finished: i64, result: &Result<Exit>) {
     if !config.ledger_path.is_file() {
         return;
     }

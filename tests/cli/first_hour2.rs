@@ -89,10 +89,35 @@ impl Term {
         }
     }
 
+    /// Waits until the terminal shows `needle` after byte `at` of the text.
+    #[track_caller]
+    fn expect_after(&mut self, at: usize, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.text().get(at..).is_some_and(|t| t.contains(needle)) {
+            match self
+                .chunks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the terminal never showed {needle:?}\n--- terminal\n{}",
+                        self.text()
+                    );
+                }
+            }
+        }
+    }
+
     /// Answers the question `question` (waits for it first) with `keys` and Enter.
     #[track_caller]
     fn answer(&mut self, question: &str, keys: &str) {
         self.expect(question);
+        // Type only once the whole prompt is out (it ends in `: `): keys
+        // typed earlier are echoed in the middle of the prompt.
+        let at = self.text().rfind(question).unwrap_or(0);
+        self.expect_after(at, ": ");
         // Later questions must be found after this answer's echo.
         self.master.write_all(keys.as_bytes()).unwrap();
         self.master.write_all(b"\r").unwrap();

@@ -243,3 +243,89 @@ fn issue11_a_spent_daily_limit_says_when_the_next_letter_is_allowed() {
         .stderr_has(&format!("daily_limit 2/2 — next letter allowed {free} UTC"));
     assert_eq!(server.received().len(), 2);
 }
+
+/// Each supporter's letter to their office, routed by `state`, for `[schedule]`.
+fn routed(server: &Server, offices: &str, supporters: &str, schedule: &str) -> Campaign {
+    let head = head("UTC").replace(
+        "[[targets]]\nname = \"Satya Nadella\"\nemail = \"ceo@corp.example\"\ntimezone = \"UTC\"\n",
+        "[routing]\ntargets = \"targets.csv\"\nmatch = [\"state\"]\n",
+    );
+    Campaign::new()
+        .head(&head)
+        .file("targets.csv", offices)
+        .file("supporters.csv", supporters)
+        .smtp_plain(server)
+        .section(&format!("[schedule]\n{schedule}"))
+}
+
+/// Letters received per recipient.
+fn to(server: &Server, who: &str) -> usize {
+    server
+        .received()
+        .iter()
+        .filter(|r| r.rcpt_to.iter().any(|t| t == who))
+        .count()
+}
+
+#[test]
+fn issue11_a_routed_targets_share_counts_only_its_own_supporters() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    // 40 supporters in CA, 8 in NY; a quarter of the window passed (less
+    // 30 s): ⌈40 × 0.2496⌉ = 10 to CA, ⌈8 × 0.2496⌉ = 2 to NY (not 8, as
+    // it would be if NY's total were every supporter).
+    let mut csv = String::from("email,first_name,last_name,city,state\n");
+    for i in 1..=48 {
+        let state = if i <= 8 { "NY" } else { "CA" };
+        let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},{state}");
+    }
+    let c = routed(
+        &server,
+        "name,email,state\nCA Office,ca@gov.example,CA\nNY Office,ny@gov.example,NY\n",
+        &csv,
+        &format!("start = {}\nend = {}\n", utc(-6 * 3600 + 30), utc(18 * 3600 + 30)),
+    );
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(to(&server, "ca@gov.example"), 10);
+    assert_eq!(to(&server, "ny@gov.example"), 2);
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("Schedule for NY Office <ny@gov.example>: 8 letters, 2 handed over")
+        .stdout_has("Schedule for CA Office <ca@gov.example>: 40 letters, 10 handed over");
+}
+
+#[test]
+fn issue11_a_routed_target_keeps_the_timezone_of_its_row() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    // Open for one hour from two hours from now, UTC: closed in UTC, open
+    // in UTC+2 (`Etc/GMT-2`), the zone of the CA office's row.
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let open = (i32::from(now.hour()) + 2) % 24;
+    let c = routed(
+        &server,
+        "name,email,state,timezone\nCA Office,ca@gov.example,CA,Etc/GMT-2\nNY Office,ny@gov.example,NY,UTC\n",
+        "email,first_name,last_name,city,state\na@mail.example,A,A,X,CA\nb@mail.example,B,B,X,CA\n\
+         c@mail.example,C,C,X,CA\nd@mail.example,D,D,X,NY\ne@mail.example,E,E,X,NY\n",
+        &format!(
+            "hours = \"{open:02}:00-{:02}:00\"\ntimezone = \"UTC\"\n",
+            open + 1
+        ),
+    );
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(to(&server, "ca@gov.example"), 3);
+    assert_eq!(to(&server, "ny@gov.example"), 0);
+    // The next run sends nothing and says what held it.
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stderr_has("`ny@gov.example`: 2 due, outside its open hours");
+    assert_eq!(to(&server, "ny@gov.example"), 0);
+    // A zone that is not one is the row's error.
+    let bad = routed(
+        &server,
+        "name,email,state,timezone\nCA Office,ca@gov.example,CA,Mars/Olympus\n",
+        "email,first_name,last_name,city,state\na@mail.example,A,A,X,CA\n",
+        "",
+    );
+    bad.run(&["check"])
+        .code(1)
+        .stderr_has("targets.csv:2: unknown time zone `Mars/Olympus`");
+}

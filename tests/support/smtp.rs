@@ -344,6 +344,7 @@ struct Log {
     received: Vec<Received>,
     dropped: Vec<Received>,
     transcript: Vec<Line>,
+    ahead: Vec<(usize, String)>,
 }
 
 struct Shared {
@@ -423,6 +424,13 @@ impl Server {
     /// Messages fully received whose connection was then dropped/stalled without a reply.
     pub fn dropped_after_dot(&self) -> Vec<Received> {
         lock(&self.shared.log).dropped.clone()
+    }
+
+    /// For each final "." (`nth`, server-wide from 1): what the client had
+    /// already sent after it, read in the same flight, before the server
+    /// replied to it (RFC 2920 pipelining across messages).
+    pub fn ahead_of_dot_replies(&self) -> Vec<(usize, String)> {
+        lock(&self.shared.log).ahead.clone()
     }
 
     /// Every line read on every connection, in the order read.
@@ -908,6 +916,8 @@ impl Session {
             data.extend_from_slice(raw.strip_prefix(b".").unwrap_or(&raw));
         }
         let nth = self.sh.dots.fetch_add(1, SeqCst) + 1;
+        let ahead = String::from_utf8_lossy(self.io.buffer()).into_owned();
+        lock(&self.sh.log).ahead.push((nth, ahead));
         let msg = Received {
             conn: self.conn,
             mail_from: self.from.take().unwrap_or_default(),

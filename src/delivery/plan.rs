@@ -1,0 +1,352 @@
+//! What a run is to do: the ledger's resume rules ([`decide`]), pass 1
+//! ([`scan`]: render everything, count what is due) and the budget (the
+//! per-run and daily limits), the same for a real run and `--dry-run`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+
+use crate::campaign::{Campaign, Prepared};
+use crate::delivery::{Options, interrupted_early};
+use crate::ledger::{Ledger, Record, State};
+use crate::report::Plan;
+use crate::roster::{Duplicate, Skipped};
+use crate::schedule::{Allowance, Limit, Sent};
+use crate::ui::Ui;
+
+/// Whether a letter goes this run, given its ledger row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Send it.
+    Due,
+    /// Already delivered.
+    Sent,
+    /// Deferred, and its backoff has not passed.
+    Waiting,
+    /// Failed: needs `--retry-failed`.
+    HeldFailed,
+    /// Unknown: needs `--resend-unknown`.
+    HeldUnknown,
+}
+
+/// The ledger's resume rules.
+pub(crate) fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
+    let Some(r) = record else { return Decision::Due };
+    match r.state {
+        State::Pending | State::Skipped => Decision::Due,
+        State::Sent | State::Bounced => Decision::Sent,
+        State::Deferred if r.next_attempt_at.is_none_or(|t| t <= now) => Decision::Due,
+        State::Deferred => Decision::Waiting,
+        State::Failed if opts.retry_failed => Decision::Due,
+        State::Failed => Decision::HeldFailed,
+        State::Unknown if opts.resend_unknown => Decision::Due,
+        State::Unknown | State::Sending => Decision::HeldUnknown,
+    }
+}
+
+/// How many letters this run may send: `--limit`/`max_per_run` and what is
+/// left of `daily_limit` (`handed_over_today`: letters handed over in the
+/// last 24 hours; 0 without a ledger). `None`: no limit.
+pub(crate) fn budget(per_run: Option<u64>, daily_limit: Option<u64>, handed_over_today: u64) -> Option<u64> {
+    let daily = daily_limit.map(|limit| limit.saturating_sub(handed_over_today));
+    match (per_run, daily) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// [`budget`] for this campaign, from its ledger if there is one.
+pub(crate) fn campaign_budget(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    now: i64,
+) -> Result<Option<u64>> {
+    let d = &campaign.config.delivery;
+    let today = match (ledger, d.daily_limit) {
+        (Some(l), Some(_)) => l.handed_over_since(now - 86_400)?,
+        _ => 0,
+    };
+    Ok(budget(opts.limit.or(d.max_per_run), d.daily_limit, today))
+}
+
+/// `[schedule]` for one run: each target's allowance now.
+pub(crate) struct Pace {
+    /// Letters each target may receive now, in config order.
+    pub(crate) allow: Vec<u64>,
+    /// What holds each target, and when its next letter may go.
+    held: Vec<(Allowance, Option<i64>)>,
+}
+
+impl Pace {
+    /// Letters this run may send under the schedule: per target, the
+    /// smaller of what is due and what it allows.
+    pub(crate) fn letters(&self, plan: &Plan) -> u64 {
+        self.allow
+            .iter()
+            .zip(&plan.per_target)
+            .map(|(a, d)| (*a).min(*d))
+            .sum()
+    }
+}
+
+/// A target's letters for `[schedule]`: one per supporter routed to it in
+/// today's file, and never fewer than it already received.
+pub(crate) fn target_total(plan: &Plan, index: usize, sent: &Sent) -> u64 {
+    plan.routed_per_target
+        .get(index)
+        .copied()
+        .unwrap_or_default()
+        .max(sent.letters)
+}
+
+/// Each target's allowance at `now` (`None` without `[schedule]`).
+pub(crate) fn pace(campaign: &Campaign, ledger: &Ledger, plan: &Plan, now: i64) -> Result<Option<Pace>> {
+    let Some(schedule) = &campaign.config.schedule else {
+        return Ok(None);
+    };
+    let mut pace = Pace {
+        allow: Vec::new(),
+        held: Vec::new(),
+    };
+    for target in &campaign.config.targets {
+        let key = target.key();
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let sent = ledger.sent_to(&key, now)?;
+        let total = target_total(plan, target.index, &sent);
+        let allowance = window.allowance(now, total, &sent);
+        pace.allow.push(allowance.letters);
+        pace.held.push((allowance, window.next_letter(now, total, &sent)));
+    }
+    Ok(Some(pace))
+}
+
+/// Why a run sends nothing: one line per limit or window that held it,
+/// and when the next letter may go (the earliest, as `wake`).
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) lines: Vec<String>,
+    pub(crate) wake: Option<i64>,
+}
+
+/// What held a run that sends nothing (`budget`: [`campaign_budget`]).
+pub(crate) fn held_by(
+    campaign: &Campaign,
+    ledger: &Ledger,
+    plan: &Plan,
+    budget: Option<u64>,
+    pace: Option<&Pace>,
+    now: i64,
+) -> Result<Held> {
+    let config = &campaign.config;
+    let mut held = Held::default();
+    if plan.due == 0 {
+        return Ok(held);
+    }
+    let zone = config
+        .schedule
+        .as_ref()
+        .map_or_else(jiff::tz::TimeZone::system, |s| s.timezone.clone());
+    let mut earliest = |t: i64| held.wake = Some(held.wake.map_or(t, |w| w.min(t)));
+    let mut lines = Vec::new();
+    if budget == Some(0) {
+        if let Some(limit) = config.delivery.daily_limit
+            && ledger.handed_over_since(now - 86_400)? >= limit
+        {
+            let free = ledger
+                .nth_latest_hand_over(now - 86_400, limit)?
+                .map(|t| t + 86_400);
+            let when = free.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", crate::schedule::show(t, &zone))
+            });
+            lines.push(format!("daily_limit {limit}/{limit}{when}"));
+        } else {
+            lines.push("max_per_run / --limit is 0: nothing goes this run".to_owned());
+        }
+    }
+    if let (Some(pace), Some(schedule)) = (pace, &config.schedule) {
+        for (target, (allowance, next)) in config.targets.iter().zip(&pace.held) {
+            let due = plan.per_target.get(target.index).copied().unwrap_or_default();
+            if due == 0 || allowance.letters > 0 {
+                continue;
+            }
+            let window = schedule.window(target.timezone.as_ref(), &target.key());
+            let why = match allowance.limit {
+                Limit::NotStarted => "its window has not opened".to_owned(),
+                Limit::Closed => format!(
+                    "outside its open hours ({}, {}, {})",
+                    schedule.hours,
+                    schedule.days_text(),
+                    crate::schedule::zone_name(&window.tz)
+                ),
+                Limit::Share => "its share of the window so far went".to_owned(),
+                Limit::Hourly => format!(
+                    "per_target_hourly {0}/{0}",
+                    schedule.per_target_hourly.unwrap_or_default()
+                ),
+                Limit::None => continue,
+            };
+            let when = next.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", window.show(t))
+            });
+            lines.push(format!("`{}`: {due} due, {why}{when}", target.key()));
+        }
+    }
+    held.lines = lines;
+    Ok(held)
+}
+
+/// Pass 1: renders every letter, reports row problems, counts what is due.
+/// Also returns the last line read. A signal (`stop`) ends it with 130.
+pub(crate) fn scan(
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    opts: &Options,
+    now: i64,
+    ui: &Ui,
+    stop: &AtomicBool,
+) -> Result<(Plan, u64)> {
+    let file = campaign.config.supporters_file.display().to_string();
+    let mut plan = Plan {
+        per_target: vec![0; campaign.target_count()],
+        routed_per_target: vec![0; campaign.target_count()],
+        ..Plan::default()
+    };
+    let mut last_line = 0;
+    for prepared in campaign.prepared(false)? {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted_early());
+        }
+        let prepared = prepared?;
+        last_line = match &prepared {
+            Prepared::Letters { supporter, .. } | Prepared::Unmatched { supporter, .. } => supporter.line,
+            Prepared::Skipped(Skipped { line, .. }) | Prepared::Duplicate(Duplicate { line, .. }) => *line,
+        };
+        match prepared {
+            Prepared::Skipped(Skipped { line, reason, .. }) => {
+                plan.skipped_rows += 1;
+                ui.problem(&format!("{file}:{line}: {reason} (skipped)"));
+            }
+            Prepared::Duplicate(Duplicate {
+                line,
+                email,
+                first_line,
+            }) => {
+                plan.duplicates += 1;
+                ui.problem(&format!(
+                    "{file}:{line}: `{email}` repeats line {first_line} (ignored)"
+                ));
+            }
+            Prepared::Unmatched { label, .. } => plan.unmatched.add(label),
+            Prepared::Letters { supporter, letters } => {
+                plan.supporters += 1;
+                for (target, built) in letters {
+                    let i = target.index;
+                    plan.routed_per_target[i] += 1;
+                    let record = match ledger {
+                        Some(l) => l.get(&supporter.key, &target.key())?,
+                        None => None,
+                    };
+                    match decide(record.as_ref(), opts, now) {
+                        Decision::Due => {
+                            plan.due += 1;
+                            plan.per_target[i] += 1;
+                            plan.count_letter(&built);
+                            if plan.first.is_none() {
+                                plan.first = Some(built);
+                            }
+                        }
+                        Decision::Sent => plan.already_sent += 1,
+                        Decision::Waiting => plan.waiting += 1,
+                        Decision::HeldFailed => plan.held_failed += 1,
+                        Decision::HeldUnknown => plan.held_unknown += 1,
+                    }
+                }
+            }
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Err(interrupted_early());
+    }
+    Ok((plan, last_line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: State, next: Option<i64>) -> Record {
+        Record {
+            supporter: "a@x.org".into(),
+            target: "t@x.org".into(),
+            state,
+            attempts: 1,
+            line: Some(2),
+            message_id: None,
+            reply: None,
+            next_attempt_at: next,
+            sent_at: None,
+        }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let plain = Options::default();
+        let all = Options {
+            retry_failed: true,
+            resend_unknown: true,
+            ..Options::default()
+        };
+        assert_eq!(decide(None, &plain, 0), Decision::Due);
+        assert_eq!(decide(Some(&record(State::Sent, None)), &all, 0), Decision::Sent);
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 99),
+            Decision::Waiting
+        );
+        assert_eq!(
+            decide(Some(&record(State::Deferred, Some(100))), &plain, 100),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Failed, None)), &plain, 0),
+            Decision::HeldFailed
+        );
+        assert_eq!(decide(Some(&record(State::Failed, None)), &all, 0), Decision::Due);
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &plain, 0),
+            Decision::HeldUnknown
+        );
+        assert_eq!(
+            decide(Some(&record(State::Unknown, None)), &all, 0),
+            Decision::Due
+        );
+        assert_eq!(
+            decide(Some(&record(State::Skipped, None)), &plain, 0),
+            Decision::Due
+        );
+    }
+
+    #[test]
+    fn one_budget_rule() {
+        // (per run, daily limit, handed over today) -> budget
+        let table = [
+            (None, None, 0, None),
+            (Some(10), None, 5, Some(10)),
+            // A fresh campaign (no ledger) still has its daily limit.
+            (None, Some(3), 0, Some(3)),
+            (None, Some(3), 2, Some(1)),
+            (None, Some(3), 9, Some(0)),
+            (Some(10), Some(3), 1, Some(2)),
+            (Some(1), Some(3), 0, Some(1)),
+        ];
+        for (per_run, daily, today, want) in table {
+            assert_eq!(
+                budget(per_run, daily, today),
+                want,
+                "{per_run:?} {daily:?} {today}"
+            );
+        }
+    }
+}

@@ -329,3 +329,14 @@ fn issue11_a_routed_target_keeps_the_timezone_of_its_row() {
         .code(1)
         .stderr_has("targets.csv:2: unknown time zone `Mars/Olympus`");
 }
+
+#[test]
+fn issue11_follow_goes_with_neither_a_dry_run_nor_a_test_letter() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = scheduled(&server, 2, "UTC", "");
+    c.run(&["send", "--follow", "--test", "me@org.example"])
+        .code(2)
+        .stderr_has("--follow");
+    c.run(&["send", "--follow", "--dry-run"]).code(2);
+    assert!(server.received().is_empty());
+}

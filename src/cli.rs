@@ -213,6 +213,11 @@ pub struct SendArgs {
     /// Also resend letters whose delivery is unknown (same Message-ID)
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Keep running: send each letter at its `[schedule]` time until every one
+    /// is handed over; re-reads the supporters file each time it wakes and holds
+    /// the ledger's lock meanwhile (cron runs then exit 75)
+    #[arg(long, conflicts_with_all = ["dry_run", "test"])]
+    pub follow: bool,
     /// Send test letters to EMAIL only: one per distinct target, letter
     /// file, language and subject variant (at most --limit, default 10)
     ///

@@ -528,6 +528,49 @@ impl Ledger {
         Ok(n as u64)
     }
 
+    /// What one target already received, for `[schedule]`: its letters
+    /// handed over (each once), the first hand-over, and every hand-over in
+    /// the hour up to `now`.
+    pub(crate) fn sent_to(&self, target: &str, now: i64) -> Result<crate::schedule::Sent> {
+        let (letters, first_at): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT count(DISTINCT supporter), min(at) FROM attempts
+             WHERE handed_over = 1 AND target = ?1",
+            [target],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut stmt = self.conn.prepare(
+            "SELECT at FROM attempts WHERE handed_over = 1 AND target = ?1 AND at > ?2 AND at <= ?3
+             ORDER BY at",
+        )?;
+        let last_hour = stmt
+            .query_map(params![target, now - crate::schedule::HOUR, now], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        Ok(crate::schedule::Sent {
+            letters: letters as u64,
+            first_at,
+            last_hour,
+        })
+    }
+
+    /// The latest hand-over of the `n`-th most recent letter handed over
+    /// since `since`: once it is older than the quota's period, one more
+    /// letter fits a quota of `n` (`daily_limit`).
+    pub(crate) fn nth_latest_hand_over(&self, since: i64, n: u64) -> Result<Option<i64>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last FROM (SELECT supporter, target, max(at) AS last FROM attempts
+                 WHERE handed_over = 1 AND at >= ?1 GROUP BY supporter, target)
+                 ORDER BY last DESC LIMIT 1 OFFSET ?2",
+                params![since, (n - 1) as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Rows per state.
     #[cfg(test)]
     fn counts(&self) -> Result<Vec<(State, u64)>> {

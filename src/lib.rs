@@ -5,6 +5,7 @@
 //! - `cmd/*` orchestrate one subcommand each: load → plan → confirm → run → report.
 //! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
 //!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
+//! - `schedule` says when each target's letters may go (`[schedule]`), purely.
 //! - `send` hands the prepared letters to `delivery`, the engine: `plan`
 //!   (resume rules, budget), `dispatch` (pass 2), `worker` (sessions,
 //!   retries, pacing via `throttle`), `breaker` (policy stops), the verdict.
@@ -42,6 +43,7 @@ mod provider;
 mod report;
 mod resend;
 mod roster;
+mod schedule;
 mod secret;
 mod smtp;
 mod targets;
@@ -108,6 +110,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 yes: a.yes,
                 retry_failed: a.retry_failed,
                 resend_unknown: a.resend_unknown,
+                follow: a.follow,
             };
             let mut campaign = load()?;
             let started = clock.unix();

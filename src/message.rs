@@ -460,6 +460,7 @@ mod tests {
             name: Some("Satya Nadella".into()),
             email: "Satya@Corp.example".parse().unwrap(),
             fields: toml::Table::new(),
+            timezone: None,
             index: 0,
             letter: None,
             subject: None,

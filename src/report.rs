@@ -27,6 +27,8 @@ pub(crate) struct Plan {
     pub(crate) due: u64,
     /// Due letters per target, in config order.
     pub(crate) per_target: Vec<u64>,
+    /// Every letter per target, due or not (its supporters routed to it).
+    pub(crate) routed_per_target: Vec<u64>,
     /// Already delivered.
     pub(crate) already_sent: u64,
     /// Deferred, waiting for their backoff.

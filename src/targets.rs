@@ -74,6 +74,10 @@ pub(crate) fn load_routed(config: &mut Config) -> Result<()> {
                 toml::Value::String(s.email.to_string()),
             )))
             .collect();
+        let timezone = cell("timezone")
+            .map(|z| crate::config::time_zone(&z))
+            .transpose()
+            .map_err(|e| anyhow!("{shown}:{}: {e}", s.line))?;
         let index = config.targets.len();
         config.targets.push(Arc::new(Target {
             name: (!s.name.is_empty()).then(|| s.name.clone()),
@@ -90,6 +94,7 @@ pub(crate) fn load_routed(config: &mut Config) -> Result<()> {
             index,
             matcher: Vec::new(),
             routed: Some(s.line),
+            timezone,
         }));
     }
     Ok(())

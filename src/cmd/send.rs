@@ -4,9 +4,10 @@
 //! goes) and counts what is due; the `delivery` engine does pass 2; the
 //! summary and the exit code close the run.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -33,10 +34,14 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     }
     // Load.
     let config = &campaign.config;
-    let started = Instant::now();
     let smtp = config.smtp()?;
-    let connector = Connector::new(smtp)?;
+    // Credentials before any question: a missing source stops the run here;
+    // at a terminal with none set, the password is asked for (not stored).
     password_source(smtp, ui)?;
+    let connector = match ask_password(smtp, ui)? {
+        Some(typed) => Connector::new(&typed)?,
+        None => Connector::new(smtp)?,
+    };
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;
@@ -56,11 +61,58 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
         ));
     }
 
+    let connector = Arc::new(connector);
+    let engine = Engine {
+        campaign,
+        opts,
+        dialer: Arc::clone(&connector) as Arc<dyn crate::smtp::Dialer>,
+        clock: Arc::clone(clock),
+        stop: Arc::clone(&interrupt.stop),
+        ui,
+    };
+    if opts.follow {
+        return follow(&engine, &interrupt, ledger, &connector);
+    }
+    round(&engine, &interrupt, ledger, &connector, true).map(|r| r.exit)
+}
+
+/// How often a following run looks again when no limit names a time.
+const FOLLOW_POLL: i64 = 60;
+
+/// How one round of sending ended.
+struct Round {
+    exit: Exit,
+    /// Letters are still due or waiting (a following run goes on).
+    left: bool,
+    /// When to look again, if the round sent nothing (`None`: at once).
+    wake: Option<i64>,
+    /// Given back for the next round: the lock stays held.
+    ledger: Ledger,
+}
+
+/// One run's worth: plan, confirm (`ask`), run, report.
+fn round(
+    engine: &Engine<'_>,
+    interrupt: &Interrupt,
+    ledger: Ledger,
+    connector: &Connector,
+    ask: bool,
+) -> Result<Round> {
+    let Engine {
+        campaign, opts, ui, ..
+    } = *engine;
+    let config = &campaign.config;
+    let started = Instant::now();
+
     // Plan: render everything, count what is due.
-    let now = clock.unix();
+    let now = engine.clock.unix();
     let (plan, scanned) = delivery::scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
     let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now)?;
-    let to_send = plan.due.min(budget.unwrap_or(u64::MAX));
+    let pace = delivery::pace(campaign, &ledger, &plan, now)?;
+    let to_send = pace
+        .as_ref()
+        .map_or(plan.due, |p| p.letters(&plan))
+        .min(budget.unwrap_or(u64::MAX));
     ui.detail(&format!(
         "due {}, this run {to_send} (budget {}); already sent {}, waiting {}, held failed {}, held unknown {}",
         plan.due,
@@ -72,52 +124,114 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     };
     if to_send == 0 {
         summary.not_reached = summary.plan.due;
-        report::print_summary(&summary, budget, ui);
-        return Ok(Exit::Done);
+        let held = delivery::held_by(campaign, &ledger, &summary.plan, budget, pace.as_ref(), now)?;
+        if !(opts.follow && summary.plan.due > 0) {
+            report::print_summary(&summary, budget, ui);
+        }
+        for line in &held.lines {
+            ui.note(line);
+        }
+        return Ok(Round {
+            exit: Exit::Done,
+            left: summary.plan.due + summary.plan.waiting > 0,
+            wake: Some(held.wake.unwrap_or(now + FOLLOW_POLL)),
+            ledger,
+        });
     }
 
     // Confirm.
-    let connector = match ask_password(smtp, ui)? {
-        Some(typed) => Connector::new(&typed)?,
-        None => connector,
-    };
-    if ui.interactive()
+    if ask
+        && ui.interactive()
         && !opts.yes
         && let Some(changed) = campaign.changed_since_sent(&ledger)?
     {
         ui.warn(&changed.to_string());
     }
-    if ui.interactive() && !opts.yes {
+    if ask && ui.interactive() && !opts.yes {
         for w in crate::resend::warnings(campaign, Some(&ledger))? {
             ui.warn(&w);
         }
         show_letters(campaign, &summary.plan, to_send, ui)?;
     }
-    if ui.interactive()
+    if ask
+        && ui.interactive()
         && !opts.yes
-        && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, &connector, ui))?
+        && !interrupt.at_once(|| confirm(campaign, &summary.plan, to_send, connector, ui))?
     {
         ui.note("Nothing sent.");
-        return Ok(Exit::Done);
+        return Ok(Round {
+            exit: Exit::Done,
+            left: false,
+            wake: None,
+            ledger,
+        });
     }
     interrupt.check()?;
 
     // Run.
-    let engine = Engine {
-        campaign,
-        opts,
-        dialer: Arc::new(connector),
-        clock: Arc::clone(clock),
-        stop: Arc::clone(&interrupt.stop),
-        ui,
-    };
-    let ended = delivery::run(&engine, ledger, to_send, scanned, &mut summary)?;
+    let quota = pace.map(|p| p.allow);
+    let (ended, ledger) = delivery::run(engine, ledger, to_send, scanned, quota, &mut summary)?;
 
     // Report.
     summary.elapsed = started.elapsed();
     report::print_summary(&summary, budget, ui);
     let file = config.supporters_file.display().to_string();
-    delivery::verdict(&file, ended, &summary, ui)
+    let exit = delivery::verdict(&file, ended, &summary, ui)?;
+    Ok(Round {
+        exit,
+        left: true,
+        wake: None,
+        ledger,
+    })
+}
+
+/// `send --follow`: rounds until every letter went, sleeping (holding the
+/// ledger's lock) until the next letter's time; each round re-reads the
+/// supporters file, so new signups join.
+fn follow(
+    engine: &Engine<'_>,
+    interrupt: &Interrupt,
+    mut ledger: Ledger,
+    connector: &Connector,
+) -> Result<Exit> {
+    let mut exit = Exit::Done;
+    let mut ask = true;
+    loop {
+        let r = round(engine, interrupt, ledger, connector, ask)?;
+        (ledger, ask) = (r.ledger, false);
+        if r.exit == Exit::Interrupted {
+            return Ok(Exit::Interrupted);
+        }
+        if r.exit != Exit::Done {
+            exit = r.exit;
+        }
+        if !r.left {
+            engine.ui.note("Every letter due was handed over.");
+            return Ok(exit);
+        }
+        // After a round that sent, look again at once; else sleep until
+        // the next letter's time.
+        let Some(wake) = r.wake else { continue };
+        if !sleep_until_wall(engine.clock.as_ref(), wake, &interrupt.stop) {
+            engine
+                .ui
+                .error("interrupted while waiting for the next letter's time");
+            return Ok(Exit::Interrupted);
+        }
+    }
+}
+
+/// Sleeps until the wall clock reads `wake`, in short steps; false when a
+/// signal came first.
+fn sleep_until_wall(clock: &dyn Clock, wake: i64, stop: &AtomicBool) -> bool {
+    let tick = Duration::from_millis(200);
+    while clock.unix() < wake {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        clock.sleep(tick);
+    }
+    !stop.load(Ordering::SeqCst)
 }
 
 /// Settles the password source before anything is asked: the variable is
@@ -210,7 +324,62 @@ fn dry_run(
     }
     let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
     report::print_plan(campaign, &plan, budget)?;
+    if campaign.config.schedule.is_some() {
+        report::out(&schedule_plan(campaign, ledger.as_ref(), &plan, now)?)?;
+    }
     Ok(Exit::Done)
+}
+
+/// `send --dry-run` with `[schedule]`: per target, its letters, window, open
+/// hours and zone, letters per day (if each goes at its time), and when its
+/// next letter would go.
+fn schedule_plan(campaign: &Campaign, ledger: Option<&Ledger>, plan: &Plan, now: i64) -> Result<String> {
+    let Some(schedule) = &campaign.config.schedule else {
+        return Ok(String::new());
+    };
+    let mut text = String::new();
+    for target in &campaign.config.targets {
+        let key = target.key();
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let sent = match ledger {
+            Some(l) => l.sent_to(&key, now)?,
+            None => crate::schedule::Sent::default(),
+        };
+        let total = delivery::target_total(plan, target.index, &sent);
+        let _ = writeln!(
+            text,
+            "\nSchedule for {}: {total} letter{}, {} handed over",
+            target.mailbox(),
+            plural(total),
+            sent.letters
+        );
+        let bound = |t: Option<i64>, none: &str| t.map_or_else(|| none.to_owned(), |t| window.show(t));
+        let _ = writeln!(
+            text,
+            "  window   {} → {}",
+            bound(window.start(), "the first letter"),
+            bound(window.end(), "open-ended")
+        );
+        let _ = writeln!(
+            text,
+            "  open     {}, {} ({})",
+            schedule.hours,
+            schedule.days_text(),
+            crate::schedule::zone_name(&window.tz)
+        );
+        if let Some(n) = schedule.per_target_hourly {
+            let _ = writeln!(text, "  hourly   at most {n}");
+        }
+        for (i, (date, n)) in window.per_day(now, total, &sent).iter().enumerate() {
+            let label = if i == 0 { "per day " } else { "        " };
+            let _ = writeln!(text, "  {label} {date}  {n:>6}");
+        }
+        let next = window
+            .next_letter(now, total, &sent)
+            .map_or_else(|| "none: every letter went".to_owned(), |t| window.show(t));
+        let _ = writeln!(text, "  next     {next}");
+    }
+    Ok(text)
 }
 
 /// SIGINT and SIGTERM, for the whole of `send`: each phase checks `stop`

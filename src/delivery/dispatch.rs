@@ -29,6 +29,8 @@ pub(crate) struct Pass2 {
     pub(crate) unrendered: u64,
     /// The whole file was read (not stopped by the budget or a halt).
     pub(crate) exhausted: bool,
+    /// `[schedule]`: letters each target may still receive this run.
+    pub(crate) quota: Option<Vec<u64>>,
 }
 
 impl Pass2 {
@@ -103,7 +105,16 @@ pub(crate) fn dispatch(
                     continue;
                 }
             };
+            // Row by row, each target in turn: targets interleave fairly.
             for (target, mut built) in letters {
+                // `[schedule]`: this target's share for this run went.
+                if pass2
+                    .quota
+                    .as_ref()
+                    .is_some_and(|q| q.get(target.index).is_none_or(|n| *n == 0))
+                {
+                    continue;
+                }
                 let target_key = target.key();
                 let record = reader.get(&supporter.key, &target_key)?;
                 if decide(record.as_ref(), opts, clock.unix()) != Decision::Due {
@@ -111,6 +122,9 @@ pub(crate) fn dispatch(
                 }
                 if pass2.dispatched >= to_send || shared.halted() {
                     return Ok(());
+                }
+                if let Some(n) = pass2.quota.as_mut().and_then(|q| q.get_mut(target.index)) {
+                    *n -= 1;
                 }
                 if let Some(verp) = &verp {
                     built.from = verp.address(&supporter.key, &target_key)?;

@@ -24,7 +24,7 @@ use crate::smtp::{Attempt, Dialer, Reply};
 use crate::throttle::{Throttle, per_minute};
 use crate::ui::Ui;
 
-pub(crate) use plan::{campaign_budget, scan};
+pub(crate) use plan::{campaign_budget, held_by, pace, scan, target_total};
 
 use breaker::{Breaker, POLICY_STREAK};
 use dispatch::{Pass2, dispatch};
@@ -43,6 +43,8 @@ pub(crate) struct Options {
     pub(crate) retry_failed: bool,
     /// Resend `unknown` letters.
     pub(crate) resend_unknown: bool,
+    /// Keep running until every letter went at its `[schedule]` time.
+    pub(crate) follow: bool,
 }
 
 /// What a worker reports back: how a letter ended this run (`None`: not
@@ -143,14 +145,17 @@ pub(crate) struct Engine<'a> {
 }
 
 /// Pass 2: delivers up to `to_send` letters (`scanned`: the last line pass
-/// 1 read), counting into `summary`. Returns how it ended, for [`verdict`].
+/// 1 read; `quota`: under `[schedule]`, at most so many to each target),
+/// counting into `summary`. Returns how it ended, for [`verdict`], and the
+/// ledger (its lock still held).
 pub(crate) fn run(
     engine: &Engine<'_>,
     ledger: Ledger,
     to_send: u64,
     scanned: u64,
+    quota: Option<Vec<u64>>,
     summary: &mut Summary,
-) -> Result<Ended> {
+) -> Result<(Ended, Ledger)> {
     let Engine {
         campaign, opts, ui, ..
     } = *engine;
@@ -176,6 +181,7 @@ pub(crate) fn run(
     });
     let mut pass2 = Pass2 {
         scanned,
+        quota,
         ..Pass2::default()
     };
     let dispatched = dispatch(campaign, opts, &shared, to_send, summary, &mut pass2, ui);
@@ -208,14 +214,15 @@ pub(crate) fn run(
     let missing = pass2.missing(to_send, halt.is_some() || interrupted);
     summary.not_reached = summary.plan.due.saturating_sub(summary.attempted());
     summary.stopped = halt.is_some() || interrupted || missing > 0;
-    Ok(Ended {
+    let ended = Ended {
         dispatched,
         halt,
         went,
         interrupted,
         unrendered: pass2.unrendered,
         missing,
-    })
+    };
+    Ok((ended, ledger))
 }
 
 /// How pass 2 ended, for [`verdict`].

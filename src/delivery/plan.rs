@@ -11,6 +11,7 @@ use crate::delivery::{Options, interrupted_early};
 use crate::ledger::{Ledger, Record, State};
 use crate::report::{Plan, SHOWN};
 use crate::roster::{Duplicate, Skipped};
+use crate::schedule::{Allowance, Limit, Sent};
 use crate::ui::Ui;
 
 /// Whether a letter goes this run, given its ledger row.
@@ -69,6 +70,134 @@ pub(crate) fn campaign_budget(
     Ok(budget(opts.limit.or(d.max_per_run), d.daily_limit, today))
 }
 
+/// `[schedule]` for one run: each target's allowance now.
+pub(crate) struct Pace {
+    /// Letters each target may receive now, in config order.
+    pub(crate) allow: Vec<u64>,
+    /// What holds each target, and when its next letter may go.
+    held: Vec<(Allowance, Option<i64>)>,
+}
+
+impl Pace {
+    /// Letters this run may send under the schedule: per target, the
+    /// smaller of what is due and what it allows.
+    pub(crate) fn letters(&self, plan: &Plan) -> u64 {
+        self.allow
+            .iter()
+            .zip(&plan.per_target)
+            .map(|(a, d)| (*a).min(*d))
+            .sum()
+    }
+}
+
+/// A target's letters for `[schedule]`: one per supporter routed to it in
+/// today's file, and never fewer than it already received.
+pub(crate) fn target_total(plan: &Plan, index: usize, sent: &Sent) -> u64 {
+    plan.routed_per_target
+        .get(index)
+        .copied()
+        .unwrap_or_default()
+        .max(sent.letters)
+}
+
+/// Each target's allowance at `now` (`None` without `[schedule]`).
+pub(crate) fn pace(campaign: &Campaign, ledger: &Ledger, plan: &Plan, now: i64) -> Result<Option<Pace>> {
+    let Some(schedule) = &campaign.config.schedule else {
+        return Ok(None);
+    };
+    let mut pace = Pace {
+        allow: Vec::new(),
+        held: Vec::new(),
+    };
+    for target in &campaign.config.targets {
+        let key = target.key();
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let sent = ledger.sent_to(&key, now)?;
+        let total = target_total(plan, target.index, &sent);
+        let allowance = window.allowance(now, total, &sent);
+        pace.allow.push(allowance.letters);
+        pace.held.push((allowance, window.next_letter(now, total, &sent)));
+    }
+    Ok(Some(pace))
+}
+
+/// Why a run sends nothing: one line per limit or window that held it,
+/// and when the next letter may go (the earliest, as `wake`).
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) lines: Vec<String>,
+    pub(crate) wake: Option<i64>,
+}
+
+/// What held a run that sends nothing (`budget`: [`campaign_budget`]).
+pub(crate) fn held_by(
+    campaign: &Campaign,
+    ledger: &Ledger,
+    plan: &Plan,
+    budget: Option<u64>,
+    pace: Option<&Pace>,
+    now: i64,
+) -> Result<Held> {
+    let config = &campaign.config;
+    let mut held = Held::default();
+    if plan.due == 0 {
+        return Ok(held);
+    }
+    let zone = config
+        .schedule
+        .as_ref()
+        .map_or_else(jiff::tz::TimeZone::system, |s| s.timezone.clone());
+    let mut earliest = |t: i64| held.wake = Some(held.wake.map_or(t, |w| w.min(t)));
+    let mut lines = Vec::new();
+    if budget == Some(0) {
+        if let Some(limit) = config.delivery.daily_limit
+            && ledger.handed_over_since(now - 86_400)? >= limit
+        {
+            let free = ledger
+                .nth_latest_hand_over(now - 86_400, limit)?
+                .map(|t| t + 86_400);
+            let when = free.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", crate::schedule::show(t, &zone))
+            });
+            lines.push(format!("daily_limit {limit}/{limit}{when}"));
+        } else {
+            lines.push("max_per_run / --limit is 0: nothing goes this run".to_owned());
+        }
+    }
+    if let (Some(pace), Some(schedule)) = (pace, &config.schedule) {
+        for (target, (allowance, next)) in config.targets.iter().zip(&pace.held) {
+            let due = plan.per_target.get(target.index).copied().unwrap_or_default();
+            if due == 0 || allowance.letters > 0 {
+                continue;
+            }
+            let window = schedule.window(target.timezone.as_ref(), &target.key());
+            let why = match allowance.limit {
+                Limit::NotStarted => "its window has not opened".to_owned(),
+                Limit::Closed => format!(
+                    "outside its open hours ({}, {}, {})",
+                    schedule.hours,
+                    schedule.days_text(),
+                    crate::schedule::zone_name(&window.tz)
+                ),
+                Limit::Share => "its share of the window so far went".to_owned(),
+                Limit::Hourly => format!(
+                    "per_target_hourly {0}/{0}",
+                    schedule.per_target_hourly.unwrap_or_default()
+                ),
+                Limit::None => continue,
+            };
+            let when = next.map_or_else(String::new, |t| {
+                earliest(t);
+                format!(" — next letter allowed {}", window.show(t))
+            });
+            lines.push(format!("`{}`: {due} due, {why}{when}", target.key()));
+        }
+    }
+    held.lines = lines;
+    Ok(held)
+}
+
 /// Pass 1: renders every letter, reports row problems, counts what is due.
 /// Also returns the last line read. A signal (`stop`) ends it with 130.
 pub(crate) fn scan(
@@ -82,6 +211,7 @@ pub(crate) fn scan(
     let file = campaign.config.supporters_file.display().to_string();
     let mut plan = Plan {
         per_target: vec![0; campaign.target_count()],
+        routed_per_target: vec![0; campaign.target_count()],
         ..Plan::default()
     };
     let mut last_line = 0;
@@ -115,6 +245,7 @@ pub(crate) fn scan(
                 plan.supporters += 1;
                 for (target, built) in letters {
                     let i = target.index;
+                    plan.routed_per_target[i] += 1;
                     let record = match ledger {
                         Some(l) => l.get(&supporter.key, &target.key())?,
                         None => None,

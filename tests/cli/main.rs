@@ -19,6 +19,7 @@ mod first_hour3;
 mod hostile_files;
 mod inputs;
 mod routing;
+mod schedule;
 mod security;
 mod terminal;
 mod variants;

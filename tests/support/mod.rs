@@ -1,5 +1,6 @@
 pub mod campaign;
 pub mod hostile_imap;
 pub mod imap;
+pub mod pty;
 pub mod smtp;
 pub mod wait;

@@ -145,7 +145,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed),
+        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed, clock.unix()),
         Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -55,9 +55,9 @@ const STATES: [&str; 7] = [
     "sent", "bounced", "pending", "deferred", "failed", "unknown", "skipped",
 ];
 
-/// Runs `mailer status [--json] [--failed]`.
+/// Runs `mailer status [--json] [--failed]` at `now` (Unix seconds).
 #[allow(clippy::too_many_lines)] // one walk feeding one report
-pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let file = config.supporters_file.file_name().map_or_else(
@@ -88,6 +88,8 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<
     // (letters, supporters) by origin: ready (as `check` counts), invalid, departed.
     let (mut ready, mut invalid, mut departed) = ((0u64, 0u64), (0u64, 0u64), 0u64);
     let mut departed_unsent = 0u64;
+    // Letters to each target in today's file, for `[schedule]`.
+    let mut routed: BTreeMap<String, u64> = BTreeMap::new();
     let mut last_key = String::new();
     // Deferred letters a later run retries (their row is still in the CSV).
     let (mut next_retry, mut retrying): (Option<i64>, u64) = (None, 0);
@@ -106,6 +108,9 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<
         last_key.clone_from(&letter.supporter);
         match letter.origin {
             Origin::Ready | Origin::Held => {
+                if letter.origin == Origin::Ready {
+                    *routed.entry(letter.target.clone()).or_default() += 1;
+                }
                 ready.0 += 1;
                 ready.1 += u64::from(new_row);
             }
@@ -255,6 +260,7 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<
         let _ = writeln!(text, "  {name:<9} {:>8}{retry}", thousands(n));
     }
     by_target(&mut text, &targets);
+    schedule_report(&mut text, campaign, ledger.as_ref(), &routed, now)?;
     if !problems.is_empty() {
         let _ = writeln!(text, "\nNot delivered:");
         for p in &problems {
@@ -279,6 +285,95 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool) -> Result<
     }
     out(&text)?;
     Ok(Exit::Done)
+}
+
+/// Each target's progress against `[schedule]`, and what `daily_limit`
+/// used and when it frees; nothing without `[schedule]`.
+///
+/// A target's state at `now`, from its letters in today's file and the
+/// ledger: `behind by N` when N letters could go now (the schedule's share
+/// of the open time passed so far, less what it received, within
+/// `per_target_hourly`; without `end` every letter due); `on schedule` when
+/// none could, with when the next may; `window closed` once `end` passed
+/// with letters still due; `outside its open hours until …`; `window
+/// opens …` before `start`; `all handed over`.
+fn schedule_report(
+    text: &mut String,
+    campaign: &Campaign,
+    ledger: Option<&Ledger>,
+    routed: &BTreeMap<String, u64>,
+    now: i64,
+) -> Result<()> {
+    let config = &campaign.config;
+    let Some(schedule) = &config.schedule else {
+        return Ok(());
+    };
+    let _ = writeln!(text, "\nSchedule:");
+    for target in &config.targets {
+        let key = target.key();
+        let label = target
+            .name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .map_or_else(|| key.clone(), |n| printable(n).into_owned());
+        let sent = ledger
+            .map(|l| l.sent_to(&key, now))
+            .transpose()?
+            .unwrap_or_default();
+        let total = routed.get(&key).copied().unwrap_or_default().max(sent.letters);
+        let due = total - sent.letters;
+        let window = schedule.window(target.timezone.as_ref(), &key);
+        let state = if due == 0 {
+            "all handed over".to_owned()
+        } else if let Some(start) = window.start().filter(|s| now < *s) {
+            format!("window opens {}", window.show(start))
+        } else if window.end().is_some_and(|e| now >= e) {
+            let how = schedule.per_target_hourly.map_or_else(
+                || "they all go in the next run in open hours".to_owned(),
+                |n| format!("they go at per_target_hourly {n} in open hours"),
+            );
+            format!("window closed ({due} still due: {how})")
+        } else if !window.is_open(now) {
+            window.next_open(now).map_or_else(
+                || "outside its open hours".to_owned(),
+                |t| format!("outside its open hours until {}", window.show(t)),
+            )
+        } else {
+            let allowance = window.allowance(now, total, &sent);
+            if allowance.letters > 0 {
+                format!("behind by {}", allowance.letters)
+            } else {
+                let next = window
+                    .next_letter(now, total, &sent)
+                    .map(|t| format!(" (next letter {})", window.show(t)))
+                    .unwrap_or_default();
+                format!("on schedule{next}")
+            }
+        };
+        let _ = writeln!(
+            text,
+            "  {label}: {} of {} handed over — {state}",
+            thousands(sent.letters),
+            thousands(total)
+        );
+    }
+    if let (Some(limit), Some(l)) = (config.delivery.daily_limit, ledger) {
+        let used = l.handed_over_since(now - 86_400)?;
+        let when = if used >= limit {
+            l.nth_latest_hand_over(now - 86_400, limit)?
+                .map(|t| {
+                    format!(
+                        " — next letter allowed {}",
+                        crate::schedule::show(t + 86_400, &schedule.timezone)
+                    )
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let _ = writeln!(text, "  daily_limit {used}/{limit}{when}");
+    }
+    Ok(())
 }
 
 /// `s` unless one.

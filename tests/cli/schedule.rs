@@ -340,3 +340,64 @@ fn issue11_follow_goes_with_neither_a_dry_run_nor_a_test_letter() {
     c.run(&["send", "--follow", "--dry-run"]).code(2);
     assert!(server.received().is_empty());
 }
+
+#[test]
+fn issue11_status_shows_a_target_behind_its_schedule_then_on_it() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    // A quarter of the window passed (less 30 s): 10 of 40 are due by now.
+    let c = scheduled(
+        &server,
+        40,
+        "UTC",
+        &format!("start = {}\nend = {}\n", utc(-6 * 3600 + 30), utc(18 * 3600 + 30)),
+    );
+    c.run(&["status"])
+        .code(0)
+        .stdout_has("Schedule:\n  Satya Nadella: 0 of 40 handed over — behind by 10\n");
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(server.received().len(), 10);
+    c.run(&["status"])
+        .code(0)
+        .stdout_has("  Satya Nadella: 10 of 40 handed over — on schedule (next letter ")
+        .stdout_has(" UTC)\n");
+}
+
+#[test]
+fn issue11_status_shows_a_closed_window_and_the_daily_limit() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = scheduled(
+        &server,
+        30,
+        "UTC",
+        "start = 2026-01-05\nend = 2026-01-09\nper_target_hourly = 10\n",
+    )
+    .section("[delivery]\ndaily_limit = 10\n");
+    c.run(&["send", "--yes"]).code(0);
+    assert_eq!(server.received().len(), 10);
+    let at = hand_overs(&c);
+    let free = jiff::Timestamp::from_second(at[0] + 86_400)
+        .unwrap()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M")
+        .to_string();
+    c.run(&["status"])
+        .code(0)
+        .stdout_has(
+            "  Satya Nadella: 10 of 30 handed over — window closed \
+             (20 still due: they go at per_target_hourly 10 in open hours)\n",
+        )
+        .stdout_has(&format!("  daily_limit 10/10 — next letter allowed {free} "));
+}
+
+#[test]
+fn issue11_status_without_a_schedule_shows_no_schedule() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new()
+        .head(&head("UTC"))
+        .file("supporters.csv", supporters(3))
+        .smtp_plain(&server);
+    c.run(&["send", "--yes"]).code(0);
+    let run = c.run(&["status"]);
+    run.code(0);
+    assert!(!run.stdout.contains("Schedule:"), "{}", run.stdout);
+}

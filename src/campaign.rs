@@ -4,7 +4,7 @@
 //! hands the result to a transport. Rows stream: nothing grows with the file
 //! but the roster's duplicate set.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -73,8 +73,6 @@ pub(crate) struct Campaign {
     dkim: Option<Arc<DkimConfig>>,
     /// The `Date` of messages built here; `send` dates each again at hand-over.
     date: SystemTime,
-    /// Supporters held back by hand (`mailer skip`): key → the reason shown.
-    holds: HashMap<String, String>,
     /// Who writes to whom.
     router: Router,
     /// `[campaign] attachments`, read once.
@@ -138,7 +136,6 @@ impl Campaign {
             globals,
             dkim,
             date: now,
-            holds: HashMap::new(),
             router,
             attachments,
         };
@@ -228,13 +225,6 @@ impl Campaign {
             Row::Skipped(skip) => return Ok(Prepared::Skipped(skip)),
             Row::Duplicate(repeat) => return Ok(Prepared::Duplicate(repeat)),
         };
-        if let Some(reason) = self.holds.get(&supporter.key) {
-            return Ok(Prepared::Skipped(Skipped {
-                line: supporter.line,
-                key: supporter.key,
-                reason: reason.clone(),
-            }));
-        }
         let settings = Envelopes {
             campaign_id: &self.config.campaign.id,
             cc_supporter: self.config.sender.cc_supporter,
@@ -347,12 +337,6 @@ impl Campaign {
     #[must_use]
     pub(crate) fn dkim(&self) -> Option<Arc<DkimConfig>> {
         self.dkim.clone()
-    }
-
-    /// Holds these supporters' rows back (`mailer skip`): each yields
-    /// [`Prepared::Skipped`] with its reason instead of letters.
-    pub(crate) fn hold(&mut self, holds: HashMap<String, String>) {
-        self.holds = holds;
     }
 
     /// Letters already sent from a text that has changed since: the letter

@@ -43,7 +43,8 @@ pub(crate) struct Entry {
 pub(crate) enum Origin {
     /// A valid row of today's CSV: a letter `check` counts as ready.
     Ready,
-    /// A valid row held back by hand (`mailer skip`): `check` counts it too.
+    /// A valid row's letter held back by hand (`mailer skip`, the ledger's
+    /// `held`): `check` counts it too.
     Held,
     /// A row `send` skips (invalid email, a value that cannot go in a header).
     Invalid,
@@ -80,9 +81,16 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                     let t = target.key();
                     seen.insert(fingerprint(&[&supporter.key, &t]));
                     let record = lookup(&supporter.key, &t)?;
+                    // A letter skipped by hand stays skipped until requeued.
+                    let held = record.as_ref().filter(|r| r.held && r.state == State::Skipped);
                     let state = match record.as_ref().map(|r| r.state) {
+                        _ if held.is_some() => State::Skipped,
                         None | Some(State::Skipped | State::Pending) => State::Pending,
                         Some(s) => s,
+                    };
+                    let (reason, origin) = match held {
+                        Some(r) => (r.reply.clone(), Origin::Held),
+                        None => (None, Origin::Ready),
                     };
                     visit(Entry {
                         supporter: supporter.key.clone(),
@@ -91,8 +99,8 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                         refused_copies: copies(record.as_ref())?,
                         record,
                         message_id: Some(built.message_id),
-                        reason: None,
-                        origin: Origin::Ready,
+                        reason,
+                        origin,
                         line: Some(supporter.line),
                         supporter_name: Some(supporter.name.clone()).filter(|n| !n.is_empty()),
                         target_name: target.name.clone(),
@@ -100,11 +108,6 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                 }
             }
             Prepared::Skipped(Skipped { key, reason, line }) => {
-                let origin = if reason.starts_with(crate::hold::PREFIX) {
-                    Origin::Held
-                } else {
-                    Origin::Invalid
-                };
                 for target in campaign.unconditional_targets() {
                     let t = target.key();
                     seen.insert(fingerprint(&[&key, &t]));
@@ -123,7 +126,7 @@ pub(crate) fn walk(campaign: &Campaign, ledger: Option<&Ledger>, mut visit: impl
                         record,
                         message_id,
                         reason: Some(reason.clone()),
-                        origin,
+                        origin: Origin::Invalid,
                         line: Some(line),
                         supporter_name: None,
                         target_name: target.name.clone(),

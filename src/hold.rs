@@ -1,11 +1,9 @@
 //! Letters held back by hand (`mailer skip`) and put back (`mailer requeue`):
 //! which letters such a command names, and how a hold keeps `send` away.
 //!
-//! The ledger stores each hold (`skipped`, flagged, with its reason); here a
-//! supporter with a held letter has their row withheld from every run
-//! ([`Campaign::hold`]), so nothing of theirs is sent until requeued.
-
-use std::collections::HashMap;
+//! The ledger stores each hold (`skipped`, flagged `held`, with its reason);
+//! `send` never sends that one letter until requeued (see
+//! `delivery::plan::decide`), while the supporter's other letters go.
 
 use anyhow::{Result, bail};
 
@@ -25,30 +23,6 @@ pub(crate) struct Selection {
     pub(crate) line: Option<u64>,
     /// Normalized target emails, config order first.
     pub(crate) targets: Vec<String>,
-}
-
-/// Reads the holds from the ledger (if any) into `campaign`, so that
-/// `send`, `status` and `export` see held supporters as skipped.
-/// `writing`: the command goes on to write the ledger (a real `send`), so
-/// open it as that run will (a full disk is named as such); otherwise
-/// read-only, writing nothing.
-pub(crate) fn apply(campaign: &mut Campaign, writing: bool) -> Result<()> {
-    let config = &campaign.config;
-    let (path, id) = (&config.ledger_path, &config.campaign.id);
-    let ledger = if writing && path.exists() {
-        Some(Ledger::open(path, id)?)
-    } else {
-        Ledger::open_existing(path, id)?
-    };
-    let Some(ledger) = ledger else {
-        return Ok(());
-    };
-    let mut holds = HashMap::new();
-    for (supporter, _, reason) in ledger.holds()? {
-        holds.entry(supporter).or_insert(reason);
-    }
-    campaign.hold(holds);
-    Ok(())
 }
 
 /// The reason as stored: one line of text, prefixed.

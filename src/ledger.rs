@@ -95,6 +95,9 @@ pub(crate) struct Record {
     pub(crate) next_attempt_at: Option<i64>,
     /// When the server accepted it (unix seconds).
     pub(crate) sent_at: Option<i64>,
+    /// Skipped by hand (`mailer skip`) until `mailer requeue`; false in a
+    /// ledger written before holds existed.
+    pub(crate) held: bool,
 }
 
 /// Which letter a write is about.
@@ -124,6 +127,8 @@ pub(crate) struct Ledger {
     identity: Option<(u64, u64)>,
     /// Set once `path` no longer names the locked file: why the run must stop.
     lost: std::cell::OnceCell<String>,
+    /// The `letters` columns a [`Record`] reads (`held` only where it exists).
+    columns: &'static str,
 }
 
 const SCHEMA: &str = "
@@ -233,6 +238,7 @@ impl Ledger {
             )?;
         }
         Ok(Ledger {
+            columns: record_columns(&conn)?,
             conn,
             path: path.to_path_buf(),
             _lock: Some(lock),
@@ -265,11 +271,12 @@ impl Ledger {
             Err(e) => return Err(e),
         };
         Ok(Some(Ledger {
-            conn,
             path: path.to_path_buf(),
             _lock: None,
             identity: None,
             lost: std::cell::OnceCell::new(),
+            columns: record_columns(&conn)?,
+            conn,
         }))
     }
 
@@ -294,10 +301,10 @@ impl Ledger {
 
     /// One letter's row.
     pub(crate) fn get(&self, supporter: &str, target: &str) -> Result<Option<Record>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
-             FROM letters WHERE supporter = ?1 AND target = ?2",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM letters WHERE supporter = ?1 AND target = ?2",
+            self.columns
+        ))?;
         stmt.query_row([supporter, target], row_to_record)
             .optional()
             .map_err(Into::into)
@@ -305,10 +312,10 @@ impl Ledger {
 
     /// Every row, ordered by supporter then target.
     pub(crate) fn all(&self) -> Result<Vec<Record>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at
-             FROM letters ORDER BY coalesce(line, 0), supporter, target",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM letters ORDER BY coalesce(line, 0), supporter, target",
+            self.columns
+        ))?;
         let rows = stmt.query_map([], row_to_record)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
     }
@@ -509,7 +516,7 @@ impl Ledger {
                  VALUES (?1, ?2, 'skipped', ?3, ?4, ?5)
                  ON CONFLICT (supporter, target) DO UPDATE SET state = 'skipped', line = ?3, reply = ?4,
                     updated_at = ?5
-                 WHERE state IN ('pending', 'skipped', 'deferred')",
+                 WHERE state IN ('pending', 'skipped', 'deferred') AND held = 0",
             )?
             .execute(params![supporter, target, line as i64, reason, now])
             .map_err(|e| disk_error(e, &self.path))?;
@@ -1419,6 +1426,17 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         reply: r.get(6)?,
         next_attempt_at: r.get(7)?,
         sent_at: r.get(8)?,
+        held: r.get::<_, i64>(9)? != 0,
+    })
+}
+
+/// The columns [`row_to_record`] reads, in its order: a ledger written
+/// before holds existed (opened read-only, so not upgraded) holds none.
+fn record_columns(conn: &Connection) -> Result<&'static str> {
+    Ok(if has_held_column(conn)? {
+        "supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at, held"
+    } else {
+        "supporter, target, state, attempts, line, message_id, reply, next_attempt_at, sent_at, 0"
     })
 }
 

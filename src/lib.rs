@@ -68,12 +68,6 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config_path = cli.global.config.unwrap_or_else(|| PathBuf::from("mailer.toml"));
     let load = || Campaign::load(&config_path, clock.now());
-    // `send`, `status` and `export` see letters held by hand (`mailer skip`).
-    let load_held = || -> Result<Campaign> {
-        let mut campaign = load()?;
-        hold::apply(&mut campaign, false)?;
-        Ok(campaign)
-    };
     match cli.command {
         Command::Init { dir } => cmd::init::run(dir, ui),
         Command::Check { smtp, strict } => {
@@ -112,14 +106,13 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
                 resend_unknown: a.resend_unknown,
                 follow: a.follow,
             };
-            let mut campaign = load()?;
+            let campaign = load()?;
             let started = clock.unix();
-            let mut send = || -> Result<Exit> {
+            let send = || -> Result<Exit> {
                 if !opts.dry_run {
                     placeholder::refuse_on_real_relay(&campaign)?;
                     cmd::init::refuse_unwritten(&campaign)?;
                 }
-                hold::apply(&mut campaign, !opts.dry_run)?;
                 cmd::send::run(&campaign, &opts, ui, &clock)
             };
             let result = send();
@@ -145,8 +138,8 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json, failed } => cmd::status::run(&load_held()?, json, failed, clock.unix()),
-        Command::Export { out } => cmd::export::run(&load_held()?, out.as_deref()),
+        Command::Status { json, failed } => cmd::status::run(&load()?, json, failed, clock.unix()),
+        Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cli::command(), "mailer", &mut script);

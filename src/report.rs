@@ -37,6 +37,8 @@ pub(crate) struct Plan {
     pub(crate) held_failed: u64,
     /// Unknown, held for `--resend-unknown`.
     pub(crate) held_unknown: u64,
+    /// Skipped by hand (`mailer skip`), held until `mailer requeue`.
+    pub(crate) held_by_hand: u64,
     /// Invalid rows.
     pub(crate) skipped_rows: u64,
     /// Repeated rows.
@@ -282,11 +284,11 @@ pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> 
             let _ = writeln!(text, "  {:>8}  {file}{language}", thousands(*n));
         }
     }
-    if p.already_sent + p.waiting + p.held_failed + p.held_unknown > 0 {
+    if p.already_sent + p.waiting + p.held_failed + p.held_unknown + p.held_by_hand > 0 {
         let _ = writeln!(
             text,
-            "Not due: {} sent, {} deferred (waiting), {} failed, {} unknown",
-            p.already_sent, p.waiting, p.held_failed, p.held_unknown
+            "Not due: {} sent, {} deferred (waiting), {} failed, {} unknown, {} skipped by hand",
+            p.already_sent, p.waiting, p.held_failed, p.held_unknown, p.held_by_hand
         );
     }
     if let Some(b) = budget {

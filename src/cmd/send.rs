@@ -114,9 +114,9 @@ fn round(
         .map_or(plan.due, |p| p.letters(&plan))
         .min(budget.unwrap_or(u64::MAX));
     ui.detail(&format!(
-        "due {}, this run {to_send} (budget {}); already sent {}, waiting {}, held failed {}, held unknown {}",
+        "due {}, this run {to_send} (budget {}); already sent {}, waiting {}, held failed {}, held unknown {}, skipped by hand {}",
         plan.due,
-        budget.map_or_else(|| "no limit".to_string(), report::thousands), plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown
+        budget.map_or_else(|| "no limit".to_string(), report::thousands), plan.already_sent, plan.waiting, plan.held_failed, plan.held_unknown, plan.held_by_hand
     ));
     let mut summary = Summary {
         plan,

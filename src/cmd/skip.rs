@@ -1,5 +1,7 @@
 //! `mailer skip`: hold a supporter's letters back (`skipped`, with the
-//! reason) until `mailer requeue`. A sent letter is never touched.
+//! reason) until `mailer requeue`: only the letters named (all of theirs,
+//! or the one to `--target`); their other letters still go. A sent letter
+//! is never touched.
 
 use anyhow::Result;
 
@@ -49,38 +51,19 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, now: i64) -> Res
             kept.join(", ")
         );
     }
-    // A supporter's row is held as a whole: say so when that holds back more.
-    let others: Vec<String> = config
-        .targets
-        .iter()
-        .map(|t| t.key())
-        .filter(|t| !sel.targets.contains(t))
-        .filter(|t| {
-            ledger
-                .get(&sel.supporter, t)
-                .ok()
-                .flatten()
-                .is_none_or(|r| r.state != State::Sent)
-        })
-        .collect();
-    if !others.is_empty() {
-        ui.warn(&format!(
-            "while a letter of `{}` is held, their letters to {} wait too\n\n\
-             hint: `mailer requeue --supporter {}` lets them all go again",
-            sel.supporter,
-            others
-                .iter()
-                .map(|t| format!("`{t}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            sel.supporter
-        ));
-    }
+    let requeue = match &opts.target {
+        Some(_) if sel.targets.len() == 1 => {
+            format!(
+                "mailer requeue --supporter {} --target {}",
+                sel.supporter, sel.targets[0]
+            )
+        }
+        _ => format!("mailer requeue --supporter {}", sel.supporter),
+    };
     ui.note(&format!(
-        "{held} letter{} held back: `mailer send` will not send {} until `mailer requeue --supporter {}`",
+        "{held} letter{} held back: `mailer send` will not send {} until `{requeue}`",
         if held == 1 { "" } else { "s" },
         if held == 1 { "it" } else { "them" },
-        sel.supporter
     ));
     Ok(Exit::Done)
 }

@@ -146,6 +146,7 @@ mod tests {
             reply: Some(reply.into()),
             next_attempt_at: None,
             sent_at: None,
+            held: false,
         };
         assert!(held_by_breaker(&r(State::Deferred, "554 5.7.1 spam")));
         assert!(!held_by_breaker(&r(State::Deferred, "451 later")));

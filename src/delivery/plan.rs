@@ -27,12 +27,15 @@ pub(crate) enum Decision {
     HeldFailed,
     /// Unknown: needs `--resend-unknown`.
     HeldUnknown,
+    /// Skipped by hand (`mailer skip`): never due until `mailer requeue`.
+    HeldByHand,
 }
 
 /// The ledger's resume rules.
 pub(crate) fn decide(record: Option<&Record>, opts: &Options, now: i64) -> Decision {
     let Some(r) = record else { return Decision::Due };
     match r.state {
+        State::Skipped if r.held => Decision::HeldByHand,
         State::Pending | State::Skipped => Decision::Due,
         State::Sent | State::Bounced => Decision::Sent,
         State::Deferred if r.next_attempt_at.is_none_or(|t| t <= now) => Decision::Due,
@@ -266,6 +269,7 @@ pub(crate) fn scan(
                         Decision::Waiting => plan.waiting += 1,
                         Decision::HeldFailed => plan.held_failed += 1,
                         Decision::HeldUnknown => plan.held_unknown += 1,
+                        Decision::HeldByHand => plan.held_by_hand += 1,
                     }
                 }
             }
@@ -327,6 +331,7 @@ mod tests {
             reply: None,
             next_attempt_at: next,
             sent_at: None,
+            held: false,
         }
     }
 
@@ -365,6 +370,13 @@ mod tests {
             decide(Some(&record(State::Skipped, None)), &plain, 0),
             Decision::Due
         );
+        // A letter skipped by hand waits for `requeue`, whatever the flags.
+        let held = Record {
+            held: true,
+            ..record(State::Skipped, None)
+        };
+        assert_eq!(decide(Some(&held), &plain, 0), Decision::HeldByHand);
+        assert_eq!(decide(Some(&held), &all, 0), Decision::HeldByHand);
     }
 
     #[test]

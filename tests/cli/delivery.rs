@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::campaign::Campaign;
+use crate::support::campaign::{Campaign, query, st};
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
 use crate::support::wait::{idle, pause, wait_for, wait_until};
 
@@ -61,30 +61,6 @@ fn copies(server: &Server) -> HashMap<String, usize> {
     n
 }
 
-/// Rows of a ledger query, every column as text (NULL = "").
-fn query(c: &Campaign, sql: &str) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(c.ledger()).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    let width = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..width)
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => String::new(),
-                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                    rusqlite::types::ValueRef::Real(x) => x.to_string(),
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        String::from_utf8_lossy(t).into_owned()
-                    }
-                })
-            })
-            .collect::<rusqlite::Result<Vec<String>>>()
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
 /// Message-IDs the ledger has in `state`.
 fn ledger_ids(c: &Campaign, state: &str) -> BTreeSet<String> {
     query(
@@ -99,10 +75,6 @@ fn ledger_ids(c: &Campaign, state: &str) -> BTreeSet<String> {
 /// `state=n` pairs as `&str` for terse assertions.
 fn states(c: &Campaign) -> Vec<(String, i64)> {
     c.states()
-}
-
-fn st(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
-    pairs.iter().map(|(s, n)| ((*s).to_string(), *n)).collect()
 }
 
 /// A random number per call (std's randomly keyed hasher; no `rand` needed).

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 
-use crate::support::campaign::Campaign;
+use crate::support::campaign::{Campaign, query, st};
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
 use crate::support::wait::{idle, pause, wait_for, wait_until};
 
@@ -45,34 +45,6 @@ fn signal(child: &Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// Rows of a query against the ledger, each column as text.
-fn query(c: &Campaign, sql: &str) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(c.ledger()).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                Ok(match r.get_ref(i)? {
-                    rusqlite::types::ValueRef::Null => String::new(),
-                    rusqlite::types::ValueRef::Integer(x) => x.to_string(),
-                    rusqlite::types::ValueRef::Real(x) => x.to_string(),
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        String::from_utf8_lossy(t).into_owned()
-                    }
-                })
-            })
-            .collect::<rusqlite::Result<Vec<String>>>()
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-fn st(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
-    pairs.iter().map(|(s, n)| ((*s).to_string(), *n)).collect()
 }
 
 /// Message-IDs the ledger has in `state`.

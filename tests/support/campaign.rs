@@ -239,3 +239,32 @@ impl Run {
         self
     }
 }
+
+/// Rows of a ledger query, every column as text (NULL = "").
+pub fn query(c: &Campaign, sql: &str) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(c.ledger()).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let width = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..width)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => String::new(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                })
+            })
+            .collect::<rusqlite::Result<Vec<String>>>()
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// `[(state, n)]` as `Campaign::states` returns it.
+pub fn st(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+    pairs.iter().map(|(s, n)| ((*s).to_string(), *n)).collect()
+}

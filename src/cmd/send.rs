@@ -13,12 +13,10 @@ use anyhow::Result;
 
 use crate::campaign::Campaign;
 use crate::clock::Clock;
-use crate::config::Smtp;
 use crate::delivery::{self, Engine, interrupted_early};
-use crate::exit::{Exit, Failure};
+use crate::exit::Exit;
 use crate::ledger::Ledger;
 use crate::report::{self, Plan, Summary};
-use crate::secret::{self, Secret};
 use crate::smtp::Connector;
 use crate::ui::Ui;
 
@@ -37,11 +35,7 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     let smtp = config.smtp()?;
     // Credentials before any question: a missing source stops the run here;
     // at a terminal with none set, the password is asked for (not stored).
-    password_source(smtp, ui)?;
-    let connector = match ask_password(smtp, ui)? {
-        Some(typed) => Connector::new(&typed)?,
-        None => Connector::new(smtp)?,
-    };
+    let connector = super::connector(smtp, ui)?;
     let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;
@@ -232,38 +226,6 @@ fn sleep_until_wall(clock: &dyn Clock, wake: i64, stop: &AtomicBool) -> bool {
         clock.sleep(tick);
     }
     !stop.load(Ordering::SeqCst)
-}
-
-/// Settles the password source before anything is asked: the variable is
-/// set, the command prints a password (its value is not kept). A variable
-/// that is not set is fine on a terminal ([`ask_password`] asks for it).
-fn password_source(smtp: &Smtp, ui: &Ui) -> Result<()> {
-    if smtp.username.is_none() || (ui.interactive() && smtp.password.is_unset_env()) {
-        return Ok(());
-    }
-    smtp.password
-        .resolve()
-        .map(drop)
-        .map_err(|e| Failure::error(Exit::BadInput, format!("cannot get the SMTP password: {e:#}")))
-}
-
-/// On a terminal with no password set: asks for it (no echo) and returns
-/// `[smtp]` with it, for this run only.
-fn ask_password(smtp: &Smtp, ui: &Ui) -> Result<Option<Smtp>> {
-    let Some(user) = &smtp.username else {
-        return Ok(None);
-    };
-    if !ui.interactive() || !smtp.password.is_unset_env() {
-        return Ok(None);
-    }
-    let password = secret::ask(&format!(
-        "SMTP password for {user} at {} (not stored): ",
-        smtp.host
-    ))?;
-    Ok(Some(Smtp {
-        password: Secret::Literal(password),
-        ..smtp.clone()
-    }))
 }
 
 /// Before the prompt: the letter(s) about to go, and `check`'s warnings.

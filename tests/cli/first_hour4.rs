@@ -1,0 +1,103 @@
+//! Issue 15, "the first hour", part four: the password is asked for at a
+//! terminal by `send --test` and `check --smtp` too, `daily_limit` is shared
+//! by every campaign in the folder sent through one relay account, letters
+//! held by `mailer skip` are counted, and routed campaigns' question says
+//! how many targets the letters really go to.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::support::campaign::Campaign;
+use crate::support::pty::Term;
+use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+
+// ---------------------------------------------------------------- item 4: the password, asked for
+
+const USER: &str = "letters@org.example";
+const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
+
+/// A STARTTLS server that requires AUTH as [`USER`] / [`PASSWORD`], and the
+/// default campaign pointed at it (`ca_file` trusts it).
+fn auth_campaign() -> (Server, Campaign) {
+    let pki = TestPki::new();
+    let mut opts = ServerOptions::new(Security::StartTls)
+        .with_auth(USER, PASSWORD)
+        .with_pki(&pki);
+    opts.auth_after_tls = true;
+    let server = Server::start(opts);
+    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\n\
+         username = \"{USER}\"\nca_file = \"ca.pem\"\ntimeout_secs = 5\n",
+        server.port()
+    ));
+    (server, c)
+}
+
+/// Runs `args` at a terminal, types [`PASSWORD`] at the prompt (checking
+/// that echo is off), and returns the exit code and the whole screen.
+fn typed_password(c: &Campaign, args: &[&str]) -> (i32, String) {
+    let mut t = Term::spawn_ctty(&c.command(args));
+    t.expect("(not stored): ");
+    t.expect_no_echo();
+    t.keys("(not stored): ", PASSWORD);
+    let (code, text) = t.finish();
+    assert!(
+        text.contains(&format!("SMTP password for {USER} at 127.0.0.1")),
+        "--- terminal\n{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password was shown\n--- terminal\n{text}"
+    );
+    (code, text)
+}
+
+/// Every AUTH line the server got carries [`PASSWORD`], over TLS.
+fn authenticated_with_the_typed_password(server: &Server) {
+    assert!(server.wait_idle(Duration::from_secs(10)));
+    let plain = base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("\0{USER}\0{PASSWORD}"));
+    let auth: Vec<_> = server
+        .transcript()
+        .into_iter()
+        .filter(|l| l.text.to_ascii_uppercase().starts_with("AUTH"))
+        .collect();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|l| l.tls && l.text.contains(&plain)),
+        "{auth:?}"
+    );
+}
+
+#[test]
+fn issue15_send_test_asks_for_the_password_at_a_terminal() {
+    let (server, c) = auth_campaign();
+    let (code, text) = typed_password(&c, &["send", "--test", "me@mail.example"]);
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    assert!(text.contains("accepted"), "--- terminal\n{text}");
+    authenticated_with_the_typed_password(&server);
+    assert_eq!(server.received().len(), 1);
+    assert!(!c.ledger().exists(), "send --test wrote a ledger");
+}
+
+#[test]
+fn issue15_check_smtp_asks_for_the_password_at_a_terminal() {
+    let (server, c) = auth_campaign();
+    let (code, text) = typed_password(&c, &["check", "--smtp"]);
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    assert!(
+        text.contains(&format!("authenticated as {USER}")),
+        "--- terminal\n{text}"
+    );
+    authenticated_with_the_typed_password(&server);
+}
+
+#[test]
+fn issue15_without_a_terminal_send_test_and_check_smtp_still_name_the_missing_variable() {
+    let (server, c) = auth_campaign();
+    for args in [&["send", "--test", "me@mail.example"][..], &["check", "--smtp"]] {
+        let r = c.run(args);
+        r.code(1).stderr_has("MAILER_SMTP_PASSWORD");
+        assert!(!r.stderr.contains("not stored"), "{args:?} asked\n{}", r.stderr);
+    }
+    assert!(server.received().is_empty());
+}

@@ -101,3 +101,25 @@ fn issue15_without_a_terminal_send_test_and_check_smtp_still_name_the_missing_va
     }
     assert!(server.received().is_empty());
 }
+
+// ---------------------------------------------------------------- item 10: letters held by `mailer skip` are counted
+
+#[test]
+fn issue15_the_dry_run_and_the_summary_count_letters_held_by_skip() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    c.run(&[
+        "skip",
+        "--supporter",
+        "sam@mail.example",
+        "--reason",
+        "asked us to wait",
+    ])
+    .code(0);
+    let held = "1 letter held by `mailer skip` (`mailer requeue --supporter EMAIL` puts it back)";
+    c.run(&["send", "--dry-run"]).code(0).stdout_has(held);
+    c.run(&["send", "--yes"]).code(0).stderr_has(held);
+    assert_eq!(server.received().len(), 2);
+    // Nothing due any more: the held letter is still named.
+    c.run(&["send", "--yes"]).code(0).stderr_has(held);
+}

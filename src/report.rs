@@ -25,6 +25,8 @@ pub(crate) struct Plan {
     pub(crate) supporters: u64,
     /// Letters due now.
     pub(crate) due: u64,
+    /// Supporters with at least one letter due now.
+    pub(crate) due_supporters: u64,
     /// Due letters per target, in config order.
     pub(crate) per_target: Vec<u64>,
     /// Every letter per target, due or not (its supporters routed to it).

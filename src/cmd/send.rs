@@ -246,16 +246,43 @@ fn confirm(campaign: &Campaign, plan: &Plan, to_send: u64, connector: &Connector
     let who = smtp
         .and_then(|s| s.username.as_deref())
         .map_or(String::new(), |u| format!(" as {u}"));
-    let targets = campaign.target_count() as u64;
     ui.confirm(&format!(
-        "About to send {} letter{} ({} supporter{} × {targets} target{}) via {}{who} — continue?",
-        report::thousands(to_send),
-        plural(to_send),
-        report::thousands(plan.supporters),
-        plural(plan.supporters),
-        plural(targets),
+        "About to send {} via {}{who} — continue?",
+        what_goes(campaign, plan, to_send),
         connector.describe(),
     ))
+}
+
+/// The question's count: `3 letters (3 supporters × 1 target)` when every
+/// supporter writes to every target; with `match` or `[routing]`, who the
+/// letters due now come from and go to (`1,200 letters from 1,000
+/// supporters to 12 targets`), and the share of them this run sends.
+fn what_goes(campaign: &Campaign, plan: &Plan, to_send: u64) -> String {
+    let n = |n: u64, what: &str| format!("{} {what}{}", report::thousands(n), plural(n));
+    if !campaign.is_routed() {
+        let targets = campaign.target_count() as u64;
+        return format!(
+            "{} ({} × {})",
+            n(to_send, "letter"),
+            n(plan.supporters, "supporter"),
+            n(targets, "target")
+        );
+    }
+    let targets = plan.per_target.iter().filter(|&&d| d > 0).count() as u64;
+    let whom = format!(
+        "from {} to {}",
+        n(plan.due_supporters, "supporter"),
+        n(targets, "target")
+    );
+    if to_send < plan.due {
+        format!(
+            "{} (of {} due {whom})",
+            n(to_send, "letter"),
+            n(plan.due, "letter")
+        )
+    } else {
+        format!("{} {whom}", n(to_send, "letter"))
+    }
 }
 
 fn plural(n: u64) -> &'static str {

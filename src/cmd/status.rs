@@ -215,12 +215,16 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) 
         plural(counts.total)
     );
     let n_targets = config.targets.len() as u64;
+    // With `match` or `[routing]`, supporters write to different targets:
+    // there is no product to show.
+    let join = if campaign.is_routed() { ", to" } else { " ×" };
     let _ = writeln!(
         text,
-        "  {:>8}  for {} supporter{} in {file} × {n_targets} target{} (as `mailer check` counts them)",
+        "  {:>8}  for {} supporter{} in {file}{join} {} target{} (as `mailer check` counts them)",
         thousands(ready.0),
         thousands(ready.1),
         plural(ready.1),
+        thousands(n_targets),
         plural(n_targets)
     );
     if invalid.0 > 0 {

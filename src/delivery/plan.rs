@@ -246,6 +246,7 @@ pub(crate) fn scan(
             Prepared::Unmatched { label, .. } => plan.unmatched.add(label),
             Prepared::Letters { supporter, letters } => {
                 plan.supporters += 1;
+                let due_before = plan.due;
                 for (target, built) in letters {
                     let i = target.index;
                     plan.routed_per_target[i] += 1;
@@ -271,6 +272,9 @@ pub(crate) fn scan(
                         Decision::HeldUnknown => plan.held_unknown += 1,
                         Decision::HeldByHand => plan.held_by_hand += 1,
                     }
+                }
+                if plan.due > due_before {
+                    plan.due_supporters += 1;
                 }
             }
         }

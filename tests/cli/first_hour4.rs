@@ -123,3 +123,77 @@ fn issue15_the_dry_run_and_the_summary_count_letters_held_by_skip() {
     // Nothing due any more: the held letter is still named.
     c.run(&["send", "--yes"]).code(0).stderr_has(held);
 }
+
+// ---------------------------------------------------------------- issue 10: the question of a routed campaign
+
+/// Supporters routed by `state` to regional offices: Ana and Kim (CA) write
+/// to two offices each, Sam (NY) to one, Lee (TX) to none: 5 letters from
+/// 3 supporters to 3 targets.
+fn routed_campaign(server: &Server) -> Campaign {
+    let head = Campaign::new().config_text().replace(
+        "[[targets]]\nname = \"Satya Nadella\"\nemail = \"ceo@corp.example\"\ntitle = \"CEO\"\n",
+        "",
+    ) + "\n[routing]\ntargets = \"targets.csv\"\nmatch = [\"state\"]\n";
+    Campaign::new()
+        .head(&head)
+        .file(
+            "targets.csv",
+            "name,email,state\nRep One,one@gov.example,CA\nRep Two,two@gov.example,CA\n\
+             Rep Three,three@gov.example,NY\n",
+        )
+        .file(
+            "supporters.csv",
+            "email,first_name,last_name,city,state\n\
+             ana@mail.example,Ana,López,Tucson,CA\n\
+             sam@mail.example,Sam,Okafor,Minneapolis,NY\n\
+             lee@mail.example,Lee,Park,Seattle,TX\n\
+             kim@mail.example,Kim,Ng,Boise,ca\n",
+        )
+        .smtp_plain(server)
+}
+
+/// The `[y/N]` question `send ARGS` asks at a terminal (answered `n`).
+fn question(c: &Campaign, args: &[&str]) -> String {
+    let mut t = Term::spawn(c.command(args));
+    t.expect("[y/N] ");
+    let shown = t.text();
+    t.keys("[y/N] ", "n");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "--- terminal\n{text}");
+    let at = shown.rfind("About to send").expect("the question");
+    shown[at..].lines().next().unwrap().to_string()
+}
+
+#[test]
+fn issue10_a_routed_campaigns_question_counts_who_writes_to_whom() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = routed_campaign(&server);
+    let q = question(&c, &["send"]);
+    assert!(
+        q.starts_with("About to send 5 letters from 3 supporters to 3 targets via 127.0.0.1:"),
+        "{q}"
+    );
+    assert!(!q.contains('×'), "{q}");
+    let q = question(&c, &["send", "--limit", "2"]);
+    assert!(
+        q.starts_with("About to send 2 letters (of 5 letters due from 3 supporters to 3 targets) via"),
+        "{q}"
+    );
+    assert!(server.received().is_empty(), "a letter went after `n`");
+    // `status` says the same, without a product.
+    let r = c.run(&["status"]);
+    r.code(0)
+        .stdout_has("for 3 supporters in supporters.csv, to 3 targets");
+    assert!(!r.stdout.contains('×'), "{}", r.stdout);
+}
+
+#[test]
+fn issue10_an_unrouted_campaigns_question_keeps_its_product() {
+    let server = Server::start(ServerOptions::new(Security::Plain));
+    let c = Campaign::new().smtp_plain(&server);
+    let q = question(&c, &["send"]);
+    assert!(
+        q.starts_with("About to send 3 letters (3 supporters × 1 target) via 127.0.0.1:"),
+        "{q}"
+    );
+}

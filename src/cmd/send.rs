@@ -36,7 +36,10 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     // Credentials before any question: a missing source stops the run here;
     // at a terminal with none set, the password is asked for (not stored).
     let connector = super::connector(smtp, ui)?;
-    let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    let mut ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    // Each attempt records the relay account: `daily_limit` is shared by
+    // every campaign in the folder that sends through it.
+    ledger.set_relay(smtp.account());
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;
     }
@@ -101,7 +104,7 @@ fn round(
     // Plan: render everything, count what is due.
     let now = engine.clock.unix();
     let (plan, scanned) = delivery::scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
-    let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now)?;
+    let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now, ui)?;
     let pace = delivery::pace(campaign, &ledger, &plan, now)?;
     let to_send = pace
         .as_ref()
@@ -311,7 +314,7 @@ fn dry_run(
     for w in crate::resend::warnings(campaign, ledger.as_ref())? {
         ui.warn(&w);
     }
-    let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
+    let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now, ui)?;
     report::print_plan(campaign, &plan, budget)?;
     if campaign.config.schedule.is_some() {
         report::out(&schedule_plan(campaign, ledger.as_ref(), &plan, now)?)?;

@@ -362,20 +362,32 @@ fn schedule_report(
         );
     }
     if let (Some(limit), Some(l)) = (config.delivery.daily_limit, ledger) {
-        let used = l.handed_over_since(now - 86_400)?;
+        let daily = crate::delivery::daily_use(campaign, Some(l), now)?;
+        let used = daily.used();
         let when = if used >= limit {
-            l.nth_latest_hand_over(now - 86_400, limit)?
+            daily
+                .frees_at(limit)
                 .map(|t| {
                     format!(
                         " — next letter allowed {}",
-                        crate::schedule::show(t + 86_400, &schedule.timezone)
+                        crate::schedule::show(t, &schedule.timezone)
                     )
                 })
                 .unwrap_or_default()
         } else {
             String::new()
         };
-        let _ = writeln!(text, "  daily_limit {used}/{limit}{when}");
+        let shared = daily
+            .shared
+            .iter()
+            .map(|(id, n)| format!("`{id}` {n}"))
+            .collect::<Vec<_>>();
+        let shared = if shared.is_empty() {
+            String::new()
+        } else {
+            format!(" (shared: {})", shared.join(", "))
+        };
+        let _ = writeln!(text, "  daily_limit {used}/{limit}{shared}{when}");
     }
     Ok(())
 }

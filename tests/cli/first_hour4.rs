@@ -197,3 +197,101 @@ fn issue10_an_unrouted_campaigns_question_keeps_its_product() {
         "{q}"
     );
 }
+
+// ---------------------------------------------------------------- item 8: daily_limit is the relay account's
+
+/// Writes `NAME.toml` beside `c`'s config: `c`'s config with campaign id
+/// `id`, its letters to `target`, and AUTH as `user`; returns `-c NAME.toml`.
+fn sibling(c: &Campaign, name: &str, id: &str, target: &str, user: &str) -> [String; 2] {
+    let text = c
+        .config_text()
+        .replace("id = \"test-campaign\"", &format!("id = \"{id}\""))
+        .replace("ceo@corp.example", target)
+        .replace(
+            &format!("username = \"{USER}\""),
+            &format!("username = \"{user}\""),
+        );
+    let file = format!("{name}.toml");
+    std::fs::write(c.join(&file), text).unwrap();
+    ["-c".to_string(), file]
+}
+
+fn with<'a>(config: &'a [String; 2], args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![config[0].as_str(), config[1].as_str()];
+    all.extend_from_slice(args);
+    all
+}
+
+#[test]
+fn issue15_daily_limit_counts_every_campaign_in_the_folder_sent_through_the_same_account() {
+    let (server, c) = auth_campaign();
+    let c = c
+        .section("[delivery]\ndaily_limit = 3\n")
+        .env("MAILER_SMTP_PASSWORD", PASSWORD);
+    // The first campaign sends 2 of its 3 letters.
+    c.run(&["send", "--yes", "--limit", "2"]).code(0);
+    assert_eq!(server.received().len(), 2);
+    // Each attempt names the relay account, never the password.
+    let account = format!("127.0.0.1:{} {USER}", server.port());
+    let relays = crate::support::campaign::query(&c, "SELECT DISTINCT relay FROM attempts");
+    assert_eq!(relays, vec![vec![account.clone()]]);
+
+    // The second (another id, another target, the same relay and user)
+    // has 1 left, and says why.
+    let second = sibling(&c, "second", "second-campaign", "cfo@corp.example", USER);
+    let shared = format!(
+        "daily_limit 3 is shared with campaign `test-campaign` (2 letters) through the same relay \
+         account `{account}`: 2 of 3 used in the last 24 h"
+    );
+    c.run(&with(&second, &["send", "--dry-run"]))
+        .code(0)
+        .stdout_has("This run would send at most 1 ")
+        .stderr_has(&shared);
+    let r = c.run(&with(&second, &["send", "--yes"]));
+    r.code(0).stderr_has(&shared).stdout_has("sent 1 ");
+    assert_eq!(server.received().len(), 3);
+
+    // The first one now finds the account's day used up by both.
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("This run would send at most 0 ")
+        .stderr_has("shared with campaign `second-campaign` (1 letter)");
+    c.run(&["send", "--yes"])
+        .code(0)
+        .stderr_has("daily_limit 3/3 (shared with `second-campaign`)");
+    assert_eq!(server.received().len(), 3);
+
+    // A third, through another account of the same relay, is not held.
+    let third = sibling(
+        &c,
+        "third",
+        "third-campaign",
+        "cto@corp.example",
+        "other@org.example",
+    );
+    let r = c.run(&with(&third, &["send", "--dry-run"]));
+    r.code(0).stdout_has("This run would send at most 3 ");
+    assert!(!r.stderr.contains("shared"), "{}", r.stderr);
+
+    for entry in std::fs::read_dir(c.join(".mailer")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PASSWORD),
+            "the password was stored"
+        );
+    }
+}
+
+#[test]
+fn issue15_a_ledger_beside_that_cannot_be_read_is_named_and_not_counted() {
+    let (_server, c) = auth_campaign();
+    let c = c.section("[delivery]\ndaily_limit = 3\n").file(
+        ".mailer/broken.sqlite3",
+        "this is no SQLite database, just text\n".repeat(200),
+    );
+    let r = c.run(&["send", "--dry-run"]);
+    r.code(0)
+        .stdout_has("This run would send at most 3 ")
+        .stderr_has("broken.sqlite3")
+        .stderr_has("its letters are not counted against daily_limit");
+}

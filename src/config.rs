@@ -269,6 +269,20 @@ pub(crate) struct Smtp {
     pub(crate) timeout: Duration,
 }
 
+impl Smtp {
+    /// The relay account letters go to, `host:port user` (lower-case;
+    /// `host:port` without AUTH): what `daily_limit` counts, across every
+    /// campaign in the folder. Never the password.
+    #[must_use]
+    pub(crate) fn account(&self) -> String {
+        let host = self.host.to_lowercase();
+        match &self.username {
+            Some(user) => format!("{host}:{} {}", self.port, user.trim().to_lowercase()),
+            None => format!("{host}:{}", self.port),
+        }
+    }
+}
+
 /// `[delivery]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Delivery {

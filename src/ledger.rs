@@ -129,6 +129,9 @@ pub(crate) struct Ledger {
     lost: std::cell::OnceCell<String>,
     /// The `letters` columns a [`Record`] reads (`held` only where it exists).
     columns: &'static str,
+    /// The relay account this run hands letters to (`host:port user`),
+    /// recorded with each attempt: `daily_limit` is the account's.
+    relay: Option<String>,
 }
 
 const SCHEMA: &str = "
@@ -153,7 +156,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     at INTEGER NOT NULL,
     outcome TEXT NOT NULL,
     reply TEXT,
-    handed_over INTEGER NOT NULL
+    handed_over INTEGER NOT NULL,
+    relay TEXT
 );
 -- No index on attempts: it is read once per run (the daily quota), and an
 -- index would cost a page write on every letter.
@@ -244,6 +248,7 @@ impl Ledger {
             _lock: Some(lock),
             identity: Some(identity),
             lost: std::cell::OnceCell::new(),
+            relay: None,
         })
     }
 
@@ -277,19 +282,21 @@ impl Ledger {
             lost: std::cell::OnceCell::new(),
             columns: record_columns(&conn)?,
             conn,
+            relay: None,
         }))
     }
 
     /// Turns `sending` rows left by a run that died into `unknown`, and
     /// records each as a handed-over attempt (it counts against the daily
-    /// limit: the server may well have it).
+    /// limit: the server may well have it), with this run's relay account
+    /// (set [`Ledger::set_relay`] first): most likely the one it went to.
     pub(crate) fn recover(&self, now: i64) -> Result<usize> {
         let reply = "the run ended after handing the letter over, before the server replied";
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
-            "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over)
-             SELECT supporter, target, updated_at, 'unknown', ?1, 1 FROM letters WHERE state = 'sending'",
-            [reply],
+            "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over, relay)
+             SELECT supporter, target, updated_at, 'unknown', ?1, 1, ?2 FROM letters WHERE state = 'sending'",
+            params![reply, self.relay],
         )?;
         let n = tx.execute(
             "UPDATE letters SET state = 'unknown', updated_at = ?1, reply = ?2 WHERE state = 'sending'",
@@ -448,9 +455,18 @@ impl Ledger {
                 i64::from(!claimed),
             ])?;
             tx.prepare_cached(
-                "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over, relay)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![letter.supporter, letter.target, now, state.as_str(), reply, handed_over])?;
+            .execute(params![
+                letter.supporter,
+                letter.target,
+                now,
+                state.as_str(),
+                reply,
+                handed_over,
+                self.relay
+            ])?;
             for (recipient, reply) in refused {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
@@ -523,16 +539,18 @@ impl Ledger {
         Ok(())
     }
 
-    /// Letters handed to the server since `since` (unix seconds): the daily
-    /// quota's use. A letter retried after a refusal counts once.
-    pub(crate) fn handed_over_since(&self, since: i64) -> Result<u64> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM (SELECT DISTINCT supporter, target FROM attempts
-             WHERE handed_over = 1 AND at >= ?1)",
-            [since],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+    /// Records `account` (`host:port user`, never a password) with every
+    /// attempt this run makes from now on.
+    pub(crate) fn set_relay(&mut self, account: String) {
+        self.relay = Some(account);
+    }
+
+    /// When each letter handed to the server since `since` (unix seconds)
+    /// was last handed over, newest first: the daily quota's use (a letter
+    /// retried after a refusal counts once). With `account`, only what went
+    /// through that relay account; see [`hand_overs`].
+    pub(crate) fn hand_overs(&self, since: i64, account: Option<&str>) -> Result<Vec<i64>> {
+        hand_overs(&self.conn, since, account)
     }
 
     /// What one target already received, for `[schedule]`: its letters
@@ -557,25 +575,6 @@ impl Ledger {
             first_at,
             last_hour,
         })
-    }
-
-    /// The latest hand-over of the `n`-th most recent letter handed over
-    /// since `since`: once it is older than the quota's period, one more
-    /// letter fits a quota of `n` (`daily_limit`).
-    pub(crate) fn nth_latest_hand_over(&self, since: i64, n: u64) -> Result<Option<i64>> {
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT last FROM (SELECT supporter, target, max(at) AS last FROM attempts
-                 WHERE handed_over = 1 AND at >= ?1 GROUP BY supporter, target)
-                 ORDER BY last DESC LIMIT 1 OFFSET ?2",
-                params![since, (n - 1) as i64],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 
     /// Rows per state.
@@ -965,7 +964,74 @@ fn set_up(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)?;
     allow_bounced(conn)?;
     add_held_column(conn)?;
+    add_relay_column(conn)?;
     add_variant_columns(conn)
+}
+
+/// Whether `attempts` records the relay account (ledgers written before
+/// it do not; opened read-only, they are not upgraded).
+fn has_relay_column(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('attempts') WHERE name = 'relay'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Ledgers written before the relay account was recorded: add the column
+/// (NULL for the attempts already there: their account is not known).
+fn add_relay_column(conn: &Connection) -> Result<()> {
+    if !has_relay_column(conn)? {
+        conn.execute_batch("ALTER TABLE attempts ADD COLUMN relay TEXT")?;
+    }
+    Ok(())
+}
+
+/// [`Ledger::hand_overs`] on any ledger's connection. With `account`:
+/// the letters handed to that relay account, and those recorded before
+/// accounts were (NULL) unless the ledger has recorded only other
+/// accounts since: over-counting is the safe side of a relay's limit. A
+/// ledger that records no account at all counts whole.
+fn hand_overs(conn: &Connection, since: i64, account: Option<&str>) -> Result<Vec<i64>> {
+    let filter = if account.is_some() && has_relay_column(conn)? {
+        "AND (relay = ?2 OR (relay IS NULL AND NOT EXISTS
+            (SELECT 1 FROM attempts WHERE relay IS NOT NULL AND relay <> ?2)))"
+    } else {
+        // Every letter (`?2` is bound either way, and always `IS` itself).
+        "AND ?2 IS ?2"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT max(at) AS last FROM attempts WHERE handed_over = 1 AND at >= ?1 {filter}
+         GROUP BY supporter, target ORDER BY last DESC"
+    ))?;
+    let rows = stmt.query_map(params![since, account], |r| r.get(0))?;
+    rows.collect::<rusqlite::Result<Vec<i64>>>().map_err(Into::into)
+}
+
+/// Another ledger's [`Ledger::hand_overs`] through `account`, read only,
+/// without its run lock (a `send` may be running on it): its campaign id
+/// and the hand-over times. `Ok(None)` when `path` is no ledger.
+pub(crate) fn hand_overs_elsewhere(
+    path: &Path,
+    since: i64,
+    account: &str,
+) -> Result<Option<(String, Vec<i64>)>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let Some(id) = conn
+        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| read_error(e, path))?
+    else {
+        return Ok(None);
+    };
+    let times = hand_overs(&conn, since, Some(account))
+        .with_context(|| format!("cannot read ledger `{}`", path.display()))?;
+    Ok(Some((id, times)))
 }
 
 /// Writes a new, complete ledger file at `path`: built under a temporary
@@ -1825,7 +1891,7 @@ mod tests {
             State::Unknown
         );
         // a was delivered; b may have been (recovered): both use the quota.
-        assert_eq!(l.handed_over_since(0).unwrap(), 2);
+        assert_eq!(l.hand_overs(0, None).unwrap().len(), 2);
     }
 
     #[test]
@@ -2038,6 +2104,57 @@ mod tests {
         // Opening again changes nothing.
         let l = Ledger::open(&path, "c").unwrap();
         assert_eq!(letter_columns(&l.conn).unwrap().len(), cols.len());
+    }
+
+    #[test]
+    fn old_ledgers_gain_the_relay_column_and_count_for_the_account_they_may_have_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // Attempts as the previous version wrote them: no relay account.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",\n    relay TEXT", ""))
+            .unwrap();
+        assert!(!has_relay_column(&old).unwrap());
+        old.execute_batch(
+            "INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO attempts VALUES ('a@x.org', 't@x.org', 100, 'sent', '250', 1);
+             INSERT INTO attempts VALUES ('b@x.org', 't@x.org', 110, 'failed', '550', 1);
+             INSERT INTO attempts VALUES ('c@x.org', 't@x.org', 120, 'deferred', '451', 0);
+             INSERT INTO attempts VALUES ('z@x.org', 't@x.org', 10, 'sent', '250', 1);",
+        )
+        .unwrap();
+        drop(old);
+        // Read-only and not upgraded: every letter counts, for any account.
+        assert_eq!(
+            hand_overs_elsewhere(&path, 50, "h:587 u").unwrap(),
+            Some(("c".to_string(), vec![110, 100]))
+        );
+        // Opened to write: the column is added, the old rows keep NULL and
+        // still count (this ledger never named another account).
+        let mut l = Ledger::open(&path, "c").unwrap();
+        assert!(has_relay_column(&l.conn).unwrap());
+        assert_eq!(l.hand_overs(50, Some("h:587 u")).unwrap(), vec![110, 100]);
+        l.set_relay("h:587 v".into());
+        let v = Variant::default();
+        let key = Key {
+            supporter: "d@x.org",
+            target: "t@x.org",
+            line: 5,
+            message_id: "<d@o>",
+            variant: &v,
+        };
+        l.claim(&key, 130).unwrap();
+        l.record(&key, &sent("250", "", &[]), 0, true, 130).unwrap();
+        // Once it names another account, its unnamed rows are that one's.
+        assert_eq!(l.hand_overs(50, Some("h:587 u")).unwrap(), Vec::<i64>::new());
+        assert_eq!(l.hand_overs(50, Some("h:587 v")).unwrap(), vec![130, 110, 100]);
+        assert_eq!(l.hand_overs(50, None).unwrap(), vec![130, 110, 100]);
+        drop(l);
+        // Opening again changes nothing; a new ledger has the column.
+        let l = Ledger::open(&path, "c").unwrap();
+        assert_eq!(l.hand_overs(0, None).unwrap().len(), 4);
+        let (_d, fresh) = ledger();
+        assert!(has_relay_column(&fresh.conn).unwrap());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(crate) struct Plan {
     pub(crate) supporters: u64,
     /// Letters due now.
     pub(crate) due: u64,
+    /// Supporters with at least one letter due now.
+    pub(crate) due_supporters: u64,
     /// Due letters per target, in config order.
     pub(crate) per_target: Vec<u64>,
     /// Every letter per target, due or not (its supporters routed to it).
@@ -192,6 +194,9 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
             if s.not_reached == 1 { "s" } else { "" }
         ));
     }
+    if let Some(line) = held_by_hand(p) {
+        ui.note(&line);
+    }
     if s.failed + p.held_failed > 0 {
         ui.hint("`mailer status` lists the failures; `mailer send --retry-failed` retries them");
     }
@@ -204,6 +209,25 @@ pub(crate) fn print_summary(s: &Summary, budget: Option<u64>, ui: &Ui) {
     if s.refused_copies > 0 {
         ui.hint("the letters reached their targets and are not sent again; `mailer status` lists the refused copies");
     }
+}
+
+/// `2 letters held by `mailer skip` (…)`: letters a person held back,
+/// which no run sends until they are requeued. `None` when there are none.
+fn held_by_hand(p: &Plan) -> Option<String> {
+    let n = p.held_by_hand;
+    (n > 0).then(|| {
+        format!(
+            "{} held by `mailer skip` (`mailer requeue --supporter EMAIL` puts {} back)",
+            letters(n),
+            if n == 1 { "it" } else { "them" }
+        )
+    })
+}
+
+/// `1 letter`, `1,200 letters`.
+#[must_use]
+pub(crate) fn letters(n: u64) -> String {
+    format!("{} letter{}", thousands(n), if n == 1 { "" } else { "s" })
 }
 
 /// Routed targets shown by name in a dry run; the rest are summed up.
@@ -290,6 +314,9 @@ pub(crate) fn print_plan(campaign: &Campaign, p: &Plan, budget: Option<u64>) -> 
             "Not due: {} sent, {} deferred (waiting), {} failed, {} unknown, {} skipped by hand",
             p.already_sent, p.waiting, p.held_failed, p.held_unknown, p.held_by_hand
         );
+    }
+    if let Some(line) = held_by_hand(p) {
+        let _ = writeln!(text, "{line}");
     }
     if let Some(b) = budget {
         let _ = writeln!(

@@ -12,7 +12,7 @@ use crate::placeholder;
 use crate::provider;
 use crate::report::{out, thousands};
 use crate::roster::{Duplicate, Malformed, Skipped};
-use crate::smtp::{ConnectError, Connector};
+use crate::smtp::ConnectError;
 use crate::targets::Unmatched;
 use crate::ui::Ui;
 use crate::uniformity::{Meter, Uniformity};
@@ -454,7 +454,8 @@ fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
 /// `check --smtp`: connect, TLS, AUTH, QUIT; says which step failed.
 fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
     let smtp = campaign.config.smtp()?;
-    let connector = Connector::new(smtp)?;
+    // At a terminal with no password set, asked for now (not stored).
+    let connector = super::connector_asking(smtp, ui)?;
     match connector.connect() {
         Ok(conn) => {
             let tls = if conn.is_tls() { "TLS verified" } else { "no TLS" };

@@ -15,6 +15,12 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::config::Smtp;
+use crate::exit::{Exit, Failure};
+use crate::secret::{self, Secret};
+use crate::smtp::Connector;
+use crate::ui::Ui;
+
 /// Creates `path` for supporters' data (`export --out`, `preview --out`):
 /// mode 0600 like the ledger, replacing a regular file already there, and
 /// never writing through a symlink planted in its place.
@@ -46,4 +52,53 @@ pub(crate) fn create_private(path: &Path) -> Result<File> {
     }
     std::fs::remove_file(path).with_context(|| format!("cannot replace `{shown}`"))?;
     create().with_context(|| format!("cannot write `{shown}`"))
+}
+
+/// The relay's connector for `send`: the password source is settled first
+/// (the variable is set, the command prints a password: its value is not
+/// kept), then [`connector_asking`].
+pub(crate) fn connector(smtp: &Smtp, ui: &Ui) -> Result<Connector> {
+    password_source(smtp, ui)?;
+    connector_asking(smtp, ui)
+}
+
+/// The relay's connector; at a terminal with no password set, the password
+/// is asked for first (no echo) and used for this run only. Without a
+/// terminal, a missing password is left for the connection to report.
+pub(crate) fn connector_asking(smtp: &Smtp, ui: &Ui) -> Result<Connector> {
+    match ask_password(smtp, ui)? {
+        Some(typed) => Connector::new(&typed),
+        None => Connector::new(smtp),
+    }
+}
+
+/// Settles the password source before anything is asked. A variable that
+/// is not set is fine on a terminal ([`ask_password`] asks for it).
+fn password_source(smtp: &Smtp, ui: &Ui) -> Result<()> {
+    if smtp.username.is_none() || (ui.interactive() && smtp.password.is_unset_env()) {
+        return Ok(());
+    }
+    smtp.password
+        .resolve()
+        .map(drop)
+        .map_err(|e| Failure::error(Exit::BadInput, format!("cannot get the SMTP password: {e:#}")))
+}
+
+/// On a terminal with no password set: asks for it (no echo) and returns
+/// `[smtp]` with it, for this run only.
+fn ask_password(smtp: &Smtp, ui: &Ui) -> Result<Option<Smtp>> {
+    let Some(user) = &smtp.username else {
+        return Ok(None);
+    };
+    if !ui.interactive() || !smtp.password.is_unset_env() {
+        return Ok(None);
+    }
+    let password = secret::ask(&format!(
+        "SMTP password for {user} at {} (not stored): ",
+        smtp.host
+    ))?;
+    Ok(Some(Smtp {
+        password: Secret::Literal(password),
+        ..smtp.clone()
+    }))
 }

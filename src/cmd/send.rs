@@ -13,12 +13,10 @@ use anyhow::Result;
 
 use crate::campaign::Campaign;
 use crate::clock::Clock;
-use crate::config::Smtp;
 use crate::delivery::{self, Engine, interrupted_early};
-use crate::exit::{Exit, Failure};
+use crate::exit::Exit;
 use crate::ledger::Ledger;
 use crate::report::{self, Plan, Summary};
-use crate::secret::{self, Secret};
 use crate::smtp::Connector;
 use crate::ui::Ui;
 
@@ -37,12 +35,11 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
     let smtp = config.smtp()?;
     // Credentials before any question: a missing source stops the run here;
     // at a terminal with none set, the password is asked for (not stored).
-    password_source(smtp, ui)?;
-    let connector = match ask_password(smtp, ui)? {
-        Some(typed) => Connector::new(&typed)?,
-        None => Connector::new(smtp)?,
-    };
-    let ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    let connector = super::connector(smtp, ui)?;
+    let mut ledger = Ledger::open(&config.ledger_path, &config.campaign.id)?;
+    // Each attempt records the relay account: `daily_limit` is shared by
+    // every campaign in the folder that sends through it.
+    ledger.set_relay(smtp.account());
     if config.bounces.as_ref().is_some_and(|b| b.return_path.is_some()) {
         ledger.verp_secret()?;
     }
@@ -107,7 +104,7 @@ fn round(
     // Plan: render everything, count what is due.
     let now = engine.clock.unix();
     let (plan, scanned) = delivery::scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
-    let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now)?;
+    let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now, ui)?;
     let pace = delivery::pace(campaign, &ledger, &plan, now)?;
     let to_send = pace
         .as_ref()
@@ -234,38 +231,6 @@ fn sleep_until_wall(clock: &dyn Clock, wake: i64, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
-/// Settles the password source before anything is asked: the variable is
-/// set, the command prints a password (its value is not kept). A variable
-/// that is not set is fine on a terminal ([`ask_password`] asks for it).
-fn password_source(smtp: &Smtp, ui: &Ui) -> Result<()> {
-    if smtp.username.is_none() || (ui.interactive() && smtp.password.is_unset_env()) {
-        return Ok(());
-    }
-    smtp.password
-        .resolve()
-        .map(drop)
-        .map_err(|e| Failure::error(Exit::BadInput, format!("cannot get the SMTP password: {e:#}")))
-}
-
-/// On a terminal with no password set: asks for it (no echo) and returns
-/// `[smtp]` with it, for this run only.
-fn ask_password(smtp: &Smtp, ui: &Ui) -> Result<Option<Smtp>> {
-    let Some(user) = &smtp.username else {
-        return Ok(None);
-    };
-    if !ui.interactive() || !smtp.password.is_unset_env() {
-        return Ok(None);
-    }
-    let password = secret::ask(&format!(
-        "SMTP password for {user} at {} (not stored): ",
-        smtp.host
-    ))?;
-    Ok(Some(Smtp {
-        password: Secret::Literal(password),
-        ..smtp.clone()
-    }))
-}
-
 /// Before the prompt: the letter(s) about to go, and `check`'s warnings.
 fn show_letters(campaign: &Campaign, plan: &Plan, to_send: u64, ui: &Ui) -> Result<()> {
     let text = report::confirmation_text(plan, to_send);
@@ -284,16 +249,43 @@ fn confirm(campaign: &Campaign, plan: &Plan, to_send: u64, connector: &Connector
     let who = smtp
         .and_then(|s| s.username.as_deref())
         .map_or(String::new(), |u| format!(" as {u}"));
-    let targets = campaign.target_count() as u64;
     ui.confirm(&format!(
-        "About to send {} letter{} ({} supporter{} × {targets} target{}) via {}{who} — continue?",
-        report::thousands(to_send),
-        plural(to_send),
-        report::thousands(plan.supporters),
-        plural(plan.supporters),
-        plural(targets),
+        "About to send {} via {}{who} — continue?",
+        what_goes(campaign, plan, to_send),
         connector.describe(),
     ))
+}
+
+/// The question's count: `3 letters (3 supporters × 1 target)` when every
+/// supporter writes to every target; with `match` or `[routing]`, who the
+/// letters due now come from and go to (`1,200 letters from 1,000
+/// supporters to 12 targets`), and the share of them this run sends.
+fn what_goes(campaign: &Campaign, plan: &Plan, to_send: u64) -> String {
+    let n = |n: u64, what: &str| format!("{} {what}{}", report::thousands(n), plural(n));
+    if !campaign.is_routed() {
+        let targets = campaign.target_count() as u64;
+        return format!(
+            "{} ({} × {})",
+            n(to_send, "letter"),
+            n(plan.supporters, "supporter"),
+            n(targets, "target")
+        );
+    }
+    let targets = plan.per_target.iter().filter(|&&d| d > 0).count() as u64;
+    let whom = format!(
+        "from {} to {}",
+        n(plan.due_supporters, "supporter"),
+        n(targets, "target")
+    );
+    if to_send < plan.due {
+        format!(
+            "{} (of {} due {whom})",
+            n(to_send, "letter"),
+            n(plan.due, "letter")
+        )
+    } else {
+        format!("{} {whom}", n(to_send, "letter"))
+    }
 }
 
 fn plural(n: u64) -> &'static str {
@@ -322,7 +314,7 @@ fn dry_run(
     for w in crate::resend::warnings(campaign, ledger.as_ref())? {
         ui.warn(&w);
     }
-    let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now)?;
+    let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now, ui)?;
     report::print_plan(campaign, &plan, budget)?;
     if campaign.config.schedule.is_some() {
         report::out(&schedule_plan(campaign, ledger.as_ref(), &plan, now)?)?;

@@ -19,7 +19,7 @@ use crate::message::Built;
 use crate::placeholder;
 use crate::report::out;
 use crate::roster::Supporter;
-use crate::smtp::{Attempt, ConnectError, Connector, Session as _};
+use crate::smtp::{Attempt, ConnectError, Session as _};
 use crate::ui::Ui;
 
 /// Test letters sent when `--limit` is not given.
@@ -33,7 +33,7 @@ pub(crate) fn run(campaign: &Campaign, to: &str, limit: Option<u64>, ui: &Ui) ->
     let to: Address = crate::roster::validate_email(to.trim())
         .map_err(|why| Failure::error(Exit::Usage, format!("--test: {why}")))?;
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    let connector = Connector::new(campaign.config.smtp()?)?;
+    let smtp = campaign.config.smtp()?;
     let picked = pick(campaign, limit)?;
     if picked.is_empty() {
         ui.note("No letter to test: no supporter has a letter.");
@@ -64,6 +64,8 @@ pub(crate) fn run(campaign: &Campaign, to: &str, limit: Option<u64>, ui: &Ui) ->
             }
         }
     }
+    // At a terminal with no password set, asked for now (not stored).
+    let connector = super::connector_asking(smtp, ui)?;
     let mut conn = connector.connect().map_err(|e| match e {
         ConnectError::Unreachable(m) | ConnectError::TimedOut(m) => Failure::error(Exit::TryLater, m),
         ConnectError::Refused(m) => Failure::error(Exit::BadInput, m),

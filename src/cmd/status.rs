@@ -215,12 +215,16 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) 
         plural(counts.total)
     );
     let n_targets = config.targets.len() as u64;
+    // With `match` or `[routing]`, supporters write to different targets:
+    // there is no product to show.
+    let join = if campaign.is_routed() { ", to" } else { " ×" };
     let _ = writeln!(
         text,
-        "  {:>8}  for {} supporter{} in {file} × {n_targets} target{} (as `mailer check` counts them)",
+        "  {:>8}  for {} supporter{} in {file}{join} {} target{} (as `mailer check` counts them)",
         thousands(ready.0),
         thousands(ready.1),
         plural(ready.1),
+        thousands(n_targets),
         plural(n_targets)
     );
     if invalid.0 > 0 {
@@ -358,20 +362,32 @@ fn schedule_report(
         );
     }
     if let (Some(limit), Some(l)) = (config.delivery.daily_limit, ledger) {
-        let used = l.handed_over_since(now - 86_400)?;
+        let daily = crate::delivery::daily_use(campaign, Some(l), now)?;
+        let used = daily.used();
         let when = if used >= limit {
-            l.nth_latest_hand_over(now - 86_400, limit)?
+            daily
+                .frees_at(limit)
                 .map(|t| {
                     format!(
                         " — next letter allowed {}",
-                        crate::schedule::show(t + 86_400, &schedule.timezone)
+                        crate::schedule::show(t, &schedule.timezone)
                     )
                 })
                 .unwrap_or_default()
         } else {
             String::new()
         };
-        let _ = writeln!(text, "  daily_limit {used}/{limit}{when}");
+        let shared = daily
+            .shared
+            .iter()
+            .map(|(id, n)| format!("`{id}` {n}"))
+            .collect::<Vec<_>>();
+        let shared = if shared.is_empty() {
+            String::new()
+        } else {
+            format!(" (shared: {})", shared.join(", "))
+        };
+        let _ = writeln!(text, "  daily_limit {used}/{limit}{shared}{when}");
     }
     Ok(())
 }

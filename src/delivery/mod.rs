@@ -24,7 +24,7 @@ use crate::smtp::{Attempt, Dialer, Reply};
 use crate::throttle::{Throttle, per_minute};
 use crate::ui::Ui;
 
-pub(crate) use plan::{campaign_budget, held_by, pace, scan, target_total};
+pub(crate) use plan::{campaign_budget, daily_use, held_by, pace, scan, target_total};
 
 use breaker::{Breaker, POLICY_STREAK};
 use dispatch::{Pass2, dispatch};

@@ -58,19 +58,130 @@ pub(crate) fn budget(per_run: Option<u64>, daily_limit: Option<u64>, handed_over
     }
 }
 
-/// [`budget`] for this campaign, from its ledger if there is one.
+/// [`budget`] for this campaign, from its ledger if there is one and the
+/// other ledgers sharing its relay account ([`daily_use`]); says when
+/// `daily_limit` is shared, and warns of a ledger it could not read.
 pub(crate) fn campaign_budget(
     campaign: &Campaign,
     ledger: Option<&Ledger>,
     opts: &Options,
     now: i64,
+    ui: &Ui,
 ) -> Result<Option<u64>> {
     let d = &campaign.config.delivery;
-    let today = match (ledger, d.daily_limit) {
-        (Some(l), Some(_)) => l.handed_over_since(now - 86_400)?,
-        _ => 0,
+    let today = match d.daily_limit {
+        Some(limit) => {
+            let used = daily_use(campaign, ledger, now)?;
+            for why in &used.unread {
+                ui.warn(why);
+            }
+            if let Some(line) = used.shared_line(limit) {
+                ui.note(&line);
+            }
+            used.used()
+        }
+        None => 0,
     };
     Ok(budget(opts.limit.or(d.max_per_run), d.daily_limit, today))
+}
+
+/// A day, the `daily_limit` period.
+const DAY: i64 = 86_400;
+
+/// What `daily_limit` used in the last 24 hours: this campaign's letters
+/// (all of its ledger's, as before accounts were recorded) and those the
+/// other ledgers in its folder handed to the same relay account.
+#[derive(Debug, Default)]
+pub(crate) struct DailyUse {
+    /// Each letter's last hand-over, newest first, every ledger together.
+    times: Vec<i64>,
+    /// The relay account (`host:port user`).
+    account: String,
+    /// Other campaigns that used the account: (campaign id, letters).
+    pub(crate) shared: Vec<(String, u64)>,
+    /// Ledgers that could not be read (their letters are not counted).
+    pub(crate) unread: Vec<String>,
+}
+
+impl DailyUse {
+    /// Letters handed over in the last 24 hours.
+    pub(crate) fn used(&self) -> u64 {
+        self.times.len() as u64
+    }
+
+    /// When one more letter fits `limit`: 24 hours after the `limit`-th
+    /// newest hand-over (`None` while fewer went).
+    pub(crate) fn frees_at(&self, limit: u64) -> Option<i64> {
+        let i = usize::try_from(limit.checked_sub(1)?).ok()?;
+        self.times.get(i).map(|t| t + DAY)
+    }
+
+    /// `daily_limit 3 is shared with campaign `a` (2 letters) through …`,
+    /// when another campaign used the account.
+    pub(crate) fn shared_line(&self, limit: u64) -> Option<String> {
+        if self.shared.is_empty() {
+            return None;
+        }
+        let who: Vec<String> = self
+            .shared
+            .iter()
+            .map(|(id, n)| format!("campaign `{id}` ({})", crate::report::letters(*n)))
+            .collect();
+        Some(format!(
+            "daily_limit {limit} is shared with {} through the same relay account `{}`: {} of {limit} \
+             used in the last 24 h",
+            who.join(", "),
+            self.account,
+            self.used()
+        ))
+    }
+}
+
+/// [`DailyUse`] now: this campaign's ledger (if any), then every other
+/// `*.sqlite3` ledger beside it, read only and without its run lock (a
+/// `send` may be running on it); one that cannot be read is named in
+/// `unread`, never an error.
+pub(crate) fn daily_use(campaign: &Campaign, ledger: Option<&Ledger>, now: i64) -> Result<DailyUse> {
+    let config = &campaign.config;
+    let since = now - DAY;
+    let mut used = DailyUse::default();
+    if let Some(l) = ledger {
+        used.times = l.hand_overs(since, None)?;
+    }
+    let Some(smtp) = &config.smtp else {
+        return Ok(used);
+    };
+    used.account = smtp.account();
+    let own = std::fs::canonicalize(&config.ledger_path).unwrap_or_else(|_| config.ledger_path.clone());
+    let dir = config.ledger_path.parent().filter(|d| !d.as_os_str().is_empty());
+    let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+        return Ok(used);
+    };
+    let mut others: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+        .filter(|p| *p != config.ledger_path && std::fs::canonicalize(p).ok().as_ref() != Some(&own))
+        .collect();
+    others.sort();
+    for path in others {
+        match crate::ledger::hand_overs_elsewhere(&path, since, &used.account) {
+            Ok(Some((id, times))) if !times.is_empty() => {
+                used.shared.push((id, times.len() as u64));
+                used.times.extend(times);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The context and the reason, without SQLite's echo of it.
+                let why: Vec<String> = e.chain().take(2).map(ToString::to_string).collect();
+                used.unread.push(format!(
+                    "{}; its letters are not counted against daily_limit",
+                    crate::ui::printable(&why.join(": "))
+                ));
+            }
+        }
+    }
+    used.times.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(used)
 }
 
 /// `[schedule]` for one run: each target's allowance now.
@@ -153,17 +264,24 @@ pub(crate) fn held_by(
     let mut earliest = |t: i64| held.wake = Some(held.wake.map_or(t, |w| w.min(t)));
     let mut lines = Vec::new();
     if budget == Some(0) {
-        if let Some(limit) = config.delivery.daily_limit
-            && ledger.handed_over_since(now - 86_400)? >= limit
+        let used = match config.delivery.daily_limit {
+            Some(_) => Some(daily_use(campaign, Some(ledger), now)?),
+            None => None,
+        };
+        if let (Some(limit), Some(used)) = (config.delivery.daily_limit, used)
+            && used.used() >= limit
         {
-            let free = ledger
-                .nth_latest_hand_over(now - 86_400, limit)?
-                .map(|t| t + 86_400);
-            let when = free.map_or_else(String::new, |t| {
+            let when = used.frees_at(limit).map_or_else(String::new, |t| {
                 earliest(t);
                 format!(" — next letter allowed {}", crate::schedule::show(t, &zone))
             });
-            lines.push(format!("daily_limit {limit}/{limit}{when}"));
+            let shared = if used.shared.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<_> = used.shared.iter().map(|(id, _)| format!("`{id}`")).collect();
+                format!(" (shared with {})", ids.join(", "))
+            };
+            lines.push(format!("daily_limit {limit}/{limit}{shared}{when}"));
         } else {
             lines.push("max_per_run / --limit is 0: nothing goes this run".to_owned());
         }
@@ -246,6 +364,7 @@ pub(crate) fn scan(
             Prepared::Unmatched { label, .. } => plan.unmatched.add(label),
             Prepared::Letters { supporter, letters } => {
                 plan.supporters += 1;
+                let due_before = plan.due;
                 for (target, built) in letters {
                     let i = target.index;
                     plan.routed_per_target[i] += 1;
@@ -271,6 +390,9 @@ pub(crate) fn scan(
                         Decision::HeldUnknown => plan.held_unknown += 1,
                         Decision::HeldByHand => plan.held_by_hand += 1,
                     }
+                }
+                if plan.due > due_before {
+                    plan.due_supporters += 1;
                 }
             }
         }

@@ -16,6 +16,7 @@ mod engine;
 mod first_hour;
 mod first_hour2;
 mod first_hour3;
+mod first_hour4;
 mod hold_one_letter;
 mod hostile_files;
 mod inputs;

@@ -1673,7 +1673,7 @@ file = "supporters.csv"
 
     #[test]
     fn the_shipped_example_parses() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let c = Config::from_toml(text, Path::new("config.example.toml")).unwrap();
         assert_eq!(c.campaign.id, "microsoft-ice-2018");
         assert!(c.smtp.is_some());

@@ -209,4 +209,52 @@ mod tests {
         assert_eq!(s.password, Secret::Env(DEFAULT_PASSWORD_ENV.into()));
         assert_eq!(s.timeout, Duration::from_secs(30));
     }
+
+    #[test]
+    fn each_section_takes_one_password_source() {
+        let smtp = |keys: &str| {
+            parse(&format!("{MINIMAL}\n[smtp]\nhost = \"smtp.example.org\"\n{keys}"))
+                .map(|c| c.smtp.unwrap().password)
+        };
+        assert_eq!(
+            smtp("password_env = \"RELAY_PW\"\n").unwrap(),
+            Secret::Env("RELAY_PW".into())
+        );
+        assert_eq!(
+            smtp("password_command = \"pass relay\"\n").unwrap(),
+            Secret::Command {
+                command: "pass relay".into(),
+                dir: PathBuf::from("camp"),
+            }
+        );
+        assert_eq!(
+            smtp("password = \"hunter2\"\n").unwrap(),
+            Secret::Literal(Password::new("hunter2".into()))
+        );
+        let err = smtp("password_env = \"A\"\npassword = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "camp/mailer.toml:18: [smtp] takes one of password_env, password_command or password"
+        );
+        let bounces = |keys: &str| {
+            parse(&format!("{MINIMAL}\n[bounces]\nmailbox = \"Maildir\"\n{keys}"))
+                .map(|c| c.bounces.unwrap().password)
+        };
+        assert_eq!(
+            bounces("password_command = \"pass imap\"\n").unwrap(),
+            Secret::Command {
+                command: "pass imap".into(),
+                dir: PathBuf::from("camp"),
+            }
+        );
+        let err = bounces("password_command = \"a\"\npassword = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "camp/mailer.toml:17: [bounces] takes one of password_env, password_command or password"
+        );
+    }
 }

@@ -12,7 +12,8 @@ use lettre::Address;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::{Password, Secret};
+use super::smtp::password_source;
+use crate::secret::Secret;
 
 /// `[bounces]`: VERP return paths and the mailbox their DSNs land in.
 #[derive(Debug, Clone)]
@@ -155,30 +156,14 @@ pub(super) fn bounces_from_raw(
         }
         None => None,
     };
-    let chosen = [
-        b.password_env.is_some(),
-        b.password_command.is_some(),
-        b.password.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if chosen > 1 {
-        bail!("{section_at}: [bounces] takes one of password_env, password_command or password");
-    }
-    let password = if let Some(cmd) = b.password_command {
-        Secret::Command {
-            command: cmd,
-            dir: dir.to_path_buf(),
-        }
-    } else if let Some(literal) = b.password {
-        Secret::Literal(Password::new(literal))
-    } else {
-        Secret::Env(
-            b.password_env
-                .unwrap_or_else(|| DEFAULT_BOUNCES_PASSWORD_ENV.to_string()),
-        )
-    };
+    let password = password_source(
+        &format!("{section_at}: [bounces]"),
+        b.password_env,
+        b.password_command,
+        b.password,
+        DEFAULT_BOUNCES_PASSWORD_ENV,
+        dir,
+    )?;
     if b.timeout_secs == 0 {
         bail!("{section_at}: [bounces] timeout_secs must be at least 1");
     }

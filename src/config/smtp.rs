@@ -112,27 +112,14 @@ pub(super) fn smtp_from_raw(
              only for a relay on a network you trust"
         );
     }
-    let chosen = [
-        s.password_env.is_some(),
-        s.password_command.is_some(),
-        s.password.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if chosen > 1 {
-        bail!("{host_at}: [smtp] takes one of password_env, password_command or password");
-    }
-    let password = if let Some(cmd) = s.password_command {
-        Secret::Command {
-            command: cmd,
-            dir: dir.to_path_buf(),
-        }
-    } else if let Some(literal) = s.password {
-        Secret::Literal(Password::new(literal))
-    } else {
-        Secret::Env(s.password_env.unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string()))
-    };
+    let password = password_source(
+        &format!("{host_at}: [smtp]"),
+        s.password_env,
+        s.password_command,
+        s.password,
+        DEFAULT_PASSWORD_ENV,
+        dir,
+    )?;
     if s.timeout_secs == 0 {
         bail!("{host_at}: [smtp] timeout_secs must be at least 1");
     }
@@ -156,6 +143,36 @@ pub(super) fn smtp_from_raw(
         password,
         ca_file: s.ca_file.map(|p| dir.join(p)),
         timeout: Duration::from_secs(s.timeout_secs),
+    })
+}
+
+/// A section's password source: at most one of `password_env`, `password_command`
+/// (run in `dir`) and `password`; none is the environment variable `default_env`.
+/// `where_` (`FILE:LINE: [smtp]`) starts the error when more than one is given.
+pub(super) fn password_source(
+    where_: &str,
+    env: Option<String>,
+    command: Option<String>,
+    literal: Option<String>,
+    default_env: &str,
+    dir: &Path,
+) -> Result<Secret> {
+    let chosen = [env.is_some(), command.is_some(), literal.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if chosen > 1 {
+        bail!("{where_} takes one of password_env, password_command or password");
+    }
+    Ok(if let Some(cmd) = command {
+        Secret::Command {
+            command: cmd,
+            dir: dir.to_path_buf(),
+        }
+    } else if let Some(literal) = literal {
+        Secret::Literal(Password::new(literal))
+    } else {
+        Secret::Env(env.unwrap_or_else(|| default_env.to_string()))
     })
 }
 

@@ -178,3 +178,63 @@ pub(super) fn version_with(headers: &[HeaderTemplate], body: &Body, subject: &st
         s
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::PathBuf;
+
+    use tera::Tera;
+
+    use super::*;
+
+    fn header(part: Part, key: &str, text: &str) -> HeaderTemplate {
+        HeaderTemplate {
+            part,
+            text: text.into(),
+            location: "mailer.toml:1".into(),
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn versions_are_stable_fingerprints_of_every_template_a_letter_uses() {
+        let headers = [
+            header(Part::Subject, "config:subject", "Drop ICE"),
+            header(
+                Part::Subject,
+                "config:subject.2",
+                "{{ supporter.name }}: drop ICE",
+            ),
+            header(Part::FromAddress, "config:from.address", "letters@org.example"),
+        ];
+        let body = Body {
+            file: Arc::from("letters/l.txt"),
+            plain: Tera::new(),
+            markdown: None,
+            name: "l.txt".into(),
+            dir: PathBuf::from("letters"),
+            texts: BTreeMap::from([
+                ("l.txt".to_string(), "Dear {{ target.name }}".to_string()),
+                ("sig.txt".to_string(), "Ana".to_string()),
+            ]),
+            language: Arc::from(""),
+            subject: None,
+            languages: HashMap::new(),
+        };
+        let all = versions(&headers, std::slice::from_ref(&body));
+        // SHA-256 over `key\0text\0` of From / Reply-To, `name\0text\0` of each
+        // file, then the subject: what ledgers already hold (checked with Python's hashlib).
+        let pinned = ["97e776d2c01dcd80", "652c5a65c796bd06"];
+        assert_eq!(all[0].len(), 2);
+        for (s, (version, subject)) in all[0]
+            .iter()
+            .zip(["Drop ICE", "{{ supporter.name }}: drop ICE"])
+            .enumerate()
+        {
+            assert_eq!(&**version, pinned[s], "subject variant {}", s + 1);
+            assert_eq!(*version, version_with(&headers, &body, subject));
+        }
+        assert_eq!(fingerprint("Dear Satya"), "99b2e0c41f8680ae");
+    }
+}

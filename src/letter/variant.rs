@@ -56,8 +56,12 @@ pub(super) fn digest64(parts: &[&str]) -> u64 {
 /// 16 hex digits of SHA-256: the fingerprints the ledger records.
 #[must_use]
 pub(crate) fn fingerprint(text: &str) -> String {
-    let d = Sha256::digest(text.as_bytes());
-    d[..8].iter().fold(String::with_capacity(16), |mut s, b| {
+    hex16(&Sha256::digest(text.as_bytes()))
+}
+
+/// The first 8 bytes of a digest as 16 hex digits.
+fn hex16(digest: &[u8]) -> String {
+    digest[..8].iter().fold(String::with_capacity(16), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
@@ -121,35 +125,13 @@ impl Drop for Seeded {
 /// the letter file and every template it includes, the subject variant's
 /// template, and the From / Reply-To templates (16 hex digits).
 pub(super) fn versions(headers: &[HeaderTemplate], bodies: &[Body]) -> Vec<Vec<Arc<str>>> {
-    let mut common = Sha256::new();
-    for h in headers.iter().filter(|h| h.part != Part::Subject) {
-        common.update(h.key.as_bytes());
-        common.update([0]);
-        common.update(h.text.as_bytes());
-        common.update([0]);
-    }
     bodies
         .iter()
         .map(|b| {
-            let mut h = common.clone();
-            for (name, text) in &b.texts {
-                h.update(name.as_bytes());
-                h.update([0]);
-                h.update(text.as_bytes());
-                h.update([0]);
-            }
             headers
                 .iter()
                 .filter(|s| s.part == Part::Subject)
-                .map(|s| {
-                    let mut h = h.clone();
-                    h.update(s.text.as_bytes());
-                    let d = h.finalize();
-                    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
-                        let _ = write!(s, "{b:02x}");
-                        s
-                    }))
-                })
+                .map(|s| version_with(headers, b, &s.text))
                 .collect()
         })
         .collect()
@@ -172,11 +154,7 @@ pub(super) fn version_with(headers: &[HeaderTemplate], body: &Body, subject: &st
         h.update([0]);
     }
     h.update(subject.as_bytes());
-    let d = h.finalize();
-    Arc::from(d[..8].iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    }))
+    Arc::from(hex16(&h.finalize()))
 }
 
 #[cfg(test)]

@@ -412,3 +412,267 @@ fn short(msg: &str) -> &str {
     let body = body.split(". Available").next().unwrap_or(body);
     body.lines().next().unwrap_or(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(lines: &[Line]) -> String {
+        lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Data(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn totals(supporters: u64, letters: u64, targets: u64, problems: u64) -> CheckTotals {
+        CheckTotals {
+            supporters,
+            letters,
+            targets,
+            problems,
+            ..CheckTotals::default()
+        }
+    }
+
+    #[test]
+    fn an_empty_campaign_says_zero_of_everything() {
+        let r = CheckReport {
+            totals: Some(totals(0, 0, 1, 0)),
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            render(&r, false),
+            [Line::Data(
+                "0 supporters × 1 target = 0 letters ready; 0 problems\n".into()
+            )]
+        );
+        assert!(render(&r, true).is_empty());
+    }
+
+    #[test]
+    fn the_summary_has_thousands_separators_and_plurals() {
+        let one = totals(1, 1, 1, 1);
+        assert_eq!(
+            summary_line(&one),
+            "1 supporter × 1 target = 1 letter ready; 1 problem\n"
+        );
+        let many = totals(1_234_567, 2_469_134, 2, 12_345);
+        assert_eq!(
+            summary_line(&many),
+            "1,234,567 supporters × 2 targets = 2,469,134 letters ready; 12,345 problems\n"
+        );
+        let routed = CheckTotals {
+            routed: true,
+            ..totals(3_000, 4_500, 1_200, 0)
+        };
+        assert_eq!(
+            summary_line(&routed),
+            "3,000 supporters → 4,500 letters to 1,200 targets ready; 0 problems\n"
+        );
+    }
+
+    #[test]
+    fn rows_come_first_in_file_order_then_the_summary_and_the_skip_hint() {
+        let r = CheckReport {
+            file: "s.csv".into(),
+            rows: vec![
+                RowProblem::Skipped {
+                    line: 3,
+                    reason: "invalid email `x`".into(),
+                },
+                RowProblem::Duplicate {
+                    line: 9,
+                    email: "a@b.example".into(),
+                    first_line: 2,
+                },
+            ],
+            totals: Some(totals(7, 7, 1, 2)),
+            ..CheckReport::default()
+        };
+        let lines = render(&r, false);
+        assert_eq!(
+            data(&lines),
+            "s.csv:3: invalid email `x`\n\
+             s.csv:9: `a@b.example` repeats line 2; only the first row counts\n\
+             7 supporters × 1 target = 7 letters ready; 2 problems\n"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&Line::Hint(
+                "`mailer send` skips those rows and sends the rest; `mailer check --strict` treats \
+                 skipped rows as errors"
+                    .into()
+            ))
+        );
+        // One row: "that row". Under --strict, or with a blocking problem, no hint.
+        let one = CheckReport {
+            rows: r.rows[..1].to_vec(),
+            totals: Some(totals(7, 7, 1, 1)),
+            ..CheckReport::default()
+        };
+        assert!(matches!(render(&one, false).last(), Some(Line::Hint(h)) if h.contains("skips that row")));
+        for t in [
+            CheckTotals {
+                strict: true,
+                ..totals(7, 7, 1, 1)
+            },
+            CheckTotals {
+                blocking: 1,
+                ..totals(7, 7, 1, 2)
+            },
+        ] {
+            let r = CheckReport {
+                totals: Some(t),
+                ..CheckReport::default()
+            };
+            assert!(!render(&r, false).iter().any(|l| matches!(l, Line::Hint(_))));
+        }
+    }
+
+    #[test]
+    fn a_letter_error_is_listed_once_and_its_repeats_counted() {
+        let msg = "letters/letter.md:3: undefined variable `supporter.nickname`. Available: a, b \
+                   (rendering the letter for s.csv:2)";
+        let r = CheckReport {
+            rows: vec![RowProblem::Letter(msg.into())],
+            repeats: vec![("a".into(), 1), (msg.into(), 1_001), ("b".into(), 2)],
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            render(&r, false),
+            [
+                Line::Data(format!("{msg}\n")),
+                Line::Note(
+                    "(the same letter error repeats for 1,000 more rows: undefined variable \
+                     `supporter.nickname`)"
+                        .into()
+                ),
+                Line::Note("(the same letter error repeats for 1 more row: b)".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_file_is_followed_by_its_hint() {
+        let r = CheckReport {
+            rows: vec![RowProblem::Malformed {
+                at: "s.csv:4: unterminated quote".into(),
+                hint: "close the quote",
+            }],
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            render(&r, false),
+            [
+                Line::Data("s.csv:4: unterminated quote\n".into()),
+                Line::Hint("close the quote".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn languages_show_counts_and_those_without_a_letter_and_hide_under_quiet() {
+        let r = CheckReport {
+            languages: vec![(String::new(), 2), ("en".into(), 3_400), ("fr".into(), 7)],
+            without_letter: vec!["fr".into()],
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            data(&render(&r, false)),
+            "languages: (empty) 2, en 3,400, fr 7; without a letter of their own (they get the \
+             default letter): fr\n"
+        );
+        assert!(render(&r, true).is_empty());
+    }
+
+    #[test]
+    fn sender_and_bounce_warnings_read_in_full() {
+        let lines = sender_lines(&[
+            SenderWarning::LoginDomain {
+                from: "org.example".into(),
+                login: "relay.example".into(),
+            },
+            SenderWarning::DkimMisaligned {
+                dkim: "other.example".into(),
+                from: "org.example".into(),
+            },
+        ]);
+        assert_eq!(
+            lines[1],
+            Line::Warn(
+                "DKIM signs as `other.example` but From is `org.example`: the signature will not \
+                 align for DMARC"
+                    .into()
+            )
+        );
+        let one = unknown_target_lines(&[UnknownTarget {
+            target: "gone@corp.example".into(),
+            letters: 1,
+            diagnostic: "550 5.1.1 no\x07such user".into(),
+        }]);
+        assert_eq!(
+            one,
+            [Line::Warn(
+                "target `gone@corp.example`: 1 letter bounced as an unknown address (550 5.1.1 \
+                 no\\u{7}such user)\n\nhint: check the address in [[targets]]; letters already sent \
+                 to it are not resent"
+                    .into()
+            )]
+        );
+    }
+
+    #[test]
+    fn password_problems_are_a_line_or_a_warning() {
+        let failed = CheckReport {
+            password: Some(Password::Failed {
+                config: "mailer.toml".into(),
+                why: "`pass show x` failed".into(),
+            }),
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            data(&render(&failed, true)),
+            "mailer.toml: [smtp] password: `pass show x` failed\n"
+        );
+        let unset = CheckReport {
+            password: Some(Password::Unset {
+                why: "`MAILER_SMTP_PASSWORD` is not set".into(),
+            }),
+            ..CheckReport::default()
+        };
+        assert!(
+            matches!(&render(&unset, false)[..], [Line::Warn(w)] if w.starts_with("the SMTP password: `MAILER"))
+        );
+    }
+
+    #[test]
+    fn the_smtp_line_names_each_step() {
+        let ui = Ui::new(false, false, crate::cli::ColorChoice::Never);
+        let checked = SmtpCheck {
+            relay: "smtp.org.example:587 (starttls)".into(),
+            tls: true,
+            user: Some("letters@org.example".into()),
+            pipelining: true,
+        };
+        assert_eq!(
+            smtp_line(&checked, &ui),
+            [Line::Data(
+                "SMTP smtp.org.example:587 (starttls): ok — connected, TLS verified, authenticated \
+                 as letters@org.example, PIPELINING\n"
+                    .into()
+            )]
+        );
+        let plain = SmtpCheck {
+            tls: false,
+            user: None,
+            pipelining: false,
+            ..checked
+        };
+        assert!(data(&smtp_line(&plain, &ui)).ends_with("ok — connected, no TLS, no AUTH\n"));
+        let quiet = Ui::new(true, false, crate::cli::ColorChoice::Never);
+        assert!(smtp_line(&plain, &quiet).is_empty());
+    }
+}

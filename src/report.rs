@@ -5,6 +5,7 @@
 //! have their own submodules.
 
 pub(crate) mod check;
+pub(crate) mod status;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

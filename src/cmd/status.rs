@@ -31,12 +31,13 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) 
     };
     // Letters to each target in today's file, for `[schedule]`.
     let routed = walk(campaign, ledger.as_ref(), &mut found)?;
+    // `--failed` lists letters only; `--json` always carries the schedule.
+    if json || !failed_only {
+        found.schedule = schedule(campaign, ledger.as_ref(), &routed, now)?;
+    }
     if json {
         out(&report::status::json(&found)?)?;
         return Ok(Exit::Done);
-    }
-    if !failed_only {
-        found.schedule = schedule(campaign, ledger.as_ref(), &routed, now)?;
     }
     found.last_run = ledger.as_ref().map(Ledger::last_run).transpose()?.flatten();
     found.bounces = ledger

@@ -209,14 +209,28 @@ pub(crate) struct DailyLimit {
     pub(crate) next_letter_allowed: Option<Moment>,
 }
 
+/// `status --json`: SPEC's counts, then `schedule` with `[schedule]`.
+#[derive(Serialize)]
+struct Json<'a> {
+    #[serde(flatten)]
+    counts: &'a StatusCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<&'a ScheduleProgress>,
+}
+
 /// The states in the order `status` lists them.
 const STATES: [&str; 7] = [
     "sent", "bounced", "pending", "deferred", "failed", "unknown", "skipped",
 ];
 
-/// `status --json`: one object on one line.
+/// `status --json`: one object on one line; SPEC's keys, then `schedule`
+/// (each target's progress, `daily_limit`'s use) when there is one.
 pub(crate) fn json(r: &StatusReport) -> serde_json::Result<String> {
-    Ok(format!("{}\n", serde_json::to_string(&r.counts)?))
+    let object = Json {
+        counts: &r.counts,
+        schedule: r.schedule.as_ref(),
+    };
+    Ok(format!("{}\n", serde_json::to_string(&object)?))
 }
 
 /// `status`: the whole report.
@@ -836,6 +850,32 @@ mod tests {
             json(&r).unwrap(),
             "{\"campaign\":\"c\",\"total\":3,\"sent\":1,\"pending\":2,\"deferred\":0,\"failed\":0,\
              \"unknown\":0,\"skipped\":0,\"bounced\":0}\n"
+        );
+    }
+
+    #[test]
+    fn json_adds_the_schedule_with_snake_case_states_and_rfc3339_times() {
+        let r = StatusReport {
+            counts: counts(0, 0),
+            schedule: Some(schedule_of(vec![
+                Progress::OnSchedule {
+                    next_letter: Some(moment(1_764_583_200, "2025-12-01 11:00 Europe/Paris")),
+                },
+                Progress::OutsideOpenHours { until: None },
+            ])),
+            ..StatusReport::default()
+        };
+        let shown = json(&r).unwrap();
+        assert!(
+            shown.ends_with(
+                ",\"bounced\":0,\"schedule\":{\"targets\":[\
+                 {\"target\":\"t0@corp.example\",\"name\":\"Satya Nadella\",\"handed_over\":1000,\
+                 \"letters\":2500,\"state\":\"on_schedule\",\"next_letter\":\"2025-12-01T10:00:00Z\"},\
+                 {\"target\":\"t1@corp.example\",\"name\":null,\"handed_over\":1000,\"letters\":2500,\
+                 \"state\":\"outside_open_hours\",\"until\":null}],\
+                 \"daily_limit\":{\"used\":500,\"limit\":500,\"next_letter_allowed\":\"2025-12-01T12:00:00Z\"}}}\n"
+            ),
+            "{shown}"
         );
     }
 

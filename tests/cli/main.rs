@@ -19,6 +19,7 @@ mod first_hour3;
 mod hold_one_letter;
 mod hostile_files;
 mod inputs;
+mod reports;
 mod routing;
 mod schedule;
 mod security;

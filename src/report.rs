@@ -1,7 +1,11 @@
 //! Everything `mailer` prints as data: plans, previews, summaries, status.
 //!
 //! Commands build the values; this module formats them (tables on a
-//! terminal, one line on a pipe, JSON on request).
+//! terminal, one line on a pipe, JSON on request). `check` and `status`
+//! have their own submodules.
+
+pub(crate) mod check;
+pub(crate) mod status;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -106,6 +110,33 @@ pub(crate) fn out(text: &str) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()
+}
+
+/// One piece of a command's output, in the order it is shown: data for
+/// stdout, or words to the person on stderr (hidden by `-q`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// Data for stdout, with its newline.
+    Data(String),
+    /// `warning: …`; a `\n\nhint: …` tail is shown as its hint.
+    Warn(String),
+    /// `hint: …`.
+    Hint(String),
+    /// A plain note.
+    Note(String),
+}
+
+/// Shows rendered lines: data on stdout, the rest through `ui` on stderr.
+pub(crate) fn emit(lines: &[Line], ui: &Ui) -> std::io::Result<()> {
+    for line in lines {
+        match line {
+            Line::Data(text) => out(text)?,
+            Line::Warn(text) => ui.warn(text),
+            Line::Hint(text) => ui.hint(text),
+            Line::Note(text) => ui.note(text),
+        }
+    }
+    Ok(())
 }
 
 /// `1234567` → `1,234,567`.

@@ -2,7 +2,6 @@
 //! anything is sent; optionally a full SMTP handshake.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use anyhow::Result;
 
@@ -10,12 +9,15 @@ use crate::campaign::{Campaign, Prepared, TemplateError};
 use crate::exit::{Exit, Failure};
 use crate::placeholder;
 use crate::provider;
-use crate::report::{out, thousands};
+use crate::report::{
+    self,
+    check::{CheckReport, CheckTotals, Password, RowProblem, SenderWarning, SmtpCheck, UnknownTarget},
+};
 use crate::roster::{Duplicate, Malformed, Skipped};
 use crate::smtp::ConnectError;
 use crate::targets::Unmatched;
 use crate::ui::Ui;
-use crate::uniformity::{Meter, Uniformity};
+use crate::uniformity::Meter;
 
 /// Free-mail domains whose DMARC policy rejects mail "from" them sent elsewhere.
 const FREE_MAIL: [&str; 14] = [
@@ -52,10 +54,32 @@ pub(crate) struct Options {
 /// Exit 1 for what would stop `send` (config, letter, the supporters file
 /// itself, a letter that cannot render); rows `send` would merely skip are
 /// listed too but only fail the check with `--strict` (SPEC "Commands").
-#[allow(clippy::too_many_lines)] // one pass over the rows, each kind counted in place
+/// What was found before an error is still shown.
 pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
+    let mut found = CheckReport {
+        file: campaign.config.supporters_file.display().to_string(),
+        ..CheckReport::default()
+    };
+    let gathered = gather(campaign, opts, &mut found);
+    report::emit(&report::check::render(&found, ui.quiet), ui)?;
+    gathered?;
+    if opts.smtp {
+        let checked = check_smtp(campaign, ui)?;
+        report::emit(&report::check::smtp_line(&checked, ui), ui)?;
+    }
+    let totals = found.totals.unwrap_or_default();
+    Ok(if totals.blocking > 0 || (opts.strict && totals.rows() > 0) {
+        Exit::BadInput
+    } else {
+        Exit::Done
+    })
+}
+
+/// Fills `found` section by section, in the order they are shown; an error
+/// leaves the sections after it empty.
+#[allow(clippy::too_many_lines)] // one pass over the rows, each kind counted in place
+fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport) -> Result<()> {
     let Options { smtp, strict } = opts;
-    let file = campaign.config.supporters_file.display().to_string();
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
     // Problems that stop `send`, as opposed to rows it skips.
     let mut blocking = 0u64;
@@ -94,7 +118,7 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
             Ok(Prepared::Unmatched { label, .. }) => unmatched.add(label),
             Ok(Prepared::Skipped(Skipped { line, reason, .. })) => {
                 problems += 1;
-                out(&format!("{file}:{line}: {reason}\n"))?;
+                found.rows.push(RowProblem::Skipped { line, reason });
             }
             Ok(Prepared::Duplicate(Duplicate {
                 line,
@@ -102,13 +126,15 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                 first_line,
             })) => {
                 problems += 1;
-                out(&format!(
-                    "{file}:{line}: `{email}` repeats line {first_line}; only the first row counts\n"
-                ))?;
+                found.rows.push(RowProblem::Duplicate {
+                    line,
+                    email,
+                    first_line,
+                });
             }
             Err(e) => match e.downcast::<TemplateError>() {
                 Ok(TemplateError(msg)) => {
-                    // Print each distinct template error once (with its first row).
+                    // List each distinct template error once (with its first row).
                     let key = msg
                         .split(" (rendering the letter for")
                         .next()
@@ -116,7 +142,7 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                         .to_string();
                     let seen = template_errors.entry(key).or_insert(0);
                     if *seen == 0 {
-                        out(&format!("{msg}\n"))?;
+                        found.rows.push(RowProblem::Letter(msg));
                     }
                     *seen += 1;
                     problems += 1;
@@ -128,8 +154,7 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
                     Ok(Malformed { at, hint }) => {
                         problems += 1;
                         blocking += 1;
-                        out(&format!("{at}\n"))?;
-                        ui.hint(hint);
+                        found.rows.push(RowProblem::Malformed { at, hint });
                         break;
                     }
                     Err(e) => return Err(e),
@@ -137,243 +162,109 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
             },
         }
     }
-    note_repeats(&template_errors, ui);
-    problems += shape_lines(campaign, &unmatched, &languages, ui)?;
+    found.repeats = template_errors.into_iter().collect();
+    problems += unmatched.total;
+    shape(campaign, unmatched, &languages, found);
     if let Some(scan) = placeholders {
-        let n = report_placeholders(campaign, scan, ui)?;
+        found.placeholders = scan.finish();
+        found.relay = placeholder::real_relay(campaign).map(str::to_owned);
+        let n = found.placeholders.len() as u64;
         problems += n;
         blocking += n;
     }
-    let unwritten = report_unwritten(campaign)?;
+    found.unwritten = crate::cmd::init::unwritten_letters(campaign)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let unwritten = found.unwritten.len() as u64;
     problems += unwritten;
     blocking += unwritten;
-    if !smtp && report_password(campaign, ui)? {
-        problems += 1;
-        blocking += 1;
+    if !smtp {
+        found.password = password(campaign);
+        if matches!(found.password, Some(Password::Failed { .. })) {
+            problems += 1;
+            blocking += 1;
+        }
     }
     if let Some(from) = &from {
-        sender_warnings(campaign, from.domain(), ui);
-        if let Some(problem) = crate::bounces::misaligned(&campaign.config, from.domain()) {
+        found.sender = sender_warnings(campaign, from.domain());
+        found.misaligned = crate::bounces::misaligned(&campaign.config, from.domain());
+        if found.misaligned.is_some() {
             // A misaligned return path is the config's problem, not a row's.
             problems += 1;
             blocking += 1;
-            out(&format!("{problem}\n"))?;
         }
     }
-    unknown_target_warnings(campaign, ui)?;
-    print_summary(campaign, [supporters, letters, problems], ui)?;
-    let rows = problems - blocking;
-    if rows > 0 && blocking == 0 && !strict {
-        skip_hint(rows, ui);
-    }
-    uniformity_lines(meter, ui)?;
-    if smtp {
-        check_smtp(campaign, ui)?;
-    }
-    Ok(if blocking > 0 || (strict && rows > 0) {
-        Exit::BadInput
-    } else {
-        Exit::Done
-    })
+    found.unknown_targets = unknown_targets(campaign)?;
+    found.totals = Some(CheckTotals {
+        supporters,
+        letters,
+        targets: campaign.target_count() as u64,
+        routed: campaign.is_routed(),
+        problems,
+        blocking,
+        strict,
+    });
+    found.uniformity = meter.finish();
+    Ok(())
 }
 
-/// Lists each letter file that is still `mailer init`'s skeleton (nobody
-/// wrote the letter yet); returns how many.
-fn report_unwritten(campaign: &Campaign) -> Result<u64> {
-    let found = crate::cmd::init::unwritten_letters(campaign);
-    for at in &found {
-        out(&format!(
-            "{at}: the letter still says \"{}\": write your letter there first\n",
-            crate::cmd::init::UNWRITTEN
-        ))?;
-    }
-    Ok(found.len() as u64)
+/// The campaign's shape: supporters who match no target (rows `send`
+/// skips), the languages found, heavy attachments.
+fn shape(
+    campaign: &Campaign,
+    unmatched: Unmatched,
+    languages: &BTreeMap<String, u64>,
+    found: &mut CheckReport,
+) {
+    found.unmatched = unmatched;
+    found.languages = languages.iter().map(|(l, n)| (l.clone(), *n)).collect();
+    found.without_letter = languages
+        .keys()
+        .filter(|l| !l.is_empty() && !campaign.letter.has_language(l))
+        .cloned()
+        .collect();
+    let attached: usize = campaign.attachments().iter().map(|a| a.bytes.len()).sum();
+    found.heavy_attachments = (attached > ATTACHMENTS_WARN_BYTES).then_some(attached);
 }
 
 /// The SMTP password source, tried now (`check --smtp` tries it by
-/// logging in). A command that fails stops `send`: a problem (true). A
-/// variable that is not set is a warning: `send` asks for the password at
-/// a terminal, but not under cron.
-fn report_password(campaign: &Campaign, ui: &Ui) -> Result<bool> {
-    let Some(smtp) = campaign.config.smtp.as_ref().filter(|s| s.username.is_some()) else {
-        return Ok(false);
-    };
-    let Err(e) = smtp.password.resolve() else {
-        return Ok(false);
-    };
+/// logging in). A command that fails stops `send`: a problem. A variable
+/// that is not set is a warning: `send` asks for the password at a
+/// terminal, but not under cron.
+fn password(campaign: &Campaign) -> Option<Password> {
+    let smtp = campaign.config.smtp.as_ref().filter(|s| s.username.is_some())?;
+    let e = smtp.password.resolve().err()?;
     let why = format!("{e:#}");
     let why = why.split("\n\nhint:").next().unwrap_or(&why);
-    let why = crate::ui::printable(why);
-    if smtp.password.is_unset_env() {
-        ui.warn(&format!(
-            "the SMTP password: {why}\n\nhint: `mailer send` at a terminal asks for it (not stored); \
-             for cron, set the variable in the job's environment or `password_command` in [smtp]"
-        ));
-        return Ok(false);
-    }
-    let config = campaign.config.path.display();
-    out(&format!("{config}: [smtp] password: {why}\n"))?;
-    Ok(true)
-}
-
-/// Rows that only `send` would skip: what happens to them, and `--strict`.
-fn skip_hint(rows: u64, ui: &Ui) {
-    ui.hint(&format!(
-        "`mailer send` skips {} and sends the rest; `mailer check --strict` treats skipped rows as errors",
-        if rows == 1 { "that row" } else { "those rows" }
-    ));
-}
-
-/// The campaign's shape: supporters who match no target (returns how
-/// many: rows `send` skips), the languages found, heavy attachments.
-fn shape_lines(
-    campaign: &Campaign,
-    unmatched: &Unmatched,
-    languages: &BTreeMap<String, u64>,
-    ui: &Ui,
-) -> Result<u64> {
-    if unmatched.total > 0 {
-        out(&format!("{unmatched}\n"))?;
-    }
-    language_lines(campaign, languages, ui)?;
-    let attached: usize = campaign.attachments().iter().map(|a| a.bytes.len()).sum();
-    if attached > ATTACHMENTS_WARN_BYTES {
-        ui.warn(&format!(
-            "the attachments ([campaign] attachments) weigh {:.1} MB together, more than 10 MB: many \
-             mail servers refuse large messages, and every letter carries them\n\nhint: link to the \
-             file instead, or make it smaller",
-            attached as f64 / 1_000_000.0
-        ));
-    }
-    Ok(unmatched.total)
-}
-
-/// `languages: es 120, en 3,400, fr 7 (no letter of its own: fr)`.
-fn language_lines(campaign: &Campaign, languages: &BTreeMap<String, u64>, ui: &Ui) -> Result<()> {
-    if languages.is_empty() || ui.quiet {
-        return Ok(());
-    }
-    let list: Vec<String> = languages
-        .iter()
-        .map(|(l, n)| {
-            let l = if l.is_empty() { "(empty)" } else { l.as_str() };
-            format!("{l} {}", thousands(*n))
-        })
-        .collect();
-    let missing: Vec<&str> = languages
-        .keys()
-        .filter(|l| !l.is_empty() && !campaign.letter.has_language(l))
-        .map(String::as_str)
-        .collect();
-    let mut line = format!("languages: {}", list.join(", "));
-    if !missing.is_empty() {
-        let _ = write!(
-            line,
-            "; without a letter of their own (they get the default letter): {}",
-            missing.join(", ")
-        );
-    }
-    out(&format!("{line}\n"))?;
-    Ok(())
-}
-
-/// Says how often each letter error (printed once, with its first row) repeats.
-fn note_repeats(template_errors: &BTreeMap<String, u64>, ui: &Ui) {
-    for (msg, n) in template_errors {
-        if *n > 1 {
-            ui.note(&format!(
-                "(the same letter error repeats for {} more row{}: {})",
-                thousands(n - 1),
-                if *n == 2 { "" } else { "s" },
-                short(msg)
-            ));
+    let why = crate::ui::printable(why).into_owned();
+    Some(if smtp.password.is_unset_env() {
+        Password::Unset { why }
+    } else {
+        Password::Failed {
+            config: campaign.config.path.display().to_string(),
+            why,
         }
-    }
-}
-
-/// `N supporters × T targets = L letters ready; P problems` (hidden by `-q`).
-fn print_summary(campaign: &Campaign, [supporters, letters, problems]: [u64; 3], ui: &Ui) -> Result<()> {
-    let targets = campaign.target_count();
-    let s = |n: u64| if n == 1 { "" } else { "s" };
-    if !ui.quiet && campaign.is_routed() {
-        // Each supporter writes to their own targets: no product to show.
-        out(&format!(
-            "{} supporter{} → {} letter{} to {} target{} ready; {} problem{}\n",
-            thousands(supporters),
-            s(supporters),
-            thousands(letters),
-            s(letters),
-            thousands(targets as u64),
-            s(targets as u64),
-            thousands(problems),
-            s(problems),
-        ))?;
-    } else if !ui.quiet {
-        out(&format!(
-            "{} supporter{} × {targets} target{} = {} letter{} ready; {} problem{}\n",
-            thousands(supporters),
-            s(supporters),
-            s(targets as u64),
-            thousands(letters),
-            s(letters),
-            thousands(problems),
-            s(problems),
-        ))?;
-    }
-    Ok(())
-}
-
-/// Lists each placeholder address a real relay would get; returns how many.
-fn report_placeholders(campaign: &Campaign, scan: placeholder::Scan, ui: &Ui) -> Result<u64> {
-    let found = scan.finish();
-    for f in &found {
-        out(&format!("{f}\n"))?;
-    }
-    if let (false, Some(host)) = (found.is_empty(), placeholder::real_relay(campaign)) {
-        ui.hint(&format!(
-            "`mailer send` refuses to give `{host}` a letter with a placeholder address: \
-             put real ones in their place"
-        ));
-    }
-    Ok(found.len() as u64)
-}
-
-/// One `uniformity:` line per target (stdout), with a hint when high.
-fn uniformity_lines(meter: Meter, ui: &Ui) -> Result<()> {
-    if ui.quiet {
-        return Ok(());
-    }
-    let lines = meter.finish();
-    for line in &lines {
-        out(&format!("{line}\n"))?;
-    }
-    if lines.iter().any(Uniformity::is_high) {
-        ui.hint(
-            "letters that read alike are grouped by mail filters and discounted by staff: add a \
-             `note` field to your signup form and `{{ supporter.note }}` to the letter, or use \
-             subject/letter variants and `one_of(options=[…])` (see the README, \"Variation\")",
-        );
-    }
-    Ok(())
-}
-
-/// The gist of a template error: without its location and the list of
-/// available fields.
-fn short(msg: &str) -> &str {
-    let body = msg.split_once(": ").map_or(msg, |(_, rest)| rest);
-    let body = body.split(". Available").next().unwrap_or(body);
-    body.lines().next().unwrap_or(body)
+    })
 }
 
 /// The warnings `check` gives about the sender and the targets, for `send`'s
 /// confirmation (`from_domain`: the first letter's From).
 pub(crate) fn send_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) -> Result<()> {
-    sender_warnings(campaign, from_domain, ui);
-    unknown_target_warnings(campaign, ui)
+    report::emit(
+        &report::check::sender_lines(&sender_warnings(campaign, from_domain)),
+        ui,
+    )?;
+    report::emit(
+        &report::check::unknown_target_lines(&unknown_targets(campaign)?),
+        ui,
+    )?;
+    Ok(())
 }
 
 /// DMARC alignment and DKIM advice (warnings, never errors).
-fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
+fn sender_warnings(campaign: &Campaign, from_domain: &str) -> Vec<SenderWarning> {
+    let mut warnings = Vec::new();
     let from_domain = from_domain.to_ascii_lowercase();
     let host = campaign.config.smtp.as_ref().map_or("", |s| s.host.as_str());
     let login_domain = campaign
@@ -387,51 +278,41 @@ fn sender_warnings(campaign: &Campaign, from_domain: &str, ui: &Ui) {
     // is exactly what that provider's DMARC policy allows.
     let as_itself = provider::sends_as_itself(host, &from_domain, login_domain);
     if FREE_MAIL.contains(&from_domain.as_str()) && !as_itself {
-        ui.warn(&format!(
-            "From uses `{from_domain}`, a free-mail domain: its DMARC policy makes receivers reject mail \
-             from it sent through other servers\n\nhint: send From an address on your organization's own \
-             domain, with the supporter's name as display name and Reply-To the supporter"
-        ));
+        warnings.push(SenderWarning::FreeMail {
+            from: from_domain.clone(),
+        });
     }
-    if let Some(user_domain) = campaign
-        .config
-        .smtp
-        .as_ref()
-        .and_then(|s| s.username.as_deref())
-        .and_then(|u| u.rsplit_once('@'))
-        .map(|(_, d)| d.to_ascii_lowercase())
+    if let Some(user_domain) = login_domain.map(str::to_ascii_lowercase)
         && user_domain != from_domain
     {
-        ui.warn(&format!(
-            "From's domain `{from_domain}` differs from the SMTP login's `{user_domain}`: DMARC passes only \
-             when SPF or DKIM aligns with From's domain, so check your relay may send for `{from_domain}`"
-        ));
+        warnings.push(SenderWarning::LoginDomain {
+            from: from_domain.clone(),
+            login: user_domain,
+        });
     }
     match &campaign.config.dkim {
         // Gmail, Outlook, Fastmail… sign every letter they take.
         None if provider::always_signs(host) => {}
-        None => ui.warn(&format!(
-            "no [dkim] section: letters are not signed by mailer\n\nhint: fine if your relay DKIM-signs for \
-             `{from_domain}`; otherwise add [dkim] (see config.example.toml)"
-        )),
+        None => warnings.push(SenderWarning::NoDkim { from: from_domain }),
         Some(d)
             if d.domain.to_ascii_lowercase() != from_domain
                 && !from_domain.ends_with(&format!(".{}", d.domain.to_ascii_lowercase())) =>
         {
-            ui.warn(&format!(
-                "DKIM signs as `{}` but From is `{from_domain}`: the signature will not align for DMARC",
-                d.domain
-            ));
+            warnings.push(SenderWarning::DkimMisaligned {
+                dkim: d.domain.clone(),
+                from: from_domain,
+            });
         }
         Some(_) => {}
     }
+    warnings
 }
 
-/// Names each target whose letters bounced as an unknown address (5.1.x).
-fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
+/// Each target whose letters bounced as an unknown address (5.1.x).
+fn unknown_targets(campaign: &Campaign) -> Result<Vec<UnknownTarget>> {
     let config = &campaign.config;
     let Some(ledger) = crate::ledger::Ledger::open_existing(&config.ledger_path, &config.campaign.id)? else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let mut by_target: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for b in ledger.bounces()? {
@@ -440,39 +321,31 @@ fn unknown_target_warnings(campaign: &Campaign, ui: &Ui) -> Result<()> {
             e.0 += 1;
         }
     }
-    for (target, (n, diagnostic)) in by_target {
-        ui.warn(&format!(
-            "target `{target}`: {n} letter{} bounced as an unknown address ({})\n\n\
-             hint: check the address in [[targets]]; letters already sent to it are not resent",
-            if n == 1 { "" } else { "s" },
-            crate::ui::printable(&diagnostic)
-        ));
-    }
-    Ok(())
+    Ok(by_target
+        .into_iter()
+        .map(|(target, (letters, diagnostic))| UnknownTarget {
+            target,
+            letters,
+            diagnostic,
+        })
+        .collect())
 }
 
 /// `check --smtp`: connect, TLS, AUTH, QUIT; says which step failed.
-fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<()> {
+fn check_smtp(campaign: &Campaign, ui: &Ui) -> Result<SmtpCheck> {
     let smtp = campaign.config.smtp()?;
     // At a terminal with no password set, asked for now (not stored).
     let connector = super::connector_asking(smtp, ui)?;
     match connector.connect() {
         Ok(conn) => {
-            let tls = if conn.is_tls() { "TLS verified" } else { "no TLS" };
-            let auth = smtp
-                .username
-                .as_deref()
-                .map_or("no AUTH".to_string(), |u| format!("authenticated as {u}"));
-            let pipe = if conn.pipelining() { ", PIPELINING" } else { "" };
+            let checked = SmtpCheck {
+                relay: connector.describe(),
+                tls: conn.is_tls(),
+                user: smtp.username.clone(),
+                pipelining: conn.pipelining(),
+            };
             conn.quit();
-            if !ui.quiet {
-                out(&format!(
-                    "SMTP {}: {} — connected, {tls}, {auth}{pipe}\n",
-                    connector.describe(),
-                    ui.ok("ok")
-                ))?;
-            }
-            Ok(())
+            Ok(checked)
         }
         Err(ConnectError::Unreachable(m) | ConnectError::TimedOut(m)) => {
             Err(Failure::error(Exit::TryLater, format!("SMTP check failed: {m}")))

@@ -20,6 +20,7 @@ mod first_hour4;
 mod hold_one_letter;
 mod hostile_files;
 mod inputs;
+mod reports;
 mod routing;
 mod schedule;
 mod security;

@@ -122,14 +122,15 @@ impl Campaign {
             .map(crate::dkim::load)
             .transpose()?
             .map(Arc::new);
-        let globals = Globals {
-            campaign: BTreeMap::from([
+        let globals = Globals::new(
+            BTreeMap::from([
                 ("id", config.campaign.id.clone()),
                 ("name", config.campaign.name.clone()),
                 ("org", config.campaign.org.clone()),
             ]),
-            today: local_date(now),
-        };
+            local_date(now),
+            &config.targets,
+        );
         let campaign = Campaign {
             config,
             letter,

@@ -169,8 +169,41 @@ pub(crate) struct Variant {
 pub(crate) struct Globals {
     /// `campaign.id`, `campaign.name`, `campaign.org`.
     pub(crate) campaign: BTreeMap<&'static str, String>,
-    /// `today`, YYYY-MM-DD.
-    pub(crate) today: String,
+    /// `campaign.*`, `today` (YYYY-MM-DD), and each target's `target.*` (by index), as Tera values,
+    /// made once: a context then shares them instead of serializing them
+    /// again for every letter (`Value` is reference-counted).
+    values: GlobalValues,
+}
+
+#[derive(Debug, Clone)]
+struct GlobalValues {
+    campaign: Value,
+    today: Value,
+    /// `target.fields` of each target of the config, by `Target::index`.
+    targets: Vec<Value>,
+}
+
+impl Globals {
+    /// The globals, and the `target.*` values of these targets (the
+    /// config's, in index order).
+    #[must_use]
+    pub(crate) fn new(campaign: BTreeMap<&'static str, String>, today: String, targets: &[Arc<Target>]) -> Globals {
+        let values = GlobalValues {
+            campaign: Value::from_serializable(&campaign),
+            today: Value::from_serializable(&today),
+            targets: targets.iter().map(|t| Value::from_serializable(&t.fields)).collect(),
+        };
+        Globals { campaign, values }
+    }
+
+    /// `target.*` for `target`: made once per config target.
+    fn target_value(&self, target: &Target) -> Value {
+        self.values
+            .targets
+            .get(target.index)
+            .cloned()
+            .unwrap_or_else(|| Value::from_serializable(&target.fields))
+    }
 }
 
 /// A mailbox as rendered: optional display name and the address text.
@@ -1238,9 +1271,9 @@ fn context(supporter: &Supporter, target: &Target, globals: &Globals) -> Context
 fn context_with(supporter: &BTreeMap<&str, &str>, target: &Target, globals: &Globals) -> Context {
     let mut ctx = Context::new();
     ctx.insert("supporter", supporter);
-    ctx.insert("target", &target.fields);
-    ctx.insert("campaign", &globals.campaign);
-    ctx.insert("today", &globals.today);
+    ctx.insert_value("target", globals.target_value(target));
+    ctx.insert_value("campaign", globals.values.campaign.clone());
+    ctx.insert_value("today", globals.values.today.clone());
     ctx
 }
 
@@ -1323,14 +1356,15 @@ file = "s.csv"
     }
 
     fn globals() -> Globals {
-        Globals {
-            campaign: BTreeMap::from([
+        Globals::new(
+            BTreeMap::from([
                 ("id", "t".into()),
                 ("name", "Drop ICE".into()),
                 ("org", "Org".into()),
             ]),
-            today: "2026-11-28".into(),
-        }
+            "2026-11-28".into(),
+            &[],
+        )
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl Campaign {
     /// `{% if supporter.note %}short{% else %}long{% endif %}` apart):
     /// - a header template that never mentions `supporter` (see
     ///   [`letter::same_for_every_supporter`]) renders the same for every row:
-    ///   it is rendered once per target and checked as `message::build` would;
+    ///   it is rendered once per target (once in all when it never mentions
+    ///   `target` either) and checked as `message::build` would;
     /// - a template without `{% %}` tags outputs all of its literal text for
     ///   every row (its `{{ }}` only add text): a control character or an
     ///   encoded word in that text, or that text alone over the length limit,
@@ -164,7 +165,14 @@ impl Campaign {
         let many = self.config.targets.len() > 1;
         for h in self.letter.header_templates() {
             let problem = if letter::same_for_every_supporter(&h.text) {
-                self.config.targets.iter().find_map(|target| {
+                // Nor target: the same for every letter, rendered once
+                // (not once per row of a 535-row targets file).
+                let targets = if letter::mentions(&h.text, "target") {
+                    self.config.targets.len()
+                } else {
+                    1
+                };
+                self.config.targets.iter().take(targets).find_map(|target| {
                     let value = match self.letter.render_header(h, target, &self.globals) {
                         Ok(v) => v,
                         Err(e) => return Some(Err(e)),

@@ -407,7 +407,7 @@ impl Campaign {
 }
 
 /// Rows read and prepared together by [`Batches`].
-const BATCH_ROWS: usize = 2048;
+const BATCH_ROWS: usize = 1024;
 /// Rows one thread takes at a time within a batch.
 const UNIT_ROWS: usize = 64;
 /// At most this many threads prepare rows.

@@ -187,11 +187,18 @@ impl Globals {
     /// The globals, and the `target.*` values of these targets (the
     /// config's, in index order).
     #[must_use]
-    pub(crate) fn new(campaign: BTreeMap<&'static str, String>, today: String, targets: &[Arc<Target>]) -> Globals {
+    pub(crate) fn new(
+        campaign: BTreeMap<&'static str, String>,
+        today: String,
+        targets: &[Arc<Target>],
+    ) -> Globals {
         let values = GlobalValues {
             campaign: Value::from_serializable(&campaign),
             today: Value::from_serializable(&today),
-            targets: targets.iter().map(|t| Value::from_serializable(&t.fields)).collect(),
+            targets: targets
+                .iter()
+                .map(|t| Value::from_serializable(&t.fields))
+                .collect(),
         };
         Globals { campaign, values }
     }
@@ -1167,16 +1174,24 @@ fn unclosed_block(source: &str) -> Option<(usize, usize, String)> {
 #[must_use]
 pub(crate) fn same_for_every_supporter(text: &str) -> bool {
     !text.contains("{{<")
-        && !["supporter", "__tera_context", "include", "import", "extends", "component"]
-            .iter()
-            .any(|w| mentions(text, w))
+        && ![
+            "supporter",
+            "__tera_context",
+            "include",
+            "import",
+            "extends",
+            "component",
+        ]
+        .iter()
+        .any(|w| mentions(text, w))
 }
 
 /// Whether `word` appears in `text` as a whole word (letters, digits, `_`),
 /// in a tag or in plain text alike.
 #[must_use]
 pub(crate) fn mentions(text: &str, word: &str) -> bool {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| w == word)
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w == word)
 }
 
 /// The literal pieces every rendering of `text` contains, in order. Known

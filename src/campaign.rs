@@ -128,7 +128,7 @@ impl Campaign {
                 ("name", config.campaign.name.clone()),
                 ("org", config.campaign.org.clone()),
             ]),
-            local_date(now),
+            &local_date(now),
             &config.targets,
         );
         let campaign = Campaign {

@@ -189,7 +189,7 @@ impl Globals {
     #[must_use]
     pub(crate) fn new(
         campaign: BTreeMap<&'static str, String>,
-        today: String,
+        today: &str,
         targets: &[Arc<Target>],
     ) -> Globals {
         let values = GlobalValues {
@@ -1381,7 +1381,7 @@ file = "s.csv"
                 ("name", "Drop ICE".into()),
                 ("org", "Org".into()),
             ]),
-            "2026-11-28".into(),
+            "2026-11-28",
             &[],
         )
     }

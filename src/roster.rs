@@ -976,6 +976,21 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
+    #[test]
+    fn seen_keeps_the_first_line_of_every_address_in_every_shard() {
+        let mut seen = Seen::new();
+        let key = |i: u64| fingerprint(&[&format!("s{i}@mail.example")]);
+        for i in 0..20_000 {
+            assert_eq!(seen.get(key(i)), None);
+            seen.insert(key(i), i + 2);
+        }
+        for i in 0..20_000 {
+            assert_eq!(seen.get(key(i)), Some(i + 2));
+        }
+        assert!(seen.shards.iter().all(|s| !s.is_empty()));
+        assert_eq!(seen.get(fingerprint(&["other@mail.example"])), None);
+    }
+
     fn rows(content: &[u8]) -> Vec<Row> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.csv");

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use pulldown_cmark::{Event, Options, Parser};
@@ -141,6 +141,14 @@ pub(crate) struct Letter {
     target_versions: HashMap<(usize, usize), Arc<str>>,
     /// `[campaign] language_column`.
     language_column: Option<String>,
+    /// Header templates (by name) that render the same for every supporter
+    /// and every `one_of` seed: their slot in `fixed_values`.
+    fixed: HashMap<String, usize>,
+    /// Per fixed template and target (`slot * targets + index`): its
+    /// rendering, made by the first letter to that target that needs it.
+    fixed_values: Vec<OnceLock<String>>,
+    /// How many targets `fixed_values` has room for.
+    targets: usize,
 }
 
 /// Which text a letter used: recorded per handed-over letter in the ledger,
@@ -391,6 +399,9 @@ impl Letter {
             own_versions: Vec::new(),
             target_versions: HashMap::new(),
             language_column: config.campaign.language_column.clone(),
+            fixed: HashMap::new(),
+            fixed_values: Vec::new(),
+            targets: config.targets.len(),
         };
         let mut first_files = Vec::new();
         // Extra subject templates: front matter and targets' own, (key, text, location).
@@ -504,8 +515,31 @@ impl Letter {
                 .bodies
                 .iter()
                 .any(|b| b.texts.values().any(|t| t.contains("one_of")));
+        let fixed: Vec<&str> = compiled
+            .iter()
+            .filter(|(_, text)| same_for_every_supporter(text) && !mentions(text, "one_of"))
+            .map(|(key, _)| *key)
+            .collect();
+        letter.fixed_values = (0..fixed.len() * letter.targets)
+            .map(|_| OnceLock::new())
+            .collect();
+        letter.fixed = fixed
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), i))
+            .collect();
         letter.headers = headers;
         Ok(letter)
+    }
+
+    /// Where the rendering of header template `name` for `target` is kept,
+    /// when it is the same for every letter to that target.
+    fn fixed_value(&self, name: &str, target: &Target) -> Option<&OnceLock<String>> {
+        if target.index >= self.targets {
+            return None;
+        }
+        let slot = *self.fixed.get(name)?;
+        self.fixed_values.get(slot * self.targets + target.index)
     }
 
     /// The bodies a target's letters can come from: its own letter or the
@@ -769,10 +803,19 @@ impl Letter {
             0
         });
         let ctx = context(supporter, target, globals);
-        let r = |name: &str| {
-            self.headers_tera
+        let r = |name: &str| -> Result<String> {
+            let fixed = self.fixed_value(name, target);
+            if let Some(v) = fixed.and_then(OnceLock::get) {
+                return Ok(v.clone());
+            }
+            let v = self
+                .headers_tera
                 .render(name, &ctx)
-                .map_err(|e| self.explain(&e, body))
+                .map_err(|e| self.explain(&e, body))?;
+            if let Some(cell) = fixed {
+                let _ = cell.set(v.clone());
+            }
+            Ok(v)
         };
         let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
             Ok(RenderedMailbox {
@@ -1372,6 +1415,54 @@ file = "s.csv"
             headers,
             values: values.iter().map(|(_, v)| (*v).to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn headers_the_same_for_every_supporter_are_kept_per_target() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("letters")).unwrap();
+        std::fs::write(dir.path().join("letters/l.txt"), "Hi {{ target.name }}").unwrap();
+        let toml = r#"[campaign]
+id = "t"
+name = "Drop ICE"
+org = "Org"
+letter = "letters/l.txt"
+subject = "To {{ target.name }}: act"
+[sender]
+from = "{{ supporter.first_name }} via Org <{{ target.box }}@org.example>"
+reply_to = "{{ one_of(options=['a@org.example', 'b@org.example', 'c@org.example', 'd@org.example']) }}"
+[[targets]]
+name = "Satya"
+email = "ceo@corp.example"
+box = "ceo"
+[[targets]]
+name = "Amy"
+email = "cfo@corp.example"
+box = "cfo"
+[supporters]
+file = "s.csv"
+"#;
+        let path = dir.path().join("mailer.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::from_toml(toml, &path).unwrap();
+        let letter = Letter::load(&config).unwrap();
+        let globals = Globals::new(BTreeMap::new(), "2026-11-28", &config.targets);
+        let mut replies = std::collections::BTreeSet::new();
+        for round in 0..2 {
+            for (t, name, addr) in [(0, "Satya", "ceo@org.example"), (1, "Amy", "cfo@org.example")] {
+                for i in 0..8 {
+                    let mut s = supporter(&[("first_name", &format!("Ana{i}"))]);
+                    s.key = format!("ana{i}@x.org");
+                    let r = letter.render(&s, &config.targets[t], &globals, false).unwrap();
+                    assert_eq!(r.subject, format!("To {name}: act"), "round {round}");
+                    assert_eq!(r.from.address, addr);
+                    assert_eq!(r.from.name.as_deref(), Some(format!("Ana{i} via Org").as_str()));
+                    replies.insert(r.reply_to.unwrap().address);
+                }
+            }
+        }
+        // `one_of` is never kept: it is chosen per letter.
+        assert!(replies.len() > 1, "{replies:?}");
     }
 
     fn globals() -> Globals {

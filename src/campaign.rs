@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use anyhow::{Result, bail};
@@ -122,14 +122,15 @@ impl Campaign {
             .map(crate::dkim::load)
             .transpose()?
             .map(Arc::new);
-        let globals = Globals {
-            campaign: BTreeMap::from([
+        let globals = Globals::new(
+            BTreeMap::from([
                 ("id", config.campaign.id.clone()),
                 ("name", config.campaign.name.clone()),
                 ("org", config.campaign.org.clone()),
             ]),
-            today: local_date(now),
-        };
+            &local_date(now),
+            &config.targets,
+        );
         let campaign = Campaign {
             config,
             letter,
@@ -151,7 +152,8 @@ impl Campaign {
     /// `{% if supporter.note %}short{% else %}long{% endif %}` apart):
     /// - a header template that never mentions `supporter` (see
     ///   [`letter::same_for_every_supporter`]) renders the same for every row:
-    ///   it is rendered once per target and checked as `message::build` would;
+    ///   it is rendered once per target (once in all when it never mentions
+    ///   `target` either) and checked as `message::build` would;
     /// - a template without `{% %}` tags outputs all of its literal text for
     ///   every row (its `{{ }}` only add text): a control character or an
     ///   encoded word in that text, or that text alone over the length limit,
@@ -163,7 +165,14 @@ impl Campaign {
         let many = self.config.targets.len() > 1;
         for h in self.letter.header_templates() {
             let problem = if letter::same_for_every_supporter(&h.text) {
-                self.config.targets.iter().find_map(|target| {
+                // Nor target: the same for every letter, rendered once
+                // (not once per row of a 535-row targets file).
+                let targets = if letter::mentions(&h.text, "target") {
+                    self.config.targets.len()
+                } else {
+                    1
+                };
+                self.config.targets.iter().take(targets).find_map(|target| {
                     let value = match self.letter.render_header(h, target, &self.globals) {
                         Ok(v) => v,
                         Err(e) => return Some(Err(e)),
@@ -212,10 +221,31 @@ impl Campaign {
     /// or the letter cannot render (a template bug, not a data problem).
     /// `encode`: also MIME-encode each message (`Built::bytes`); validation,
     /// Message-IDs and previews of headers and text do not need it.
-    pub(crate) fn prepared(&self, encode: bool) -> Result<impl Iterator<Item = Result<Prepared>> + '_> {
+    ///
+    /// Without `encode` (check, status, plans: millions of rows, small
+    /// results), rows are prepared on every core, a batch at a time, and
+    /// come out in file order exactly as one thread would give them (see
+    /// [`Batches`]). With it (`preview --out`, messages carrying
+    /// attachments) one row at a time: a batch of encoded messages could
+    /// hold gigabytes.
+    pub(crate) fn prepared(&self, encode: bool) -> Result<Box<dyn Iterator<Item = Result<Prepared>> + '_>> {
         let roster = self.roster()?;
         let file = roster.path().display().to_string();
-        Ok(roster.map(move |row| self.prepare(row?, &file, encode)))
+        if encode {
+            return Ok(Box::new(roster.map(move |row| self.prepare(row?, &file, encode))));
+        }
+        Ok(Box::new(Batches {
+            campaign: self,
+            roster,
+            file,
+            helpers: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .clamp(1, MAX_THREADS)
+                - 1,
+            read: Vec::new(),
+            ready: Vec::new().into_iter(),
+            ended: false,
+        }))
     }
 
     /// Renders and builds one row's letters.
@@ -373,6 +403,119 @@ impl Campaign {
     #[must_use]
     pub(crate) fn target_count(&self) -> usize {
         self.config.targets.len()
+    }
+}
+
+/// Rows read and prepared together by [`Batches`].
+const BATCH_ROWS: usize = 1024;
+/// Rows one thread takes at a time within a batch.
+const UNIT_ROWS: usize = 64;
+/// At most this many threads prepare rows.
+const MAX_THREADS: usize = 4;
+
+/// [`Campaign::prepared`] without encoding, on several threads.
+///
+/// NOTE: the roster (reading, validation, duplicates) stays on the calling
+/// thread, in file order: only `prepare` (render and validate), the costly
+/// part, runs in parallel. Each batch is read while the previous one is
+/// being prepared, and every helper thread is joined before the batch's
+/// results are given out in row order, so the caller sees exactly what the
+/// one-thread iterator gives, and memory stays bounded by two batches.
+/// Reading stops at the first error the roster gives (every caller stops
+/// there too).
+struct Batches<'a> {
+    campaign: &'a Campaign,
+    roster: Roster,
+    /// The supporters file, for template errors.
+    file: String,
+    /// Threads besides the caller's (0 on one core).
+    helpers: usize,
+    /// Rows read for the next batch.
+    read: Vec<Result<Row>>,
+    /// The current batch, prepared, in row order.
+    ready: std::vec::IntoIter<Result<Prepared>>,
+    /// The roster gave its last row (or an error).
+    ended: bool,
+}
+
+impl Batches<'_> {
+    /// Reads up to [`BATCH_ROWS`] rows.
+    fn read_batch(roster: &mut Roster, ended: &mut bool) -> Vec<Result<Row>> {
+        let mut rows = Vec::with_capacity(BATCH_ROWS);
+        while !*ended && rows.len() < BATCH_ROWS {
+            match roster.next() {
+                Some(Ok(row)) => rows.push(Ok(row)),
+                Some(Err(e)) => {
+                    rows.push(Err(e));
+                    *ended = true;
+                }
+                None => *ended = true,
+            }
+        }
+        rows
+    }
+
+    /// Prepares `rows` on the helpers and this thread, while this thread
+    /// also reads the next batch; the results in row order.
+    fn prepare_batch(&mut self, rows: Vec<Result<Row>>) -> Vec<Result<Prepared>> {
+        let mut units: Vec<Vec<Result<Row>>> = Vec::with_capacity(rows.len().div_ceil(UNIT_ROWS));
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            units.push(rows.by_ref().take(UNIT_ROWS).collect());
+        }
+        let count = units.len();
+        let queue = Mutex::new(units.into_iter().enumerate());
+        let done: Mutex<Vec<Option<Vec<Result<Prepared>>>>> = Mutex::new((0..count).map(|_| None).collect());
+        let (campaign, file) = (self.campaign, self.file.as_str());
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                let Some((i, unit)) = next else {
+                    break;
+                };
+                let prepared: Vec<Result<Prepared>> = unit
+                    .into_iter()
+                    .map(|row| campaign.prepare(row?, file, false))
+                    .collect();
+                done.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(prepared);
+            }
+        };
+        let (roster, ended) = (&mut self.roster, &mut self.ended);
+        let next = std::thread::scope(|scope| {
+            for _ in 0..self.helpers.min(count.saturating_sub(1)) {
+                scope.spawn(work);
+            }
+            let next = Self::read_batch(roster, ended);
+            work();
+            next
+        });
+        self.read = next;
+        done.into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
+    }
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Prepared>;
+
+    fn next(&mut self) -> Option<Result<Prepared>> {
+        loop {
+            if let Some(p) = self.ready.next() {
+                return Some(p);
+            }
+            if self.read.is_empty() {
+                self.read = Self::read_batch(&mut self.roster, &mut self.ended);
+                if self.read.is_empty() {
+                    return None;
+                }
+            }
+            let rows = std::mem::take(&mut self.read);
+            self.ready = self.prepare_batch(rows).into_iter();
+        }
     }
 }
 

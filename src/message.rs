@@ -340,37 +340,28 @@ pub(crate) fn build(
         from.email.domain(),
     );
     let mut recipients = vec![target.email.clone()];
-    let mut builder = Message::builder()
-        .from(from.clone())
-        .to(target.mailbox())
-        .subject(rendered.subject.clone())
-        .date(date)
-        .message_id(Some(id.clone()));
-    if let Some(r) = reply_to {
+    if let Some(r) = &reply_to {
         summary.push(("Reply-To", r.to_string()));
-        builder = builder.reply_to(r);
     }
-    if settings.cc_supporter {
+    let cc = settings.cc_supporter.then(|| {
         let name = (!supporter.name.is_empty()).then(|| supporter.name.clone());
-        let cc = Mailbox::new(name, supporter.email.clone());
+        Mailbox::new(name, supporter.email.clone())
+    });
+    if let Some(cc) = &cc {
         summary.push(("Cc", cc.to_string()));
-        builder = builder.cc(cc);
         recipients.push(supporter.email.clone());
     }
     for b in settings.bcc {
         summary.push(("Bcc", b.to_string()));
-        builder = builder.bcc(b.clone());
         recipients.push(b.email.clone());
     }
     dedup_recipients(&mut recipients);
-    let envelope = Envelope::new(Some(from.email.clone()), recipients.clone())
-        .map_err(|e| format!("cannot build the envelope: {e}"))?;
-    builder = builder.envelope(envelope);
-
     summary.push(("Subject", rendered.subject.clone()));
     summary.push(("Message-ID", id.clone()));
     let text = normalize_newlines(&rendered.text);
     if !settings.encode {
+        // Validation, the Message-ID and the summary are all done: lettre's
+        // builder would only be thrown away (check renders millions).
         return Ok(Built {
             message_id: id,
             from: from.email,
@@ -383,6 +374,25 @@ pub(crate) fn build(
             variant: rendered.variant.clone(),
         });
     }
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(target.mailbox())
+        .subject(rendered.subject.clone())
+        .date(date)
+        .message_id(Some(id.clone()));
+    if let Some(r) = reply_to {
+        builder = builder.reply_to(r);
+    }
+    if let Some(cc) = cc {
+        builder = builder.cc(cc);
+    }
+    for b in settings.bcc {
+        builder = builder.bcc(b.clone());
+    }
+    let envelope = Envelope::new(Some(from.email.clone()), recipients.clone())
+        .map_err(|e| format!("cannot build the envelope: {e}"))?;
+    builder = builder.envelope(envelope);
+
     let message = if settings.attachments.is_empty() {
         match &rendered.html {
             Some(html) => builder.multipart(
@@ -448,6 +458,9 @@ fn dedup_recipients(recipients: &mut Vec<Address>) {
 
 /// Bare CR and CRLF become LF; lettre then writes CRLF everywhere.
 fn normalize_newlines(text: &str) -> String {
+    if !text.contains('\r') {
+        return text.to_string();
+    }
     text.replace("\r\n", "\n").replace('\r', "\n")
 }
 

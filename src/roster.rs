@@ -112,8 +112,46 @@ pub(crate) struct Roster {
     headers: Arc<[String]>,
     email_col: usize,
     name_cols: NameCols,
-    seen: HashMap<u128, u64>,
+    seen: Seen,
     record: csv::ByteRecord,
+}
+
+/// Shards of [`Seen`]: a power of two.
+const SEEN_SHARDS: usize = 256;
+
+/// The addresses read so far (their [`fingerprint`]) and the line of each.
+///
+/// NOTE: one `HashMap<u128, u64>` of a million rows peaks at ~96 MB while it
+/// grows for the last time (old and new tables both live, 32-byte entries).
+/// Split by the fingerprint's low bits, each shard grows on its own, so the
+/// peak stays near the tables' size, and a `[u64; 2]` key packs an entry in
+/// 24 bytes. Same answers, half the memory.
+struct Seen {
+    shards: Vec<HashMap<[u64; 2], u64>>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            shards: (0..SEEN_SHARDS).map(|_| HashMap::new()).collect(),
+        }
+    }
+
+    /// The line `fingerprint` was first read on, if it was.
+    fn get(&self, fingerprint: u128) -> Option<u64> {
+        let (shard, key) = Seen::place(fingerprint);
+        self.shards[shard].get(&key).copied()
+    }
+
+    fn insert(&mut self, fingerprint: u128, line: u64) {
+        let (shard, key) = Seen::place(fingerprint);
+        self.shards[shard].insert(key, line);
+    }
+
+    fn place(fingerprint: u128) -> (usize, [u64; 2]) {
+        let key = [(fingerprint >> 64) as u64, fingerprint as u64];
+        ((key[1] as usize) & (SEEN_SHARDS - 1), key)
+    }
 }
 
 enum NameCols {
@@ -191,7 +229,7 @@ impl Roster {
             headers: headers.into(),
             email_col,
             name_cols,
-            seen: HashMap::new(),
+            seen: Seen::new(),
             record: csv::ByteRecord::new(),
         })
     }
@@ -268,7 +306,7 @@ impl Roster {
         // row that is invalid still holds its address.
         if !raw_email.is_empty() {
             let fingerprint = fingerprint(&[&key]);
-            if let Some(&first_line) = self.seen.get(&fingerprint) {
+            if let Some(first_line) = self.seen.get(fingerprint) {
                 return Row::Duplicate(Duplicate {
                     line,
                     email: shown(&raw_email),
@@ -937,6 +975,21 @@ impl<R: Read> Read for Scanned<R> {
 mod tests {
     use super::*;
     use std::io::Write as _;
+
+    #[test]
+    fn seen_keeps_the_first_line_of_every_address_in_every_shard() {
+        let mut seen = Seen::new();
+        let key = |i: u64| fingerprint(&[&format!("s{i}@mail.example")]);
+        for i in 0..20_000 {
+            assert_eq!(seen.get(key(i)), None);
+            seen.insert(key(i), i + 2);
+        }
+        for i in 0..20_000 {
+            assert_eq!(seen.get(key(i)), Some(i + 2));
+        }
+        assert!(seen.shards.iter().all(|s| !s.is_empty()));
+        assert_eq!(seen.get(fingerprint(&["other@mail.example"])), None);
+    }
 
     fn rows(content: &[u8]) -> Vec<Row> {
         let dir = tempfile::tempdir().unwrap();

@@ -68,12 +68,24 @@ pub(crate) struct HeaderTemplate {
 #[must_use]
 pub(crate) fn same_for_every_supporter(text: &str) -> bool {
     !text.contains("{{<")
-        && !text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| {
-            matches!(
-                w,
-                "supporter" | "__tera_context" | "include" | "import" | "extends" | "component"
-            )
-        })
+        && ![
+            "supporter",
+            "__tera_context",
+            "include",
+            "import",
+            "extends",
+            "component",
+        ]
+        .iter()
+        .any(|w| mentions(text, w))
+}
+
+/// Whether `word` appears in `text` as a whole word (letters, digits, `_`),
+/// in a tag or in plain text alike.
+#[must_use]
+pub(crate) fn mentions(text: &str, word: &str) -> bool {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w == word)
 }
 
 /// The literal pieces every rendering of `text` contains, in order. Known

@@ -5,13 +5,16 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, Result, bail};
 use tera::Tera;
 
 use super::folder::{language_files, template_files, with_language};
-use super::headers::{FROM_ADDR, FROM_NAME, REPLY_ADDR, REPLY_NAME, split_mailbox, subject_key};
+use super::headers::{
+    FROM_ADDR, FROM_NAME, REPLY_ADDR, REPLY_NAME, mentions, same_for_every_supporter, split_mailbox,
+    subject_key,
+};
 use super::variant::{one_of, version_with, versions};
 use super::{Body, HeaderTemplate, Letter, Part};
 use crate::config::{Config, Source, Target};
@@ -92,6 +95,9 @@ impl Letter {
             own_versions: Vec::new(),
             target_versions: HashMap::new(),
             language_column: config.campaign.language_column.clone(),
+            fixed: HashMap::new(),
+            fixed_values: Vec::new(),
+            targets: config.targets.len(),
         };
         let mut first_files = Vec::new();
         // Extra subject templates: front matter and targets' own, (key, text, location).
@@ -205,6 +211,19 @@ impl Letter {
                 .bodies
                 .iter()
                 .any(|b| b.texts.values().any(|t| t.contains("one_of")));
+        let fixed: Vec<&str> = compiled
+            .iter()
+            .filter(|(_, text)| same_for_every_supporter(text) && !mentions(text, "one_of"))
+            .map(|(key, _)| *key)
+            .collect();
+        letter.fixed_values = (0..fixed.len() * letter.targets)
+            .map(|_| OnceLock::new())
+            .collect();
+        letter.fixed = fixed
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), i))
+            .collect();
         letter.headers = headers;
         Ok(letter)
     }

@@ -27,11 +27,13 @@ mod variant;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tera::Tera;
 
-pub(crate) use headers::{HeaderTemplate, Part, always_rendered, same_for_every_supporter};
+use crate::config::Target;
+
+pub(crate) use headers::{HeaderTemplate, Part, always_rendered, mentions, same_for_every_supporter};
 pub(crate) use render::{Globals, Rendered, RenderedMailbox};
 pub(crate) use variant::{Variant, fingerprint};
 
@@ -89,9 +91,27 @@ pub(crate) struct Letter {
     target_versions: HashMap<(usize, usize), Arc<str>>,
     /// `[campaign] language_column`.
     language_column: Option<String>,
+    /// Header templates (by name) that render the same for every supporter
+    /// and every `one_of` seed: their slot in `fixed_values`.
+    fixed: HashMap<String, usize>,
+    /// Per fixed template and target (`slot * targets + index`): its
+    /// rendering, made by the first letter to that target that needs it.
+    fixed_values: Vec<OnceLock<String>>,
+    /// How many targets `fixed_values` has room for.
+    targets: usize,
 }
 
 impl Letter {
+    /// Where the rendering of header template `name` for `target` is kept,
+    /// when it is the same for every letter to that target.
+    fn fixed_value(&self, name: &str, target: &Target) -> Option<&OnceLock<String>> {
+        if target.index >= self.targets {
+            return None;
+        }
+        let slot = *self.fixed.get(name)?;
+        self.fixed_values.get(slot * self.targets + target.index)
+    }
+
     /// The bodies a target's letters can come from: its own letter or the
     /// campaign's, each with its language files.
     fn bodies_of(&self, target: usize) -> Vec<usize> {
@@ -214,13 +234,14 @@ file = "s.csv"
 
     /// `campaign.*` and `today` for campaign `t`.
     pub(super) fn globals() -> Globals {
-        Globals {
-            campaign: BTreeMap::from([
+        Globals::new(
+            BTreeMap::from([
                 ("id", "t".into()),
                 ("name", "Drop ICE".into()),
                 ("org", "Org".into()),
             ]),
-            today: "2026-11-28".into(),
-        }
+            "2026-11-28",
+            &[],
+        )
     }
 }

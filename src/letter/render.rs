@@ -3,11 +3,11 @@
 //! HTML part.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Result;
 use pulldown_cmark::{Event, Options, Parser};
-use tera::Context;
+use tera::{Context, Value};
 
 use super::headers::{FROM_ADDR, FROM_NAME, REPLY_ADDR, REPLY_NAME, subject_key};
 use super::variant::{Seeded, digest64, pick};
@@ -20,8 +20,49 @@ use crate::roster::Supporter;
 pub(crate) struct Globals {
     /// `campaign.id`, `campaign.name`, `campaign.org`.
     pub(crate) campaign: BTreeMap<&'static str, String>,
-    /// `today`, YYYY-MM-DD.
-    pub(crate) today: String,
+    /// `campaign.*`, `today` (YYYY-MM-DD), and each target's `target.*` (by
+    /// index), as Tera values, made once: a context then shares them
+    /// instead of serializing them again for every letter (`Value` is
+    /// reference-counted).
+    values: GlobalValues,
+}
+
+#[derive(Debug, Clone)]
+struct GlobalValues {
+    campaign: Value,
+    today: Value,
+    /// `target.fields` of each target of the config, by `Target::index`.
+    targets: Vec<Value>,
+}
+
+impl Globals {
+    /// The globals, and the `target.*` values of these targets (the
+    /// config's, in index order).
+    #[must_use]
+    pub(crate) fn new(
+        campaign: BTreeMap<&'static str, String>,
+        today: &str,
+        targets: &[Arc<Target>],
+    ) -> Globals {
+        let values = GlobalValues {
+            campaign: Value::from_serializable(&campaign),
+            today: Value::from_serializable(&today),
+            targets: targets
+                .iter()
+                .map(|t| Value::from_serializable(&t.fields))
+                .collect(),
+        };
+        Globals { campaign, values }
+    }
+
+    /// `target.*` for `target`: made once per config target.
+    fn target_value(&self, target: &Target) -> Value {
+        self.values
+            .targets
+            .get(target.index)
+            .cloned()
+            .unwrap_or_else(|| Value::from_serializable(&target.fields))
+    }
 }
 
 /// A mailbox as rendered: optional display name and the address text.
@@ -126,10 +167,19 @@ impl Letter {
             0
         });
         let ctx = context(supporter, target, globals);
-        let r = |name: &str| {
-            self.headers_tera
+        let r = |name: &str| -> Result<String> {
+            let fixed = self.fixed_value(name, target);
+            if let Some(v) = fixed.and_then(OnceLock::get) {
+                return Ok(v.clone());
+            }
+            let v = self
+                .headers_tera
                 .render(name, &ctx)
-                .map_err(|e| self.explain(&e, body))
+                .map_err(|e| self.explain(&e, body))?;
+            if let Some(cell) = fixed {
+                let _ = cell.set(v.clone());
+            }
+            Ok(v)
         };
         let mailbox = |name: bool, name_key, addr_key| -> Result<RenderedMailbox> {
             Ok(RenderedMailbox {
@@ -190,9 +240,9 @@ fn context(supporter: &Supporter, target: &Target, globals: &Globals) -> Context
 fn context_with(supporter: &BTreeMap<&str, &str>, target: &Target, globals: &Globals) -> Context {
     let mut ctx = Context::new();
     ctx.insert("supporter", supporter);
-    ctx.insert("target", &target.fields);
-    ctx.insert("campaign", &globals.campaign);
-    ctx.insert("today", &globals.today);
+    ctx.insert_value("target", globals.target_value(target));
+    ctx.insert_value("campaign", globals.values.campaign.clone());
+    ctx.insert_value("today", globals.values.today.clone());
     ctx
 }
 
@@ -212,6 +262,54 @@ fn markdown_to_html(md: &str) -> String {
 mod tests {
     use super::*;
     use crate::letter::tests::{fixture, globals, supporter};
+
+    #[test]
+    fn headers_the_same_for_every_supporter_are_kept_per_target() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("letters")).unwrap();
+        std::fs::write(dir.path().join("letters/l.txt"), "Hi {{ target.name }}").unwrap();
+        let toml = r#"[campaign]
+id = "t"
+name = "Drop ICE"
+org = "Org"
+letter = "letters/l.txt"
+subject = "To {{ target.name }}: act"
+[sender]
+from = "{{ supporter.first_name }} via Org <{{ target.box }}@org.example>"
+reply_to = "{{ one_of(options=['a@org.example', 'b@org.example', 'c@org.example', 'd@org.example']) }}"
+[[targets]]
+name = "Satya"
+email = "ceo@corp.example"
+box = "ceo"
+[[targets]]
+name = "Amy"
+email = "cfo@corp.example"
+box = "cfo"
+[supporters]
+file = "s.csv"
+"#;
+        let path = dir.path().join("mailer.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = crate::config::Config::from_toml(toml, &path).unwrap();
+        let letter = Letter::load(&config).unwrap();
+        let globals = Globals::new(BTreeMap::new(), "2026-11-28", &config.targets);
+        let mut replies = std::collections::BTreeSet::new();
+        for round in 0..2 {
+            for (t, name, addr) in [(0, "Satya", "ceo@org.example"), (1, "Amy", "cfo@org.example")] {
+                for i in 0..8 {
+                    let mut s = supporter(&[("first_name", &format!("Ana{i}"))]);
+                    s.key = format!("ana{i}@x.org");
+                    let r = letter.render(&s, &config.targets[t], &globals, false).unwrap();
+                    assert_eq!(r.subject, format!("To {name}: act"), "round {round}");
+                    assert_eq!(r.from.address, addr);
+                    assert_eq!(r.from.name.as_deref(), Some(format!("Ana{i} via Org").as_str()));
+                    replies.insert(r.reply_to.unwrap().address);
+                }
+            }
+        }
+        // `one_of` is never kept: it is chosen per letter.
+        assert!(replies.len() > 1, "{replies:?}");
+    }
 
     #[test]
     fn renders_context_and_headers() {

@@ -6,6 +6,7 @@ mod support;
 
 mod bounces;
 mod bounces_hostile;
+mod check_speed;
 mod delivery;
 mod edges_files;
 mod edges_letters;

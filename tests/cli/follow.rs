@@ -22,3 +22,19 @@ fn a_literal_bounces_password_in_a_readable_config_names_bounces() {
     assert!(!run.stderr.contains("SMTP password"), "{}", run.stderr);
     assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
 }
+
+// ---- another ledger beside this one that cannot be read ----
+
+#[test]
+fn a_ledger_beside_that_cannot_be_read_is_named_by_the_resend_check() {
+    // No daily_limit: only the check for letters another campaign sent reads it.
+    let c = Campaign::new().file(
+        ".mailer/broken.sqlite3",
+        "this is no SQLite database, just text\n".repeat(200),
+    );
+    let r = c.run(&["send", "--dry-run"]);
+    r.code(0)
+        .stderr_has("warning: ledger `")
+        .stderr_has("broken.sqlite3` is not a mailer ledger: ")
+        .stderr_has("whether its campaign already wrote to these targets is not checked");
+}

@@ -26,6 +26,14 @@ pub(crate) use crate::delivery::Options;
 pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
     // From the first moment: a signal in any phase ends the run with 130.
     let interrupt = Interrupt::register()?;
+    // Rounds of `--follow` show each warning, hint and note once.
+    let remembering;
+    let ui = if opts.follow {
+        remembering = ui.remembering();
+        &remembering
+    } else {
+        ui
+    };
     crate::bounces::refuse_misaligned(campaign)?;
     if opts.dry_run {
         return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
@@ -125,7 +133,8 @@ fn round(
         if !(opts.follow && summary.plan.due > 0) {
             report::print_summary(&summary, budget, ui);
         }
-        for line in &held.lines {
+        // A following run says again only what changed (a new time).
+        for line in held.lines.iter().filter(|l| ui.first_time(&format!("held\0{l}"))) {
             ui.note(line);
         }
         return Ok(Round {

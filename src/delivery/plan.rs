@@ -75,7 +75,12 @@ pub(crate) fn campaign_budget(
             for why in &used.unread {
                 ui.warn(why);
             }
-            if let Some(line) = used.shared_line(limit) {
+            // Once per run, and again only when other campaigns join: the
+            // counts alone change every round of `--follow`.
+            let sharing: Vec<&str> = used.shared.iter().map(|(id, _)| id.as_str()).collect();
+            if let Some(line) = used.shared_line(limit)
+                && ui.first_time(&format!("daily_limit shared\0{}", sharing.join("\0")))
+            {
                 ui.note(&line);
             }
             used.used()

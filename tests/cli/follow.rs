@@ -4,7 +4,57 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use crate::support::campaign::Campaign;
+use crate::support::campaign::{Campaign, SUPPORTERS};
+use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
+
+/// How many times `needle` occurs in `text`.
+fn times(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+// ---- each note once per --follow run ----
+
+#[test]
+fn follow_shows_each_note_once_and_later_rounds_only_what_is_new() {
+    // The other campaign's letter is the first; of ours, the second is
+    // refused for good: a failure and its hint in round 1, a held failure
+    // (and the same hint) in round 2.
+    let server = Server::start(ServerOptions::new(Security::Plain).with_script(|s| match s {
+        Step::Dot { nth: 3, .. } => Action::reply("550 5.7.1 refused"),
+        _ => Action::Default,
+    }));
+    let supporters = format!("{SUPPORTERS}not-an-address,Bad,Row,Nowhere,\n");
+    let c = Campaign::new()
+        .file("supporters.csv", supporters)
+        .smtp_plain(&server)
+        .section("[delivery]\ndaily_limit = 10\nretries = 0\n");
+    // Another campaign in the folder used the same relay account today.
+    let other = c
+        .config_text()
+        .replace("id = \"test-campaign\"", "id = \"other-campaign\"")
+        .replace("ceo@corp.example", "cfo@corp.example");
+    std::fs::write(c.join("other.toml"), other).unwrap();
+    c.run(&["-c", "other.toml", "send", "--yes", "--limit", "1"])
+        .code(0);
+    let c = c.file(
+        ".mailer/broken.sqlite3",
+        "this is no SQLite database, just text\n".repeat(200),
+    );
+
+    let r = c.run(&["send", "--yes", "--follow"]);
+    r.code(3).stderr_has("Every letter due was handed over.");
+    // It took two rounds: one that sent, one that found nothing left.
+    assert_eq!(times(&r.stdout, "sent 2 "), 1, "{}", r.stdout);
+    assert_eq!(times(&r.stdout, "sent 0 "), 1, "{}", r.stdout);
+    for once in [
+        "is shared with campaign `other-campaign`",
+        "broken.sqlite3` is not a mailer ledger",
+        "not-an-address",
+        "`mailer status` lists the failures",
+    ] {
+        assert_eq!(times(&r.stderr, once), 1, "{once:?}\n--- stderr\n{}", r.stderr);
+    }
+}
 
 // ---- a literal password names its section ----
 

@@ -96,6 +96,13 @@ impl Throttle {
         slowed
     }
 
+    /// The spacing at `now` while the relay's throttling still holds the
+    /// pace below `rate` (`None`: not slowed, or fully recovered).
+    pub(crate) fn slowed(&mut self, now: Instant) -> Option<Duration> {
+        self.recover(now);
+        self.quiet_since.and(self.interval)
+    }
+
     /// The spacing now, if any.
     #[cfg(test)]
     fn interval(&self) -> Option<Duration> {
@@ -264,6 +271,25 @@ mod tests {
         assert_eq!(&paces[..3], ["34/minute", "38/minute", "41/minute"]);
         assert_eq!(paces[9], "60/minute");
         assert!(t.quiet_since.is_none());
+    }
+
+    #[test]
+    fn slowed_reports_the_pace_until_it_has_climbed_back() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+        let mut t = Throttle::new(Some("60/minute".parse().unwrap()));
+        assert_eq!(t.slowed(clock.instant()), None);
+        t.slow_down(clock.instant());
+        assert_eq!(t.slowed(clock.instant()), Some(Duration::from_secs(2)));
+        // A round later, after one quiet stretch: one step back up.
+        clock.advance(QUIET);
+        assert_eq!(
+            t.slowed(clock.instant()).map(per_minute).as_deref(),
+            Some("34/minute")
+        );
+        // Long enough (a follower's sleep): back at the configured rate.
+        clock.advance(QUIET * 10);
+        assert_eq!(t.slowed(clock.instant()), None);
+        assert_eq!(t.interval(), Some(Duration::from_secs(1)));
     }
 
     #[test]

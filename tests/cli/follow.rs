@@ -3,6 +3,9 @@
 //! literal password.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::support::campaign::{Campaign, SUPPORTERS};
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
@@ -54,6 +57,50 @@ fn follow_shows_each_note_once_and_later_rounds_only_what_is_new() {
     ] {
         assert_eq!(times(&r.stderr, once), 1, "{once:?}\n--- stderr\n{}", r.stderr);
     }
+}
+
+// ---- the relay's pace carries over to the next round ----
+
+/// A relay that takes at most one letter per `gap` (counted at MAIL) and
+/// answers faster ones as Amazon SES does; counts its refusals.
+fn throttling_relay(gap: Duration, refused: &Arc<AtomicUsize>) -> ServerOptions {
+    let last = Mutex::new(None::<Instant>);
+    let refused = Arc::clone(refused);
+    ServerOptions::new(Security::Plain).with_script(move |step| {
+        if let Step::Mail { .. } = step {
+            let mut last = last.lock().unwrap();
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < gap) {
+                refused.fetch_add(1, SeqCst);
+                return Action::reply("454 Throttling failure: Maximum sending rate exceeded.");
+            }
+            *last = Some(now);
+        }
+        Action::Default
+    })
+}
+
+#[test]
+fn follow_starts_the_next_round_at_the_pace_the_relay_left() {
+    // `rate` is 1 a second; the relay takes one per 1.5 s: throttled once,
+    // the pace halves to one per 2 s, which the relay takes. Two rounds
+    // (`--limit 2`): the second starts at the slowed pace, 0.5 s clear of
+    // the relay's limit either way.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let server = Server::start(throttling_relay(Duration::from_millis(1500), &refused));
+    let c = Campaign::new()
+        .smtp_plain(&server)
+        .section("[delivery]\nrate = \"60/minute\"\nconcurrency = 1\nretries = 0\n");
+    let r = c.run(&["-v", "send", "--yes", "--follow", "--limit", "2"]);
+    r.code(0).stderr_has("Every letter due was handed over.");
+    assert_eq!(times(&r.stdout, "sent 2 deferred 0 failed 0"), 1, "{}", r.stdout);
+    assert_eq!(times(&r.stdout, "sent 1 deferred 0 failed 0"), 1, "{}", r.stdout);
+    assert_eq!(server.received().len(), 3);
+    // Round 2 said where it started and was not throttled again.
+    r.stderr_has("the relay slowed us earlier: starting at 30/minute");
+    assert_eq!(times(&r.stderr, "slowed to 30/minute"), 1, "{}", r.stderr);
+    assert_eq!(times(&r.stdout, "the relay throttled us"), 1, "{}", r.stdout);
+    assert_eq!(refused.load(SeqCst), 1, "{}", r.stderr);
 }
 
 // ---- a literal password names its section ----

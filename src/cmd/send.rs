@@ -181,7 +181,7 @@ fn round(
         .throttle
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .slowed(engine.clock.instant());
+        .resume(engine.clock.instant());
     if let Some(interval) = slowed {
         ui.detail(&format!(
             "the relay slowed us earlier: starting at {}",

@@ -33,20 +33,17 @@ pub(crate) fn warnings(campaign: &Campaign, ledger: Option<&Ledger>) -> Result<V
             ));
         }
     }
-    let Some(dir) = config.ledger_path.parent() else {
-        return Ok(out);
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    let mut others: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sqlite3") && *p != config.ledger_path)
-        .collect();
-    others.sort();
-    for path in others {
-        let Some((id, sent)) = ledger::sent_elsewhere(&path) else {
-            continue;
+    for path in ledger::beside(&config.ledger_path) {
+        let (id, sent) = match ledger::sent_elsewhere(&path) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push(ledger::unreadable(
+                    &e,
+                    "whether its campaign already wrote to these targets is not checked",
+                ));
+                continue;
+            }
         };
         let same: Vec<(String, u64)> = sent.into_iter().filter(|(t, _)| current.contains(t)).collect();
         if id == config.campaign.id || same.is_empty() {

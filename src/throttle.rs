@@ -96,6 +96,18 @@ impl Throttle {
         slowed
     }
 
+    /// Starts another round of sending with the state the last one left
+    /// (`send --follow`): the slowed pace and its climb back go on, but the
+    /// starts observed so far are forgotten, so an unpaced round's pace is
+    /// its own and not diluted by the wait between rounds. Returns the
+    /// spacing while throttling still holds the pace down (`None`: not
+    /// slowed, or climbed back).
+    pub(crate) fn resume(&mut self, now: Instant) -> Option<Duration> {
+        self.recent.clear();
+        self.recover(now);
+        self.quiet_since.and(self.interval)
+    }
+
     /// The spacing now, if any.
     #[cfg(test)]
     fn interval(&self) -> Option<Duration> {
@@ -264,6 +276,43 @@ mod tests {
         assert_eq!(&paces[..3], ["34/minute", "38/minute", "41/minute"]);
         assert_eq!(paces[9], "60/minute");
         assert!(t.quiet_since.is_none());
+    }
+
+    #[test]
+    fn a_resumed_round_goes_on_at_the_slowed_pace_until_it_has_climbed_back() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+        let mut t = Throttle::new(Some("60/minute".parse().unwrap()));
+        assert_eq!(t.resume(clock.instant()), None);
+        t.slow_down(clock.instant());
+        assert_eq!(t.resume(clock.instant()), Some(Duration::from_secs(2)));
+        // A round later, after one quiet stretch: one step back up.
+        clock.advance(QUIET);
+        assert_eq!(
+            t.resume(clock.instant()).map(per_minute).as_deref(),
+            Some("34/minute")
+        );
+        // Long enough (a follower's sleep): back at the configured rate.
+        clock.advance(QUIET * 10);
+        assert_eq!(t.resume(clock.instant()), None);
+        assert_eq!(t.interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_unpaced_round_observes_its_own_pace_not_the_wait_before_it() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+        let mut t = Throttle::new(None);
+        for _ in 0..5 {
+            wait(&mut t, &clock);
+            clock.advance(Duration::from_millis(100));
+        }
+        // The follower sleeps ten minutes, then a round goes at 10/second.
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(t.resume(clock.instant()), None);
+        for _ in 0..10 {
+            wait(&mut t, &clock);
+            clock.advance(Duration::from_millis(100));
+        }
+        assert_eq!(t.slow_down(clock.instant()), Duration::from_millis(200));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Data (previews, status, summaries) goes to stdout through `report.rs`.
 
+use std::collections::HashSet;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
@@ -21,6 +23,9 @@ pub struct Ui {
     stderr_tty: bool,
     stdin_tty: bool,
     stdout_tty: bool,
+    /// What was shown already, when each thing is to be shown once
+    /// ([`Ui::remembering`]).
+    shown: Option<Arc<Mutex<HashSet<String>>>>,
 }
 
 const RED: Style = AnsiColor::Red.on_default().bold();
@@ -48,7 +53,30 @@ impl Ui {
             stderr_tty,
             stdin_tty: std::io::stdin().is_terminal(),
             stdout_tty: std::io::stdout().is_terminal(),
+            shown: None,
         }
+    }
+
+    /// A copy that shows each warning, hint and problem line once, however
+    /// often it is told to, and remembers for [`Ui::first_time`]: for
+    /// `send --follow`, whose rounds would repeat them.
+    #[must_use]
+    pub(crate) fn remembering(&self) -> Ui {
+        Ui {
+            shown: Some(Arc::default()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `key` is news: always true, except on a [`Ui::remembering`]
+    /// copy that saw it before.
+    pub(crate) fn first_time(&self, key: &str) -> bool {
+        self.shown.as_ref().is_none_or(|shown| {
+            shown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.to_owned())
+        })
     }
 
     /// Whether a person is at the keyboard (prompts allowed).
@@ -80,9 +108,9 @@ impl Ui {
         }
     }
 
-    /// `warning: …` (hidden by `-q`).
+    /// `warning: …` (hidden by `-q`; once on a [`Ui::remembering`] copy).
     pub(crate) fn warn(&self, message: &str) {
-        if !self.quiet {
+        if !self.quiet && self.first_time(&format!("warning\0{message}")) {
             let (main, hint) = split_hint(message);
             eprintln!("{} {main}", self.paint(YELLOW, "warning:"));
             if let Some(h) = hint {
@@ -91,9 +119,10 @@ impl Ui {
         }
     }
 
-    /// A problem line such as `FILE:LINE: reason` (hidden by `-q`).
+    /// A problem line such as `FILE:LINE: reason` (hidden by `-q`; once on a
+    /// [`Ui::remembering`] copy).
     pub(crate) fn problem(&self, message: &str) {
-        if !self.quiet {
+        if !self.quiet && self.first_time(&format!("problem\0{message}")) {
             eprintln!("{message}");
         }
     }
@@ -105,9 +134,9 @@ impl Ui {
         eprintln!("{message}");
     }
 
-    /// `hint: …` (hidden by `-q`).
+    /// `hint: …` (hidden by `-q`; once on a [`Ui::remembering`] copy).
     pub(crate) fn hint(&self, message: &str) {
-        if !self.quiet {
+        if !self.quiet && self.first_time(&format!("hint\0{message}")) {
             eprintln!("{} {message}", self.paint(CYAN, "hint:"));
         }
     }
@@ -241,7 +270,21 @@ fn split_hint(message: &str) -> (&str, Option<&str>) {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{Ui, printable};
+    use crate::cli::ColorChoice;
+
+    #[test]
+    fn a_remembering_copy_knows_what_it_showed_and_its_clones_share_that() {
+        let plain = Ui::new(false, false, ColorChoice::Never);
+        assert!(plain.first_time("a") && plain.first_time("a"));
+        let once = plain.remembering();
+        let worker = once.clone();
+        assert!(once.first_time("a"));
+        assert!(!worker.first_time("a"));
+        assert!(worker.first_time("b"));
+        // The original forgets nothing because it never remembered.
+        assert!(plain.first_time("a"));
+    }
 
     #[test]
     fn printable_escapes_controls_and_keeps_the_rest() {

@@ -5,8 +5,8 @@
 //! summary and the exit code close the run.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -18,6 +18,7 @@ use crate::exit::Exit;
 use crate::ledger::Ledger;
 use crate::report::{self, Plan, Summary};
 use crate::smtp::Connector;
+use crate::throttle::{Throttle, per_minute};
 use crate::ui::Ui;
 
 pub(crate) use crate::delivery::Options;
@@ -26,6 +27,14 @@ pub(crate) use crate::delivery::Options;
 pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn Clock>) -> Result<Exit> {
     // From the first moment: a signal in any phase ends the run with 130.
     let interrupt = Interrupt::register()?;
+    // Rounds of `--follow` show each warning, hint and note once.
+    let remembering;
+    let ui = if opts.follow {
+        remembering = ui.remembering();
+        &remembering
+    } else {
+        ui
+    };
     crate::bounces::refuse_misaligned(campaign)?;
     if opts.dry_run {
         return dry_run(campaign, opts, ui, clock.as_ref(), &interrupt.stop);
@@ -66,6 +75,7 @@ pub(crate) fn run(campaign: &Campaign, opts: &Options, ui: &Ui, clock: &Arc<dyn 
         clock: Arc::clone(clock),
         stop: Arc::clone(&interrupt.stop),
         ui,
+        throttle: Mutex::new(Throttle::new(config.delivery.rate)),
     };
     if opts.follow {
         return follow(&engine, &interrupt, ledger, &connector);
@@ -125,7 +135,8 @@ fn round(
         if !(opts.follow && summary.plan.due > 0) {
             report::print_summary(&summary, budget, ui);
         }
-        for line in &held.lines {
+        // A following run says again only what changed (a new time).
+        for line in held.lines.iter().filter(|l| ui.first_time(&format!("held\0{l}"))) {
             ui.note(line);
         }
         return Ok(Round {
@@ -165,7 +176,18 @@ fn round(
     }
     interrupt.check()?;
 
-    // Run.
+    // Run: at the pace an earlier round left, if the relay slowed it.
+    let slowed = engine
+        .throttle
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .resume(engine.clock.instant());
+    if let Some(interval) = slowed {
+        ui.detail(&format!(
+            "the relay slowed us earlier: starting at {}",
+            per_minute(interval)
+        ));
+    }
     let quota = pace.map(|p| p.allow);
     let (ended, ledger) = delivery::run(engine, ledger, to_send, scanned, quota, &mut summary)?;
 

@@ -131,20 +131,24 @@ impl Config {
             anyhow!("cannot read config `{}`: {e}{hint}", path.display())
         })?;
         let config = Config::from_toml(&text, path)?;
-        if matches!(
-            config.smtp,
-            Some(Smtp {
-                password: Secret::Literal(_),
-                ..
-            })
-        ) || matches!(
-            config.bounces,
-            Some(Bounces {
-                password: Secret::Literal(_),
-                ..
-            })
-        ) {
-            ensure_private(path)?;
+        let literal = |s: &Secret| matches!(s, Secret::Literal(_));
+        let sections: Vec<&str> = [
+            config
+                .smtp
+                .as_ref()
+                .is_some_and(|s| literal(&s.password))
+                .then_some("[smtp]"),
+            config
+                .bounces
+                .as_ref()
+                .is_some_and(|b| literal(&b.password))
+                .then_some("[bounces]"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !sections.is_empty() {
+            ensure_private(path, &sections)?;
         }
         Ok(config)
     }
@@ -223,9 +227,10 @@ impl Config {
     }
 }
 
-/// Refuses a literal password in a file others can read.
+/// Refuses a literal password in a file others can read (`sections`: those
+/// that hold one, `[smtp]` and/or `[bounces]`).
 #[cfg(unix)]
-fn ensure_private(path: &Path) -> Result<()> {
+fn ensure_private(path: &Path, sections: &[&str]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(path)
         .with_context(|| format!("cannot read permissions of `{}`", path.display()))?
@@ -233,9 +238,15 @@ fn ensure_private(path: &Path) -> Result<()> {
         .mode();
     if mode & 0o077 != 0 {
         bail!(
-            "`{}` holds a literal SMTP password but is readable by others (mode {:o})\n\n\
+            "`{}` holds {} in {} but is readable by others (mode {:o})\n\n\
              hint: run `chmod 600 {}`, or use password_env / password_command",
             path.display(),
+            if sections.len() == 1 {
+                "a literal password"
+            } else {
+                "literal passwords"
+            },
+            sections.join(" and "),
             mode & 0o777,
             path.display()
         );
@@ -244,7 +255,7 @@ fn ensure_private(path: &Path) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn ensure_private(_: &Path) -> Result<()> {
+fn ensure_private(_: &Path, _: &[&str]) -> Result<()> {
     Ok(())
 }
 

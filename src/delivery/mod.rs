@@ -142,6 +142,9 @@ pub(crate) struct Engine<'a> {
     /// Set by a signal.
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) ui: &'a Ui,
+    /// The relay's pace, handed from one [`run`] to the next: a round of
+    /// `--follow` starts where the relay's throttling left the last one.
+    pub(crate) throttle: Mutex<Throttle>,
 }
 
 /// Pass 2: delivers up to `to_send` letters (`scanned`: the last line pass
@@ -171,7 +174,13 @@ pub(crate) fn run(
         reason: Mutex::new(None),
         handed_over: AtomicU64::new(0),
         policy: Mutex::new(Breaker::default()),
-        throttle: Mutex::new(Throttle::new(config.delivery.rate)),
+        throttle: Mutex::new(
+            engine
+                .throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        ),
         stalls: AtomicU32::new(0),
         ui: ui.clone(),
         // Shown before the first connection, so a slow or stalled server
@@ -188,6 +197,10 @@ pub(crate) fn run(
     let shared = Arc::try_unwrap(shared).ok().context("workers still running")?;
     let ledger = shared.ledger.into_inner();
     let _ = ledger.checkpoint();
+    *engine.throttle.lock().unwrap_or_else(PoisonError::into_inner) = shared
+        .throttle
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     let halt = shared.reason.into_inner().unwrap_or_else(PoisonError::into_inner);
     let requeued = shared
         .policy

@@ -75,7 +75,12 @@ pub(crate) fn campaign_budget(
             for why in &used.unread {
                 ui.warn(why);
             }
-            if let Some(line) = used.shared_line(limit) {
+            // Once per run, and again only when other campaigns join: the
+            // counts alone change every round of `--follow`.
+            let sharing: Vec<&str> = used.shared.iter().map(|(id, _)| id.as_str()).collect();
+            if let Some(line) = used.shared_line(limit)
+                && ui.first_time(&format!("daily_limit shared\0{}", sharing.join("\0")))
+            {
                 ui.note(&line);
             }
             used.used()
@@ -152,32 +157,17 @@ pub(crate) fn daily_use(campaign: &Campaign, ledger: Option<&Ledger>, now: i64) 
         return Ok(used);
     };
     used.account = smtp.account();
-    let own = std::fs::canonicalize(&config.ledger_path).unwrap_or_else(|_| config.ledger_path.clone());
-    let dir = config.ledger_path.parent().filter(|d| !d.as_os_str().is_empty());
-    let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
-        return Ok(used);
-    };
-    let mut others: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sqlite3"))
-        .filter(|p| *p != config.ledger_path && std::fs::canonicalize(p).ok().as_ref() != Some(&own))
-        .collect();
-    others.sort();
-    for path in others {
+    for path in crate::ledger::beside(&config.ledger_path) {
         match crate::ledger::hand_overs_elsewhere(&path, since, &used.account) {
             Ok(Some((id, times))) if !times.is_empty() => {
                 used.shared.push((id, times.len() as u64));
                 used.times.extend(times);
             }
             Ok(_) => {}
-            Err(e) => {
-                // The context and the reason, without SQLite's echo of it.
-                let why: Vec<String> = e.chain().take(2).map(ToString::to_string).collect();
-                used.unread.push(format!(
-                    "{}; its letters are not counted against daily_limit",
-                    crate::ui::printable(&why.join(": "))
-                ));
-            }
+            Err(e) => used.unread.push(crate::ledger::unreadable(
+                &e,
+                "its letters are not counted against daily_limit",
+            )),
         }
     }
     used.times.sort_unstable_by(|a, b| b.cmp(a));

@@ -18,6 +18,7 @@ mod first_hour;
 mod first_hour2;
 mod first_hour3;
 mod first_hour4;
+mod follow;
 mod hold_one_letter;
 mod hostile_files;
 mod inputs;

@@ -333,8 +333,10 @@ pub(crate) fn deliver(
         settle_now(shared, settle);
         let now = clock.unix();
         let next = now + deferral(tries);
-        let primed = conn.as_ref().is_some_and(|c| c.primed().is_some());
-        if primed && matches!(attempt, Attempt::Sent { .. }) {
+        // The next letter's envelope replies came with this outcome: its
+        // claim follows at once and carries this `sent` (see `settle`).
+        let together = conn.as_ref().is_some_and(|c| c.primed_replied());
+        if together && matches!(attempt, Attempt::Sent { .. }) {
             *settle = Some(Outcome::new(&key, &attempt, next, claimed, now));
         } else if let Err(e) = shared.ledger().record(&key, &attempt, next, claimed, now) {
             shared.halt(Halt::Ledger(e));
@@ -607,6 +609,22 @@ pub(crate) mod tests {
             (fake.primed(), fake.connections(), fake.mixed_up()),
             (1, 1, false)
         );
+    }
+
+    #[test]
+    fn a_sent_letter_is_recorded_at_once_when_the_next_replies_are_not_in_yet() {
+        let fake = Fake::default();
+        fake.late_replies();
+        let (_d, sh) = shared(&fake, 2);
+        let mut conn = first_connection(&sh);
+        let mut ahead = Some(job("b@x.org"));
+        let mut settle = None;
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, &mut settle, None);
+        assert_eq!(state(a.as_ref()), "sent");
+        assert_eq!(conn.as_ref().unwrap().primed(), Some("<b@x.org>"));
+        // A slow server's next replies could keep it `sending` for long.
+        assert!(settle.is_none());
+        assert_eq!(row(&sh, "a@x.org").state, State::Sent);
     }
 
     #[test]

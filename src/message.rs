@@ -460,17 +460,14 @@ pub(crate) fn build(
     };
     let unsigned = message.map_err(|e| format!("cannot build the message: {e}"))?;
     // Encoded once: signed, or unsigned with its `Date` found for `stamp`.
-    let (bytes, date_at) = match settings.dkim {
-        Some(dkim) => {
-            let mut message = unsigned.clone();
-            message.sign(dkim);
-            (message.formatted(), None)
-        }
-        None => {
-            let bytes = unsigned.formatted();
-            let at = date_offset(&bytes);
-            (bytes, at)
-        }
+    let (bytes, date_at) = if let Some(dkim) = settings.dkim {
+        let mut message = unsigned.clone();
+        message.sign(dkim);
+        (message.formatted(), None)
+    } else {
+        let bytes = unsigned.formatted();
+        let at = date_offset(&bytes);
+        (bytes, at)
     };
     Ok(Built {
         message_id: id,

@@ -286,6 +286,11 @@ pub(crate) fn deliver(
         // Done before the wait, so the work does not delay the slot.
         let at = clock.now() + slot.saturating_duration_since(clock.instant());
         job.built.stamp(at, shared.dkim.as_deref());
+        // A paced wait (the relay throttled us since the envelope went)
+        // would keep the previous letter `sending` all along.
+        if slot > clock.instant() {
+            settle_now(shared, settle);
+        }
         if !sleep_until(clock, slot, &|| shared.halted()) {
             settle_now(shared, settle);
             return None;

@@ -351,6 +351,18 @@ impl Ledger {
         outcomes: &[&Outcome],
         now: i64,
     ) -> Result<Vec<Result<(), String>>> {
+        let mut outcomes = outcomes;
+        if !outcomes.is_empty()
+            && self.lost.get().is_none()
+            && self.identity.and_then(|i| self.gone(i)).is_some()
+        {
+            // The ledger went: these outcomes are written first, so the
+            // copy `still_ours` saves has them.
+            for o in outcomes {
+                o.record(self)?;
+            }
+            outcomes = &[];
+        }
         self.still_ours()?;
         self.synchronous("FULL")?;
         let tx = self.conn.unchecked_transaction()?;
@@ -660,13 +672,8 @@ impl Ledger {
         if let Some(why) = self.lost.get() {
             return Err(anyhow::anyhow!("{why}"));
         }
-        let what = match std::fs::metadata(&self.path) {
-            Ok(meta) if identity_of(&meta) == identity => return Ok(()),
-            Ok(_) => "replaced by another file",
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
-            // Cannot tell (e.g. a permission change): keep going; the lock
-            // still holds for any run that can open the file.
-            Err(_) => return Ok(()),
+        let Some(what) = self.gone(identity) else {
+            return Ok(());
         };
         let shown = self.path.display();
         let stop = format!(
@@ -691,6 +698,18 @@ impl Ledger {
         };
         let _ = self.lost.set(why.clone());
         Err(anyhow::anyhow!("{why}"))
+    }
+
+    /// How the ledger's path stopped naming the locked file, if it did.
+    fn gone(&self, identity: (u64, u64)) -> Option<&'static str> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if identity_of(&meta) == identity => None,
+            Ok(_) => Some("replaced by another file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
+            // Cannot tell (e.g. a permission change): keep going; the lock
+            // still holds for any run that can open the file.
+            Err(_) => None,
+        }
     }
 
     /// Writes a complete copy of the open (lost) ledger beside its path.
@@ -1848,6 +1867,47 @@ mod tests {
             .unwrap();
         let run = l.last_run().unwrap().unwrap();
         assert_eq!((run.started, run.finished, run.exit), (200, None, None));
+    }
+
+    #[test]
+    fn an_outcome_rides_with_the_next_claim_in_one_commit() {
+        let (_d, l) = ledger();
+        let v = Variant::default();
+        let key = |supporter| Key {
+            supporter,
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+            variant: &v,
+        };
+        l.claim(&key("a@x.org"), 100).unwrap();
+        let a = Outcome::new(
+            &key("a@x.org"),
+            &sent("250", "ok", &[("cc@x.org", 550, "no")]),
+            0,
+            true,
+            101,
+        );
+        let before = l.conn.total_changes();
+        let results = l.claim_many(&[key("b@x.org")], &[&a], 101).unwrap();
+        assert!(results[0].is_ok());
+        let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts, r.sent_at), (State::Sent, 1, Some(101)));
+        assert_eq!(l.refused_copies("a@x.org", "ceo@corp.example").unwrap().len(), 1);
+        assert_eq!(
+            l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sending
+        );
+        // a's row, its attempt, its refused copy, b's row.
+        assert_eq!(l.conn.total_changes() - before, 4);
+        // A claim refused (already sent) still carries the outcome before it.
+        let b = Outcome::new(&key("b@x.org"), &sent("250", "ok", &[]), 0, true, 102);
+        let results = l.claim_many(&[key("a@x.org")], &[&b], 102).unwrap();
+        assert!(results[0].is_err());
+        assert_eq!(
+            l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sent
+        );
     }
 
     #[test]

@@ -1881,7 +1881,7 @@ mod tests {
             variant: &v,
         };
         l.claim(&key("a@x.org"), 100).unwrap();
-        let a = Outcome::new(
+        let sent_a = Outcome::new(
             &key("a@x.org"),
             &sent("250", "ok", &[("cc@x.org", 550, "no")]),
             0,
@@ -1889,7 +1889,7 @@ mod tests {
             101,
         );
         let before = l.conn.total_changes();
-        let results = l.claim_many(&[key("b@x.org")], &[&a], 101).unwrap();
+        let results = l.claim_many(&[key("b@x.org")], &[&sent_a], 101).unwrap();
         assert!(results[0].is_ok());
         let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
         assert_eq!((r.state, r.attempts, r.sent_at), (State::Sent, 1, Some(101)));
@@ -1901,8 +1901,8 @@ mod tests {
         // a's row, its attempt, its refused copy, b's row.
         assert_eq!(l.conn.total_changes() - before, 4);
         // A claim refused (already sent) still carries the outcome before it.
-        let b = Outcome::new(&key("b@x.org"), &sent("250", "ok", &[]), 0, true, 102);
-        let results = l.claim_many(&[key("a@x.org")], &[&b], 102).unwrap();
+        let sent_b = Outcome::new(&key("b@x.org"), &sent("250", "ok", &[]), 0, true, 102);
+        let results = l.claim_many(&[key("a@x.org")], &[&sent_b], 102).unwrap();
         assert!(results[0].is_err());
         assert_eq!(
             l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,

@@ -250,6 +250,23 @@ impl Campaign {
 
     /// Renders and builds one row's letters.
     pub(crate) fn prepare(&self, row: Row, file: &str, encode: bool) -> Result<Prepared> {
+        self.prepare_signed(row, file, encode, self.dkim.as_deref())
+    }
+
+    /// Renders and builds one row's letters to send: encoded but not yet
+    /// signed, since [`Built::stamp`] dates and signs each as it is handed
+    /// over (signing here too would do it twice).
+    pub(crate) fn prepare_to_send(&self, row: Row, file: &str) -> Result<Prepared> {
+        self.prepare_signed(row, file, true, None)
+    }
+
+    fn prepare_signed(
+        &self,
+        row: Row,
+        file: &str,
+        encode: bool,
+        dkim: Option<&DkimConfig>,
+    ) -> Result<Prepared> {
         let supporter = match row {
             Row::Valid(s) => s,
             Row::Skipped(skip) => return Ok(Prepared::Skipped(skip)),
@@ -259,7 +276,7 @@ impl Campaign {
             campaign_id: &self.config.campaign.id,
             cc_supporter: self.config.sender.cc_supporter,
             bcc: &self.config.sender.bcc,
-            dkim: self.dkim.as_deref(),
+            dkim,
             encode,
             attachments: &self.attachments,
         };

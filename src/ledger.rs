@@ -132,6 +132,8 @@ pub(crate) struct Ledger {
     /// The relay account this run hands letters to (`host:port user`),
     /// recorded with each attempt: `daily_limit` is the account's.
     relay: Option<String>,
+    /// The `synchronous` setting last set (see [`Ledger::synchronous`]).
+    sync: std::cell::Cell<Option<&'static str>>,
 }
 
 const SCHEMA: &str = "
@@ -249,6 +251,7 @@ impl Ledger {
             identity: Some(identity),
             lost: std::cell::OnceCell::new(),
             relay: None,
+            sync: std::cell::Cell::new(None),
         })
     }
 
@@ -280,6 +283,7 @@ impl Ledger {
             _lock: None,
             identity: None,
             lost: std::cell::OnceCell::new(),
+            sync: std::cell::Cell::new(None),
             columns: record_columns(&conn)?,
             conn,
             relay: None,
@@ -330,7 +334,7 @@ impl Ledger {
     /// One letter's [`Ledger::claim_many`] (runs claim through [`SharedLedger`]).
     #[cfg(test)]
     fn claim(&self, letter: &Key<'_>, now: i64) -> Result<()> {
-        self.claim_many(&[*letter], now)?
+        self.claim_many(&[*letter], &[], now)?
             .remove(0)
             .map_err(|e| anyhow::anyhow!(e))
     }
@@ -344,11 +348,36 @@ impl Ledger {
     ///
     /// Refuses every letter (outer `Err`) once the ledger's path no longer
     /// names the file this run locked ([`Ledger::still_ours`]).
-    pub(crate) fn claim_many(&self, letters: &[Key<'_>], now: i64) -> Result<Vec<Result<(), String>>> {
+    ///
+    /// `outcomes` are earlier letters' outcomes ([`Ledger::record`]), written
+    /// first in the same transaction: a letter's `sent` and the next
+    /// letter's `sending` share one commit when their replies came together.
+    pub(crate) fn claim_many(
+        &self,
+        letters: &[Key<'_>],
+        outcomes: &[&Outcome],
+        now: i64,
+    ) -> Result<Vec<Result<(), String>>> {
+        let mut outcomes = outcomes;
+        if !outcomes.is_empty()
+            && self.lost.get().is_none()
+            && self.identity.and_then(|i| self.gone(i)).is_some()
+        {
+            // The ledger went: these outcomes are written first, so the
+            // copy `still_ours` saves has them.
+            for o in outcomes {
+                o.record(self)?;
+            }
+            outcomes = &[];
+        }
         self.still_ours()?;
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.synchronous("FULL")?;
         let tx = self.conn.unchecked_transaction()?;
         let mut results = Vec::with_capacity(letters.len());
+        for o in outcomes {
+            self.write_outcome(&o.key.key(), &o.attempt, o.next, o.claimed, o.now)
+                .map_err(|e| disk_error(e, &self.path))?;
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO letters (supporter, target, state, attempts, line, message_id, updated_at,
@@ -414,6 +443,25 @@ impl Ledger {
         claimed: bool,
         now: i64,
     ) -> Result<()> {
+        // Every failure names the ledger (a busy or full disk included).
+        let write = || -> rusqlite::Result<()> {
+            self.synchronous("NORMAL")?;
+            let tx = self.conn.unchecked_transaction()?;
+            self.write_outcome(letter, attempt, next_attempt_at, claimed, now)?;
+            tx.commit()
+        };
+        write().map_err(|e| disk_error(e, &self.path))
+    }
+
+    /// [`Ledger::record`]'s writes, inside the caller's transaction.
+    fn write_outcome(
+        &self,
+        letter: &Key<'_>,
+        attempt: &Attempt,
+        next_attempt_at: i64,
+        claimed: bool,
+        now: i64,
+    ) -> rusqlite::Result<()> {
         let (state, next, sent_at) = match attempt {
             Attempt::Sent { .. } => (State::Sent, None, Some(now)),
             Attempt::Deferred { .. } => (State::Deferred, Some(next_attempt_at), None),
@@ -422,18 +470,8 @@ impl Ledger {
         };
         let reply = attempt.text();
         let handed_over = attempt.handed_over();
-        let refused: Vec<(String, String)> = match attempt {
-            Attempt::Sent { refused, .. } => refused
-                .iter()
-                .map(|c| (c.recipient.clone(), c.reply.to_string()))
-                .collect(),
-            _ => Vec::new(),
-        };
-        // Every failure names the ledger (a busy or full disk included).
-        let write = || -> rusqlite::Result<()> {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let tx = self.conn.unchecked_transaction()?;
-            tx.prepare_cached(
+        self.conn
+            .prepare_cached(
                 "INSERT INTO letters (supporter, target, state, attempts, line, message_id, reply, next_attempt_at,
                     sent_at, updated_at)
                  VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -454,7 +492,8 @@ impl Ledger {
                 now,
                 i64::from(!claimed),
             ])?;
-            tx.prepare_cached(
+        self.conn
+            .prepare_cached(
                 "INSERT INTO attempts (supporter, target, at, outcome, reply, handed_over, relay)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
@@ -467,16 +506,33 @@ impl Ledger {
                 handed_over,
                 self.relay
             ])?;
-            for (recipient, reply) in refused {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![letter.supporter, letter.target, recipient, reply, now])?;
+        if let Attempt::Sent { refused, .. } = attempt {
+            for c in refused {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO refused_copies (supporter, target, recipient, reply, at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        letter.supporter,
+                        letter.target,
+                        c.recipient,
+                        c.reply.to_string(),
+                        now
+                    ])?;
             }
-            tx.commit()
-        };
-        write().map_err(|e| disk_error(e, &self.path))
+        }
+        Ok(())
+    }
+
+    /// Sets `synchronous` (`FULL`: this commit is fsynced; `NORMAL`: not),
+    /// skipping the statement when it is already so.
+    fn synchronous(&self, mode: &'static str) -> rusqlite::Result<()> {
+        if self.sync.get() != Some(mode) {
+            self.conn.pragma_update(None, "synchronous", mode)?;
+            self.sync.set(Some(mode));
+        }
+        Ok(())
     }
 
     /// The Cc/Bcc copies of a letter the server refused, as `(recipient,
@@ -525,7 +581,7 @@ impl Ledger {
         reason: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.synchronous("NORMAL")?;
         self.conn
             .prepare_cached(
                 "INSERT INTO letters (supporter, target, state, line, reply, updated_at)
@@ -615,13 +671,8 @@ impl Ledger {
         if let Some(why) = self.lost.get() {
             return Err(anyhow::anyhow!("{why}"));
         }
-        let what = match std::fs::metadata(&self.path) {
-            Ok(meta) if identity_of(&meta) == identity => return Ok(()),
-            Ok(_) => "replaced by another file",
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
-            // Cannot tell (e.g. a permission change): keep going; the lock
-            // still holds for any run that can open the file.
-            Err(_) => return Ok(()),
+        let Some(what) = self.gone(identity) else {
+            return Ok(());
         };
         let shown = self.path.display();
         let stop = format!(
@@ -646,6 +697,18 @@ impl Ledger {
         };
         let _ = self.lost.set(why.clone());
         Err(anyhow::anyhow!("{why}"))
+    }
+
+    /// How the ledger's path stopped naming the locked file, if it did.
+    fn gone(&self, identity: (u64, u64)) -> Option<&'static str> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if identity_of(&meta) == identity => None,
+            Ok(_) => Some("replaced by another file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
+            // Cannot tell (e.g. a permission change): keep going; the lock
+            // still holds for any run that can open the file.
+            Err(_) => None,
+        }
     }
 
     /// Writes a complete copy of the open (lost) ledger beside its path.
@@ -740,7 +803,7 @@ impl Ledger {
     /// Records a delivery status notification for a letter, durably. A
     /// permanent one turns a `sent` (or `unknown`) letter `bounced`.
     pub(crate) fn record_bounce(&self, b: &Bounce, now: i64) -> Result<BounceEffect> {
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.synchronous("FULL")?;
         let tx = self.conn.unchecked_transaction()?;
         let new = tx.execute(
             "INSERT OR IGNORE INTO bounces (source, supporter, target, at, seen_at, action, status, diagnostic,
@@ -1630,7 +1693,7 @@ pub(crate) struct SharedLedger {
 #[derive(Default)]
 struct ClaimQueue {
     next: u64,
-    pending: Vec<(u64, OwnedKey)>,
+    pending: Vec<(u64, OwnedKey, Option<Outcome>)>,
     done: HashMap<u64, Result<(), String>>,
 }
 
@@ -1640,6 +1703,56 @@ struct OwnedKey {
     line: u64,
     message_id: String,
     variant: Variant,
+}
+
+impl OwnedKey {
+    fn new(key: &Key<'_>) -> OwnedKey {
+        OwnedKey {
+            supporter: key.supporter.to_string(),
+            target: key.target.to_string(),
+            line: key.line,
+            message_id: key.message_id.to_string(),
+            variant: key.variant.clone(),
+        }
+    }
+
+    fn key(&self) -> Key<'_> {
+        Key {
+            supporter: &self.supporter,
+            target: &self.target,
+            line: self.line,
+            message_id: &self.message_id,
+            variant: &self.variant,
+        }
+    }
+}
+
+/// A letter's outcome waiting to be written with the next claim on its
+/// connection ([`SharedLedger::claim`]), or alone ([`Outcome::record`]).
+pub(crate) struct Outcome {
+    key: OwnedKey,
+    attempt: Attempt,
+    next: i64,
+    claimed: bool,
+    now: i64,
+}
+
+impl Outcome {
+    /// What [`Ledger::record`] would write now.
+    pub(crate) fn new(key: &Key<'_>, attempt: &Attempt, next: i64, claimed: bool, now: i64) -> Outcome {
+        Outcome {
+            key: OwnedKey::new(key),
+            attempt: attempt.clone(),
+            next,
+            claimed,
+            now,
+        }
+    }
+
+    /// Writes it alone (no fsync, like [`Ledger::record`]).
+    pub(crate) fn record(&self, ledger: &Ledger) -> Result<()> {
+        ledger.record(&self.key.key(), &self.attempt, self.next, self.claimed, self.now)
+    }
 }
 
 impl SharedLedger {
@@ -1662,20 +1775,14 @@ impl SharedLedger {
     }
 
     /// [`Ledger::claim`], batched with whatever other workers are claiming.
-    /// Returns only once this letter's `sending` is on disk.
-    pub(crate) fn claim(&self, key: &Key<'_>, now: i64) -> Result<()> {
+    /// Returns only once this letter's `sending` is on disk. `outcome`, an
+    /// earlier letter's, is written first in the same commit.
+    pub(crate) fn claim(&self, key: &Key<'_>, outcome: Option<Outcome>, now: i64) -> Result<()> {
         let ticket = {
             let mut q = self.queue();
             let ticket = q.next;
             q.next += 1;
-            let owned = OwnedKey {
-                supporter: key.supporter.to_string(),
-                target: key.target.to_string(),
-                line: key.line,
-                message_id: key.message_id.to_string(),
-                variant: key.variant.clone(),
-            };
-            q.pending.push((ticket, owned));
+            q.pending.push((ticket, OwnedKey::new(key), outcome));
             ticket
         };
         let ledger = self.lock();
@@ -1686,22 +1793,14 @@ impl SharedLedger {
             }
             std::mem::take(&mut q.pending)
         };
-        let keys: Vec<Key<'_>> = batch
-            .iter()
-            .map(|(_, k)| Key {
-                supporter: &k.supporter,
-                target: &k.target,
-                line: k.line,
-                message_id: &k.message_id,
-                variant: &k.variant,
-            })
-            .collect();
-        let outcome = ledger.claim_many(&keys, now);
+        let keys: Vec<Key<'_>> = batch.iter().map(|(_, k, _)| k.key()).collect();
+        let outcomes: Vec<&Outcome> = batch.iter().filter_map(|(_, _, o)| o.as_ref()).collect();
+        let outcome = ledger.claim_many(&keys, &outcomes, now);
         let mut q = self.queue();
         let mut mine = Ok(());
         match outcome {
             Ok(results) => {
-                for ((t, _), r) in batch.iter().zip(results) {
+                for ((t, _, _), r) in batch.iter().zip(results) {
                     if *t == ticket {
                         mine = r;
                     } else {
@@ -1712,7 +1811,7 @@ impl SharedLedger {
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                for (t, _) in &batch {
+                for (t, _, _) in &batch {
                     if *t != ticket {
                         q.done.insert(*t, Err(msg.clone()));
                     }
@@ -1874,6 +1973,47 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_rides_with_the_next_claim_in_one_commit() {
+        let (_d, l) = ledger();
+        let v = Variant::default();
+        let key = |supporter| Key {
+            supporter,
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+            variant: &v,
+        };
+        l.claim(&key("a@x.org"), 100).unwrap();
+        let sent_a = Outcome::new(
+            &key("a@x.org"),
+            &sent("250", "ok", &[("cc@x.org", 550, "no")]),
+            0,
+            true,
+            101,
+        );
+        let before = l.conn.total_changes();
+        let results = l.claim_many(&[key("b@x.org")], &[&sent_a], 101).unwrap();
+        assert!(results[0].is_ok());
+        let r = l.get("a@x.org", "ceo@corp.example").unwrap().unwrap();
+        assert_eq!((r.state, r.attempts, r.sent_at), (State::Sent, 1, Some(101)));
+        assert_eq!(l.refused_copies("a@x.org", "ceo@corp.example").unwrap().len(), 1);
+        assert_eq!(
+            l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sending
+        );
+        // a's row, its attempt, its refused copy, b's row.
+        assert_eq!(l.conn.total_changes() - before, 4);
+        // A claim refused (already sent) still carries the outcome before it.
+        let sent_b = Outcome::new(&key("b@x.org"), &sent("250", "ok", &[]), 0, true, 102);
+        let results = l.claim_many(&[key("a@x.org")], &[&sent_b], 102).unwrap();
+        assert!(results[0].is_err());
+        assert_eq!(
+            l.get("b@x.org", "ceo@corp.example").unwrap().unwrap().state,
+            State::Sent
+        );
+    }
+
+    #[test]
     fn transitions_and_recovery() {
         let (_d, l) = ledger();
         let a = Key {
@@ -2007,13 +2147,13 @@ mod tests {
                         message_id: "<m@o>",
                         variant: &Variant::default(),
                     };
-                    shared.claim(&key, 1).unwrap();
+                    shared.claim(&key, None, 1).unwrap();
                     shared
                         .lock()
                         .record(&key, &sent("250", "ok", &[]), 0, true, 2)
                         .unwrap();
                     // A second claim of a sent letter is refused.
-                    assert!(shared.claim(&key, 3).is_err());
+                    assert!(shared.claim(&key, None, 3).is_err());
                 })
             })
             .collect();

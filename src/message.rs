@@ -144,26 +144,69 @@ pub(crate) struct Built {
     pub(crate) bytes: Vec<u8>,
     /// The message before signing, to date it again at hand-over ([`Built::stamp`]).
     unsigned: Option<Message>,
+    /// Where the `Date` value starts in `bytes` while they are unsigned:
+    /// [`Built::stamp`] rewrites those bytes in place instead of encoding
+    /// the message again.
+    date_at: Option<usize>,
     /// Which text it is (letter file, subject variant, version); with
     /// `encode`, also its body's fingerprint.
     pub(crate) variant: Variant,
 }
 
 impl Built {
-    /// Dates the message `date` (when it is handed over) and signs it again,
-    /// so its `Date` and the DKIM `t=` say when it went, not when the run
-    /// started. The Message-ID stays. No-op for a message built without `encode`.
+    /// Dates the message `date` (when it is handed over) and signs it, so
+    /// its `Date` and the DKIM `t=` say when it went, not when the run
+    /// started. The Message-ID stays. No-op for a message built without
+    /// `encode`. An unsigned message only has its `Date` value rewritten in
+    /// place (it has the same length on every date), so nothing is encoded
+    /// twice; a signed one is dated, then signed over the final headers.
     pub(crate) fn stamp(&mut self, date: SystemTime, dkim: Option<&DkimConfig>) {
         let Some(unsigned) = &self.unsigned else {
             return;
         };
+        if dkim.is_none()
+            && let Some(at) = self.date_at
+            && let Some(value) = date_value(date)
+            && let Some(old) = self.bytes.get(at..at + value.len())
+            && !old.iter().any(|b| matches!(b, b'\r' | b'\n'))
+            && self.bytes.get(at + value.len()) == Some(&b'\r')
+        {
+            self.bytes[at..at + value.len()].copy_from_slice(value.as_bytes());
+            return;
+        }
         let mut message = unsigned.clone();
         message.headers_mut().set(Date::new(date));
         if let Some(dkim) = dkim {
             message.sign(dkim);
         }
         self.bytes = message.formatted();
+        self.date_at = dkim.is_none().then(|| date_offset(&self.bytes)).flatten();
     }
+}
+
+/// The `Date` header's value for `date`, as lettre writes it.
+fn date_value(date: SystemTime) -> Option<String> {
+    let mut headers = lettre::message::header::Headers::new();
+    headers.set(Date::new(date));
+    headers.get_raw("Date").map(str::to_string)
+}
+
+/// Where the one `Date` header's value starts in a formatted message's
+/// header section.
+fn date_offset(bytes: &[u8]) -> Option<usize> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = &bytes[..end];
+    let at = if head.starts_with(b"Date: ") {
+        0
+    } else {
+        head.windows(8).position(|w| w == b"\r\nDate: ")? + 2
+    };
+    // Exactly one: a second `Date:` would be rewritten in the wrong place.
+    let rest = &head[at + 6..];
+    if rest.windows(8).any(|w| w == b"\r\nDate: ") {
+        return None;
+    }
+    Some(at + 6)
 }
 
 #[cfg(test)]
@@ -179,6 +222,7 @@ impl Built {
             text: "text\n".into(),
             bytes: b"Subject: s\r\n\r\ntext\r\n".to_vec(),
             unsigned: None,
+            date_at: None,
             html: None,
             variant: crate::letter::Variant::default(),
         }
@@ -371,6 +415,7 @@ pub(crate) fn build(
             html: rendered.html.clone(),
             bytes: Vec::new(),
             unsigned: None,
+            date_at: None,
             variant: rendered.variant.clone(),
         });
     }
@@ -424,10 +469,16 @@ pub(crate) fn build(
         builder.multipart(mixed)
     };
     let unsigned = message.map_err(|e| format!("cannot build the message: {e}"))?;
-    let mut message = unsigned.clone();
-    if let Some(dkim) = settings.dkim {
+    // Encoded once: signed, or unsigned with its `Date` found for `stamp`.
+    let (bytes, date_at) = if let Some(dkim) = settings.dkim {
+        let mut message = unsigned.clone();
         message.sign(dkim);
-    }
+        (message.formatted(), None)
+    } else {
+        let bytes = unsigned.formatted();
+        let at = date_offset(&bytes);
+        (bytes, at)
+    };
     Ok(Built {
         message_id: id,
         from: from.email,
@@ -439,8 +490,9 @@ pub(crate) fn build(
         },
         text,
         html: rendered.html.clone(),
-        bytes: message.formatted(),
+        bytes,
         unsigned: Some(unsigned),
+        date_at,
     })
 }
 
@@ -619,6 +671,42 @@ mod tests {
         assert!(!text.contains("1970"), "{text}");
         assert!(text.contains(&format!("Message-ID: {id}\r\n")), "{text}");
         assert_eq!(text.matches("Date: ").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn stamp_rewrites_the_date_in_place_as_a_full_encoding_would() {
+        let mut b = build_one("Ana", "s").unwrap();
+        for secs in [1_800_000_000, 1_800_086_399, 1_700_000_001] {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            b.stamp(at, None);
+            let mut whole = b.unsigned.clone().unwrap();
+            whole.headers_mut().set(Date::new(at));
+            assert_eq!(
+                String::from_utf8(b.bytes.clone()).unwrap(),
+                String::from_utf8(whole.formatted()).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsigned_build_is_signed_once_when_stamped_over_its_date() {
+        let key = lettre::message::dkim::DkimSigningKey::new(
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]),
+            lettre::message::dkim::DkimSigningAlgorithm::Ed25519,
+        )
+        .unwrap();
+        let dkim = DkimConfig::default_config("s".into(), "org.example".into(), key);
+        let mut b = build_one("Ana", "s").unwrap();
+        assert!(!String::from_utf8_lossy(&b.bytes).contains("DKIM-Signature"));
+        let later = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        b.stamp(later, Some(&dkim));
+        let text = String::from_utf8(b.bytes.clone()).unwrap();
+        assert_eq!(text.matches("DKIM-Signature: ").count(), 1, "{text}");
+        assert!(text.contains("h=From:Subject:To:Date;"), "{text}");
+        assert!(
+            text.contains("Date: Fri, 15 Jan 2027 08:00:00 +0000\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub(crate) fn dispatch(
             let line = row.line();
             // Pass 1 reported the rows it read; rows added since are new.
             let new_row = line > pass2.scanned;
-            let prepared = match campaign.prepare(row, &file, true) {
+            let prepared = match campaign.prepare_to_send(row, &file) {
                 Ok(p) => p,
                 // Pass 1 rendered every row it read, so this one was added
                 // or changed since: its problem, not the whole run's.

@@ -12,7 +12,7 @@ use lettre::message::dkim::DkimConfig;
 use crate::clock::Clock;
 use crate::delivery::breaker::Breaker;
 use crate::delivery::{Event, Halt};
-use crate::ledger::{Key, Ledger, SharedLedger};
+use crate::ledger::{Key, Ledger, Outcome, SharedLedger};
 use crate::message::Built;
 use crate::smtp::{Attempt, ConnectError, Dialer, Envelope, Session};
 use crate::throttle::{Throttle, per_minute, sleep_until};
@@ -95,6 +95,7 @@ pub(crate) fn worker(
     mut conn: Option<Box<dyn Session>>,
 ) {
     let mut ahead: Option<Job> = None;
+    let mut settle: Option<Outcome> = None;
     loop {
         let job = match ahead.take() {
             Some(job) => Ok(job),
@@ -104,8 +105,12 @@ pub(crate) fn worker(
         let attempt = if shared.halted() {
             None
         } else {
-            deliver(shared, &mut conn, &mut job, &mut ahead, Some(jobs))
+            deliver(shared, &mut conn, &mut job, &mut ahead, &mut settle, Some(jobs))
         };
+        // The run stops: what waited for the next claim is written now.
+        if attempt.is_none() || shared.halted() {
+            settle_now(shared, &mut settle);
+        }
         let event = Event {
             supporter: job.supporter,
             target: job.target,
@@ -115,6 +120,7 @@ pub(crate) fn worker(
             break;
         }
     }
+    settle_now(shared, &mut settle);
     if let Some(c) = conn {
         c.quit();
     }
@@ -227,18 +233,41 @@ pub(crate) fn first_connection(shared: &Shared) -> Option<Box<dyn Session>> {
     None
 }
 
+/// Writes an outcome that was waiting for the next claim, alone.
+fn settle_now(shared: &Shared, settle: &mut Option<Outcome>) {
+    if let Some(outcome) = settle.take()
+        && let Err(e) = outcome.record(&shared.ledger())
+    {
+        shared.halt(Halt::Ledger(e));
+    }
+}
+
 /// Delivers one letter with in-run retries; records every attempt. `None`:
 /// not attempted (the run is stopping). `ahead`: the letter this worker
 /// sends next, if it has one; when it has none and `jobs` has one ready as
 /// this body goes, it is taken there, so its envelope can ride along.
+///
+/// `settle`: the previous letter's outcome, when it was `sent` and this
+/// letter's envelope rode with its body: their replies came back together,
+/// so it is written in the same commit as this letter's `sending` (one
+/// commit, one fsync), or alone as soon as this letter will not be claimed.
+/// This letter's `sent` is left there in turn when the next one is primed.
 pub(crate) fn deliver(
     shared: &Shared,
     conn: &mut Option<Box<dyn Session>>,
     job: &mut Job,
     ahead: &mut Option<Job>,
+    settle: &mut Option<Outcome>,
     jobs: Option<&Mutex<Receiver<Job>>>,
 ) -> Option<Attempt> {
     let clock = shared.clock.as_ref();
+    if settle.is_some()
+        && conn
+            .as_ref()
+            .is_none_or(|c| c.primed() != Some(job.built.message_id.as_str()))
+    {
+        settle_now(shared, settle);
+    }
     let mut tries = 0u32;
     // Throttled attempts do not use up the letter's retries.
     let mut throttles = 0u32;
@@ -257,7 +286,13 @@ pub(crate) fn deliver(
         // Done before the wait, so the work does not delay the slot.
         let at = clock.now() + slot.saturating_duration_since(clock.instant());
         job.built.stamp(at, shared.dkim.as_deref());
+        // A paced wait (the relay throttled us since the envelope went)
+        // would keep the previous letter `sending` all along.
+        if slot > clock.instant() {
+            settle_now(shared, settle);
+        }
         if !sleep_until(clock, slot, &|| shared.halted()) {
+            settle_now(shared, settle);
             return None;
         }
         // A session primed for another letter (this one is being retried)
@@ -267,6 +302,9 @@ pub(crate) fn deliver(
             .is_some_and(|c| c.primed().is_some_and(|id| id != job.built.message_id))
         {
             conn.take().expect("checked above").quit();
+        }
+        if settle.is_some() && !conn.as_ref().is_some_and(|c| c.is_ready()) {
+            settle_now(shared, settle);
         }
         match ensure_connected(shared, conn, may_retry) {
             Connected::Ready => {}
@@ -280,7 +318,7 @@ pub(crate) fn deliver(
         let key = job.key();
         let mut claimed = false;
         let attempt = c.send(&job.built, &mut || {
-            shared.ledger.claim(&key, clock.unix())?;
+            shared.ledger.claim(&key, settle.take(), clock.unix())?;
             claimed = true;
             shared.handed_over.fetch_add(1, Ordering::SeqCst);
             if ahead.is_none() {
@@ -295,9 +333,17 @@ pub(crate) fn deliver(
                 return None;
             }
         };
+        // Not claimed (refused, or lost before its body): the previous
+        // letter's outcome goes alone, before this one's.
+        settle_now(shared, settle);
         let now = clock.unix();
         let next = now + deferral(tries);
-        if let Err(e) = shared.ledger().record(&key, &attempt, next, claimed, now) {
+        // The next letter's envelope replies came with this outcome: its
+        // claim follows at once and carries this `sent` (see `settle`).
+        let together = conn.as_ref().is_some_and(|c| c.primed_replied());
+        if together && matches!(attempt, Attempt::Sent { .. }) {
+            *settle = Some(Outcome::new(&key, &attempt, next, claimed, now));
+        } else if let Err(e) = shared.ledger().record(&key, &attempt, next, claimed, now) {
             shared.halt(Halt::Ledger(e));
             return Some(attempt);
         }
@@ -441,7 +487,7 @@ pub(crate) mod tests {
         fake.answer(Answer::Envelope(451, "4.3.0 later"));
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "sent");
         assert_eq!(fake.bodies(), ["<a@x.org>"]);
         let r = row(&sh, "a@x.org");
@@ -456,7 +502,7 @@ pub(crate) mod tests {
         }
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "deferred");
         assert!(fake.bodies().is_empty());
         let r = row(&sh, "a@x.org");
@@ -471,7 +517,7 @@ pub(crate) mod tests {
         fake.answer(Answer::LostAfter);
         let (_d, sh) = shared(&fake, 5);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "unknown");
         assert_eq!(fake.bodies().len(), 1);
         assert_eq!(row(&sh, "a@x.org").state, State::Unknown);
@@ -484,7 +530,7 @@ pub(crate) mod tests {
         fake.answer(Answer::LostBefore);
         let (_d, sh) = shared(&fake, 1);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "sent");
         assert_eq!(fake.connections(), 2);
     }
@@ -530,7 +576,7 @@ pub(crate) mod tests {
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
         for s in ["a@x.org", "b@x.org", "c@x.org"] {
-            let a = deliver(&sh, &mut conn, &mut job(s), &mut None, None);
+            let a = deliver(&sh, &mut conn, &mut job(s), &mut None, &mut None, None);
             assert_eq!(state(a.as_ref()), "failed");
         }
         assert!(sh.halted());
@@ -540,7 +586,7 @@ pub(crate) mod tests {
         }
         assert_eq!(sh.policy.lock().unwrap().requeued, 3);
         // Once halted, nothing more goes.
-        assert!(deliver(&sh, &mut conn, &mut job("d@x.org"), &mut None, None).is_none());
+        assert!(deliver(&sh, &mut conn, &mut job("d@x.org"), &mut None, &mut None, None).is_none());
     }
 
     #[test]
@@ -549,18 +595,41 @@ pub(crate) mod tests {
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
         let mut ahead = Some(job("b@x.org"));
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, None);
+        let mut settle = None;
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, &mut settle, None);
         let mut b = ahead.take().unwrap();
         assert_eq!(state(a.as_ref()), "sent");
         assert_eq!(conn.as_ref().unwrap().primed(), Some("<b@x.org>"));
         // Primed, but not claimed: its `sending` waits for its own 354.
         assert!(sh.ledger().get("b@x.org", "t@corp.example").unwrap().is_none());
-        let a = deliver(&sh, &mut conn, &mut b, &mut None, None);
+        // a's `sent` waits to share b's commit.
+        assert!(settle.is_some());
+        assert_eq!(row(&sh, "a@x.org").state, State::Sending);
+        let a = deliver(&sh, &mut conn, &mut b, &mut None, &mut settle, None);
         assert_eq!(state(a.as_ref()), "sent");
+        assert!(settle.is_none());
+        assert_eq!(row(&sh, "a@x.org").state, State::Sent);
+        assert_eq!(row(&sh, "b@x.org").state, State::Sent);
         assert_eq!(
             (fake.primed(), fake.connections(), fake.mixed_up()),
             (1, 1, false)
         );
+    }
+
+    #[test]
+    fn a_sent_letter_is_recorded_at_once_when_the_next_replies_are_not_in_yet() {
+        let fake = Fake::default();
+        fake.late_replies();
+        let (_d, sh) = shared(&fake, 2);
+        let mut conn = first_connection(&sh);
+        let mut ahead = Some(job("b@x.org"));
+        let mut settle = None;
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, &mut settle, None);
+        assert_eq!(state(a.as_ref()), "sent");
+        assert_eq!(conn.as_ref().unwrap().primed(), Some("<b@x.org>"));
+        // A slow server's next replies could keep it `sending` for long.
+        assert!(settle.is_none());
+        assert_eq!(row(&sh, "a@x.org").state, State::Sent);
     }
 
     #[test]
@@ -570,10 +639,11 @@ pub(crate) mod tests {
         let (_d, sh) = shared(&fake, 2);
         let mut conn = first_connection(&sh);
         let mut ahead = Some(job("b@x.org"));
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, None);
+        let mut settle = None;
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut ahead, &mut settle, None);
         let mut b = ahead.take().unwrap();
         assert_eq!(state(a.as_ref()), "sent");
-        let a = deliver(&sh, &mut conn, &mut b, &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut b, &mut None, &mut settle, None);
         assert_eq!(state(a.as_ref()), "sent");
         // The retry of a went on a fresh session, b's envelope with it again.
         assert_eq!(
@@ -581,6 +651,8 @@ pub(crate) mod tests {
             (2, 2, false)
         );
         assert_eq!(fake.bodies(), ["<a@x.org>", "<a@x.org>", "<b@x.org>"]);
+        assert!(settle.is_none());
+        assert_eq!(row(&sh, "a@x.org").state, State::Sent);
     }
 
     #[test]
@@ -594,7 +666,7 @@ pub(crate) mod tests {
         }
         let (_d, sh) = shared(&fake, 0);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "sent");
         assert!(sh.throttle.lock().unwrap().is_paced());
         assert!(sh.throttled.lock().unwrap().is_some());
@@ -610,7 +682,7 @@ pub(crate) mod tests {
         }
         let (_d, sh) = shared(&fake, 0);
         let mut conn = first_connection(&sh);
-        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, None);
+        let a = deliver(&sh, &mut conn, &mut job("a@x.org"), &mut None, &mut None, None);
         assert_eq!(state(a.as_ref()), "deferred");
         assert_eq!(row(&sh, "a@x.org").state, State::Deferred);
     }

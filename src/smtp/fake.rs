@@ -34,6 +34,9 @@ struct Script {
     primed: usize,
     /// A session primed for one letter was handed another.
     mixed_up: bool,
+    /// The replies to a primed envelope come after the last letter's
+    /// outcome, not with it.
+    late: bool,
 }
 
 /// The fake relay: `Clone` shares its script.
@@ -54,6 +57,13 @@ impl Fake {
     /// The next letter gets `answer` (after the scripted ones, 250).
     pub(crate) fn answer(&self, answer: Answer) -> &Fake {
         self.script().letters.push_back(answer);
+        self
+    }
+
+    /// The replies to each primed envelope come later than the outcome
+    /// of the body they rode with.
+    pub(crate) fn late_replies(&self) -> &Fake {
+        self.script().late = true;
         self
     }
 
@@ -150,6 +160,10 @@ impl Session for FakeSession {
 
     fn primed(&self) -> Option<&str> {
         self.primed.as_deref()
+    }
+
+    fn primed_replied(&self) -> bool {
+        self.primed.is_some() && !self.fake.script().late
     }
 
     fn quit(self: Box<Self>) {}

@@ -81,6 +81,10 @@ pub(crate) trait Session: Send {
     ) -> Result<Attempt>;
     /// The Message-ID of the letter whose envelope went ahead (see `next`).
     fn primed(&self) -> Option<&str>;
+    /// Whether every reply to that envelope is already in: it came back
+    /// with the last letter's outcome, so the primed letter's `send` reaches
+    /// its `before_body` without waiting for the server.
+    fn primed_replied(&self) -> bool;
     /// Ends the session politely.
     fn quit(self: Box<Self>);
 }

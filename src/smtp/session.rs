@@ -646,6 +646,21 @@ impl Session for Connection {
         self.primed.as_ref().map(|p| p.message_id.as_str())
     }
 
+    fn primed_replied(&self) -> bool {
+        // Complete replies in the buffer: final lines (`250 …`, not `250-…`).
+        self.primed.as_ref().is_some_and(|p| {
+            let finals = self
+                .wire
+                .rbuf
+                .split(|b| *b == b'\n')
+                .rev()
+                .skip(1)
+                .filter(|line| line.get(3) != Some(&b'-'))
+                .count();
+            finals >= p.sent
+        })
+    }
+
     fn quit(self: Box<Self>) {
         Connection::quit(*self);
     }

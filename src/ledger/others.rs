@@ -84,3 +84,65 @@ pub(crate) fn unreadable(e: &anyhow::Error, consequence: &str) -> String {
     let why: Vec<String> = e.chain().take(2).map(ToString::to_string).collect();
     format!("{}; {consequence}", crate::ui::printable(&why.join(": ")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::tests::sent;
+    use crate::ledger::{Key, Ledger};
+    use crate::letter::Variant;
+
+    #[test]
+    fn other_ledgers_are_read_while_their_run_holds_them_and_strangers_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.sqlite3");
+        // Open to write: its run lock is held while it is read.
+        let mut l = Ledger::open(&other, "other").unwrap();
+        l.set_relay("h:587 u".into());
+        let v = Variant::default();
+        let key = Key {
+            supporter: "a@x.org",
+            target: "t@x.org",
+            line: 2,
+            message_id: "<a@o>",
+            variant: &v,
+        };
+        l.claim(&key, 100).unwrap();
+        l.record(&key, &sent("250", "ok", &[]), 0, true, 101).unwrap();
+        assert_eq!(
+            sent_elsewhere(&other).unwrap(),
+            Some(("other".to_string(), vec![("t@x.org".to_string(), 1)]))
+        );
+        assert_eq!(
+            hand_overs_elsewhere(&other, 0, "h:587 u").unwrap(),
+            Some(("other".to_string(), vec![101]))
+        );
+        assert_eq!(
+            hand_overs_elsewhere(&other, 0, "h:587 v").unwrap(),
+            Some(("other".to_string(), Vec::new()))
+        );
+        // A database that names no campaign is no ledger.
+        let blank = dir.path().join("blank.sqlite3");
+        Connection::open(&blank)
+            .unwrap()
+            .execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .unwrap();
+        assert_eq!(sent_elsewhere(&blank).unwrap(), None);
+        assert_eq!(hand_overs_elsewhere(&blank, 0, "h:587 u").unwrap(), None);
+        // A file that is no database is named as such.
+        let stranger = dir.path().join("notes.sqlite3");
+        std::fs::write(&stranger, "notes, not a database\n".repeat(100)).unwrap();
+        for err in [
+            sent_elsewhere(&stranger).unwrap_err(),
+            hand_overs_elsewhere(&stranger, 0, "h:587 u").unwrap_err(),
+        ] {
+            let shown = unreadable(&err, "not checked");
+            let want = format!("ledger `{}` is not a mailer ledger: ", stranger.display());
+            assert!(shown.starts_with(&want), "{shown}");
+            assert!(shown.ends_with("; not checked"), "{shown}");
+        }
+        // The folder's other ledgers, sorted, without this one.
+        let own = dir.path().join("own.sqlite3");
+        assert_eq!(beside(&own), [blank, stranger, other]);
+    }
+}

@@ -18,16 +18,7 @@ pub(crate) fn hand_overs_elsewhere(
     since: i64,
     account: &str,
 ) -> Result<Option<(String, Vec<i64>)>> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    let Some(id) = conn
-        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .map_err(|e| read_error(e, path))?
-    else {
+    let Some((conn, id)) = open_other(path)? else {
         return Ok(None);
     };
     let times = hand_overs(&conn, since, Some(account))
@@ -42,20 +33,26 @@ pub(crate) type SentElsewhere = (String, Vec<(String, u64)>);
 /// letters per target (`None`: no campaign id recorded). An error names
 /// the file, as [`unreadable`] shows it.
 pub(crate) fn sent_elsewhere(path: &Path) -> Result<Option<SentElsewhere>> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    let Some(id) = conn
-        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .map_err(|e| read_error(e, path))?
-    else {
+    let Some((conn, id)) = open_other(path)? else {
         return Ok(None);
     };
     let sent = sent_per_target(&conn).with_context(|| format!("cannot read ledger `{}`", path.display()))?;
     Ok(Some((id, sent)))
+}
+
+/// Opens another ledger read-only, without its run lock: its connection
+/// and campaign id, or `None` when it records no campaign id.
+fn open_other(path: &Path) -> Result<Option<(Connection, String)>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let id = conn
+        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| read_error(e, path))?;
+    Ok(id.map(|id| (conn, id)))
 }
 
 /// The other ledgers (`*.sqlite3`) in the folder of `own`, sorted; `own`

@@ -3,7 +3,7 @@
 //! sends it or re-evaluates it. Never a `sent` or `sending` one.
 
 use anyhow::Result;
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::error::disk_error;
 use super::schema::has_held_column;
@@ -31,14 +31,7 @@ impl Ledger {
         now: i64,
     ) -> Result<Change> {
         let tx = self.conn.unchecked_transaction()?;
-        let before: Option<String> = tx
-            .query_row(
-                "SELECT state FROM letters WHERE supporter = ?1 AND target = ?2",
-                [supporter, target],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let before = before.as_deref().map(State::parse).transpose()?;
+        let before = state_of(&tx, supporter, target)?;
         if let Some(s @ (State::Sent | State::Sending)) = before {
             return Ok(Change::Untouched(s));
         }
@@ -58,14 +51,7 @@ impl Ledger {
     /// (`pending`, no longer held). Any other state is left as it is.
     pub(crate) fn release(&self, supporter: &str, target: &str, now: i64) -> Result<Change> {
         let tx = self.conn.unchecked_transaction()?;
-        let before: Option<String> = tx
-            .query_row(
-                "SELECT state FROM letters WHERE supporter = ?1 AND target = ?2",
-                [supporter, target],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let before = before.as_deref().map(State::parse).transpose()?;
+        let before = state_of(&tx, supporter, target)?;
         match before {
             Some(State::Failed | State::Unknown | State::Skipped) => {}
             Some(s) => return Ok(Change::Untouched(s)),
@@ -102,6 +88,19 @@ impl Ledger {
         let rows = stmt.query_map([supporter], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
     }
+}
+
+/// A letter's state as `conn` (the caller's transaction) sees it; `None`:
+/// no row yet.
+fn state_of(conn: &Connection, supporter: &str, target: &str) -> Result<Option<State>> {
+    let state: Option<String> = conn
+        .query_row(
+            "SELECT state FROM letters WHERE supporter = ?1 AND target = ?2",
+            [supporter, target],
+            |r| r.get(0),
+        )
+        .optional()?;
+    state.as_deref().map(State::parse).transpose()
 }
 
 #[cfg(test)]

@@ -192,6 +192,43 @@ mod tests {
     use crate::letter::Variant;
 
     #[test]
+    fn old_ledgers_gain_the_held_column_and_read_as_none_held_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // A ledger as the version before holds wrote it: no `held` column.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        assert!(!has_held_column(&old).unwrap());
+        old.execute_batch(
+            "INSERT INTO meta VALUES ('campaign_id', 'c');
+             INSERT INTO letters (supporter, target, state, attempts, reply, updated_at)
+             VALUES ('a@x.org', 't@x.org', 'skipped', 0, 'bad email', 5);",
+        )
+        .unwrap();
+        drop(old);
+        // Read-only and not upgraded: its letters read as not held.
+        let ro = Ledger::open_existing(&path, "c").unwrap().unwrap();
+        assert!(!ro.get("a@x.org", "t@x.org").unwrap().unwrap().held);
+        assert!(ro.holds().unwrap().is_empty());
+        drop(ro);
+        // Opened to write: the column is added, the letter is still not held.
+        let l = Ledger::open(&path, "c").unwrap();
+        assert!(has_held_column(&l.conn).unwrap());
+        assert!(!l.get("a@x.org", "t@x.org").unwrap().unwrap().held);
+        l.hold("a@x.org", "t@x.org", None, "asked", 6).unwrap();
+        assert!(l.get("a@x.org", "t@x.org").unwrap().unwrap().held);
+        // A ledger without `attempts.relay` still has `letters.held`, and
+        // the other way round: each check reads its own table.
+        let (_d, fresh) = ledger();
+        fresh
+            .conn
+            .execute_batch("ALTER TABLE letters DROP COLUMN held")
+            .unwrap();
+        assert!(!has_held_column(&fresh.conn).unwrap());
+        assert!(has_relay_column(&fresh.conn).unwrap());
+    }
+
+    #[test]
     fn old_ledgers_gain_the_variant_columns_and_keep_their_letters() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.sqlite3");

@@ -106,13 +106,10 @@ fn allow_bounced(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Whether `letters` has the `held` column (ledgers written before holds
+/// do not; opened read-only, they are not upgraded).
 pub(super) fn has_held_column(conn: &Connection) -> Result<bool> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('letters') WHERE name = 'held'",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(n > 0)
+    has_column(conn, "letters", "held")
 }
 
 /// `held` marks a letter skipped by hand (`mailer skip`), as opposed to one
@@ -127,9 +124,14 @@ fn add_held_column(conn: &Connection) -> Result<()> {
 /// Whether `attempts` records the relay account (ledgers written before
 /// it do not; opened read-only, they are not upgraded).
 pub(super) fn has_relay_column(conn: &Connection) -> Result<bool> {
+    has_column(conn, "attempts", "relay")
+}
+
+/// Whether `table` has the column `name`.
+fn has_column(conn: &Connection, table: &str, name: &str) -> Result<bool> {
     let n: i64 = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('attempts') WHERE name = 'relay'",
-        [],
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, name],
         |r| r.get(0),
     )?;
     Ok(n > 0)

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use super::file::folder_of;
+
 /// Names why a ledger cannot be opened to write, read-only file systems first.
 pub(super) fn write_error(e: &std::io::Error, path: &Path) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
@@ -67,10 +69,7 @@ pub(super) fn disk_error(e: rusqlite::Error, path: &Path) -> anyhow::Error {
 
 /// Whether the filesystem holding `path` has no free space.
 fn no_space_left(path: &Path) -> bool {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder_of(path).unwrap_or(Path::new("."));
     // A 4 KiB write is what any ledger commit needs at least.
     let probe = dir.join(".mailer-space-probe");
     let full = std::fs::write(&probe, [0u8; 4096]).is_err_and(|e| e.raw_os_error() == Some(28)); // ENOSPC

@@ -65,15 +65,20 @@ fn copy_new(from: &Path, to: &Path) -> Result<()> {
 /// Makes a new directory entry for `path` durable.
 pub(super) fn sync_dir(path: &Path) -> Result<()> {
     #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+    if let Some(dir) = folder_of(path) {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+pub(super) fn folder_of(path: &Path) -> Option<&Path> {
+    let dir = path.parent()?;
+    Some(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
 }
 
 /// Refuses a ledger path that is a folder, or an empty file: an empty

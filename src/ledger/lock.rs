@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Ledger;
 use super::error::{disk_error, write_error};
-use super::file::{new_private_file, sync_dir};
+use super::file::{folder_of, new_private_file, sync_dir};
 use crate::exit::{Exit, Failure};
 
 /// Takes the run lock: an exclusive `flock` on the ledger file itself.
@@ -115,12 +115,7 @@ pub(super) fn refuse_leftovers(path: &Path) -> Result<()> {
 
 /// A copy [`Ledger::still_ours`] saved beside `path`, if any.
 fn rescued_copy(path: &Path) -> Option<PathBuf> {
-    let dir = path.parent()?;
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = folder_of(path)?;
     let mut prefix = path.file_name()?.to_owned();
     prefix.push(".rescued-");
     let prefix = prefix.to_string_lossy().into_owned();

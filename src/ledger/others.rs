@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 use super::error::read_error;
 use super::sent::{hand_overs, sent_per_target};
 
-/// Another ledger's [`Ledger::hand_overs`] through `account`, read only,
+/// Another ledger's [`Ledger::hand_overs`](super::Ledger::hand_overs) through `account`, read only,
 /// without its run lock (a `send` may be running on it): its campaign id
 /// and the hand-over times. `Ok(None)` when `path` is no ledger.
 pub(crate) fn hand_overs_elsewhere(

@@ -152,9 +152,9 @@ service imap-login {{
     }
 
     /// dovecot's log once it holds `needle` (it is written asynchronously;
-    /// gives up after 10 s and returns what is there).
+    /// gives up after 30 s: a loaded machine can take longer than 10 and returns what is there).
     pub fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log();
             if log.contains(needle) || Instant::now() > deadline {

@@ -152,7 +152,8 @@ service imap-login {{
     }
 
     /// dovecot's log once it holds `needle` (it is written asynchronously;
-    /// gives up after 30 s: a loaded machine can take longer than 10 and returns what is there).
+    /// gives up after 30 s, since a loaded machine once took longer than 10,
+    /// and returns what is there).
     pub fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

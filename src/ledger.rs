@@ -1017,16 +1017,7 @@ pub(crate) fn hand_overs_elsewhere(
     since: i64,
     account: &str,
 ) -> Result<Option<(String, Vec<i64>)>> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    let Some(id) = conn
-        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .map_err(|e| read_error(e, path))?
-    else {
+    let Some((conn, id)) = open_beside(path)? else {
         return Ok(None);
     };
     let times = hand_overs(&conn, since, Some(account))
@@ -1447,6 +1438,28 @@ fn sent_per_target(conn: &Connection) -> Result<Vec<(String, u64)>> {
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
 }
 
+/// Opens another ledger beside this one, read only and without its run
+/// lock: the connection and its campaign id. `Ok(None)` when it records
+/// no campaign. Only a regular file is opened: `SQLite` would wait forever
+/// on a FIFO, and a folder or a device is no ledger either.
+fn open_beside(path: &Path) -> Result<Option<(Connection, String)>> {
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if !regular {
+        return Err(anyhow::anyhow!("not a regular file")
+            .context(format!("ledger `{}` is not a mailer ledger", path.display())));
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let id = conn
+        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| read_error(e, path))?;
+    Ok(id.map(|id| (conn, id)))
+}
+
 /// Another ledger's campaign id and its sent letters per target.
 pub(crate) type SentElsewhere = (String, Vec<(String, u64)>);
 
@@ -1454,16 +1467,7 @@ pub(crate) type SentElsewhere = (String, Vec<(String, u64)>);
 /// letters per target (`None`: no campaign id recorded). An error names
 /// the file, as [`unreadable`] shows it.
 pub(crate) fn sent_elsewhere(path: &Path) -> Result<Option<SentElsewhere>> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    let Some(id) = conn
-        .query_row("SELECT value FROM meta WHERE key = 'campaign_id'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .map_err(|e| read_error(e, path))?
-    else {
+    let Some((conn, id)) = open_beside(path)? else {
         return Ok(None);
     };
     let sent = sent_per_target(&conn).with_context(|| format!("cannot read ledger `{}`", path.display()))?;

@@ -1439,7 +1439,8 @@ fn sent_per_target(conn: &Connection) -> Result<Vec<(String, u64)>> {
 }
 
 /// Opens another ledger beside this one, read only and without its run
-/// lock: the connection and its campaign id. `Ok(None)` when it records
+/// lock: the connection and its campaign id (made printable: it is shown,
+/// and a real one is only a-z, 0-9 and `-`). `Ok(None)` when it records
 /// no campaign. Only a regular file is opened: `SQLite` would wait forever
 /// on a FIFO, and a folder or a device is no ledger either.
 fn open_beside(path: &Path) -> Result<Option<(Connection, String)>> {
@@ -1457,7 +1458,7 @@ fn open_beside(path: &Path) -> Result<Option<(Connection, String)>> {
         })
         .optional()
         .map_err(|e| read_error(e, path))?;
-    Ok(id.map(|id| (conn, id)))
+    Ok(id.map(|id| (conn, crate::ui::printable(&id).into_owned())))
 }
 
 /// Another ledger's campaign id and its sent letters per target.

@@ -41,3 +41,58 @@ fn review2_a_device_or_folder_named_like_a_ledger_is_not_a_ledger() {
         .stderr_has("ledger `.mailer/zero.sqlite3` is not a mailer ledger: not a regular file");
     assert!(!r.stderr.contains("disk I/O error"), "{}", r.stderr);
 }
+
+/// A crafted ledger beside: campaign id with terminal controls and a
+/// right-to-left override in its id and name, 3 letters through the same account just now.
+fn crafted_ledger(c: &Campaign) {
+    std::fs::create_dir_all(c.join(".mailer")).unwrap();
+    let conn = rusqlite::Connection::open(c.join(".mailer/e\u{1b}[2Jvil.sqlite3")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    conn.execute_batch(&format!(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+         CREATE TABLE attempts (supporter TEXT, target TEXT, at INTEGER, outcome TEXT,
+             reply TEXT, handed_over INTEGER, relay TEXT);
+         CREATE TABLE letters (supporter TEXT, target TEXT, state TEXT);
+         INSERT INTO meta VALUES ('campaign_id', 'ev' || char(27) || ']0;owned' || char(7)
+             || char(27) || '[2J' || char(8238) || 'il');
+         INSERT INTO letters VALUES ('a@x.example', 'ceo@corp.example', 'sent');
+         INSERT INTO attempts VALUES ('a', 'b', {now}, 'sent', NULL, 1, '127.0.0.1:2525 letters@org.example');
+         INSERT INTO attempts VALUES ('c', 'b', {now}, 'sent', NULL, 1, '127.0.0.1:2525 letters@org.example');
+         INSERT INTO attempts VALUES ('d', 'b', {now}, 'sent', NULL, 1, '127.0.0.1:2525 letters@org.example');"
+    ))
+    .unwrap();
+}
+
+#[track_caller]
+fn no_controls(text: &str) {
+    assert!(
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "raw control characters reached the output:\n{text:?}"
+    );
+}
+
+#[test]
+fn review2_another_ledgers_campaign_id_reaches_the_terminal_escaped() {
+    let c = limited()
+        .env("MAILER_SMTP_PASSWORD", "pw")
+        .section("[schedule]\nstart = 2026-01-01\nend = 2030-12-31\ntimezone = \"UTC\"\n");
+    crafted_ledger(&c);
+    let r = c.run(&["send", "--dry-run"]);
+    r.code(0)
+        .stdout_has("This run would send at most 0 ")
+        .stderr_has("shared with campaign `ev\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{202e}il` (3 letters)");
+    no_controls(&r.stdout);
+    no_controls(&r.stderr);
+    let r = c.run(&["send", "--yes"]);
+    r.code(0).stderr_has("daily_limit 3/3 (shared with `ev\\u{1b}");
+    no_controls(&r.stdout);
+    no_controls(&r.stderr);
+    let r = c.run(&["status"]);
+    no_controls(&r.stdout);
+    no_controls(&r.stderr);
+}

@@ -1,6 +1,7 @@
 //! Review of session 2's changes: hostile files beside the ledger that
 //! `daily_limit` and the resend check now open.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::support::campaign::Campaign;
@@ -95,4 +96,41 @@ fn review2_another_ledgers_campaign_id_reaches_the_terminal_escaped() {
     let r = c.run(&["status"]);
     no_controls(&r.stdout);
     no_controls(&r.stderr);
+}
+
+#[test]
+fn review2_check_lists_row_problems_as_it_reads_them_in_bounded_memory() {
+    // A million rows that are all skipped: `check` lists each as it is
+    // read, as it always did; kept for the end they took ~300 MB.
+    let mut rows = String::from("email,first_name,last_name,city,note\n");
+    for i in 0..1_000_000 {
+        let _ = writeln!(rows, "not-an-email-{i},Ana,Lopez,Tucson,");
+    }
+    let c = Campaign::new().file("supporters.csv", rows);
+    c.write_config();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--data=200000000")
+        .arg(env!("CARGO_BIN_EXE_mailer"))
+        .arg("check");
+    let base = c.command(&["check"]);
+    cmd.current_dir(c.path()).env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("supporters.csv:2: invalid email `not-an-email-0`"),
+        "{}",
+        &stdout[..stdout.len().min(300)]
+    );
+    assert!(
+        stdout.ends_with("0 supporters × 1 target = 0 letters ready; 1,000,000 problems\n"),
+        "{}",
+        &stdout[stdout.len().saturating_sub(300)..]
+    );
 }

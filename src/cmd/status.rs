@@ -289,8 +289,9 @@ fn schedule(
             state,
         });
     }
-    if let (Some(limit), Some(l)) = (config.delivery.daily_limit, ledger) {
-        let daily = crate::delivery::daily_use(campaign, Some(l), now)?;
+    // Without a ledger yet too: other campaigns may have used the account.
+    if let Some(limit) = config.delivery.daily_limit {
+        let daily = crate::delivery::daily_use(campaign, ledger, now)?;
         let used = daily.used();
         let next_letter_allowed = if used >= limit {
             daily.frees_at(limit).map(|t| Moment {

@@ -134,3 +134,41 @@ fn review2_check_lists_row_problems_as_it_reads_them_in_bounded_memory() {
         &stdout[stdout.len().saturating_sub(300)..]
     );
 }
+
+#[test]
+fn review2_status_shows_a_daily_limit_used_up_by_another_campaign_before_this_one_sent() {
+    let c = limited()
+        .env("MAILER_SMTP_PASSWORD", "pw")
+        .section("[schedule]\nstart = 2026-01-01\nend = 2030-12-31\ntimezone = \"UTC\"\n");
+    std::fs::create_dir_all(c.join(".mailer")).unwrap();
+    let conn = rusqlite::Connection::open(c.join(".mailer/spring.sqlite3")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut sql = String::from(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+         INSERT INTO meta VALUES ('campaign_id', 'spring');
+         CREATE TABLE attempts (supporter TEXT, target TEXT, at INTEGER, outcome TEXT,
+             reply TEXT, handed_over INTEGER, relay TEXT);",
+    );
+    for who in ["a", "b", "c"] {
+        let _ = write!(
+            sql,
+            "INSERT INTO attempts VALUES ('{who}', 't', {now}, 'sent', NULL, 1, '127.0.0.1:2525 letters@org.example');"
+        );
+    }
+    conn.execute_batch(&sql).unwrap();
+    // `send` holds every letter: the account's day is used up.
+    c.run(&["send", "--dry-run"])
+        .code(0)
+        .stdout_has("This run would send at most 0 ");
+    assert!(!c.ledger().exists(), "this campaign has not sent yet");
+    // `status` says so too, before this campaign's first letter.
+    c.run(&["status"])
+        .code(0)
+        .stdout_has("daily_limit 3/3 (shared: `spring` 3) — next letter allowed");
+    c.run(&["status", "--json"]).code(0).stdout_has(
+        "\"daily_limit\":{\"used\":3,\"limit\":3,\"shared\":[{\"campaign\":\"spring\",\"letters\":3}]",
+    );
+}

@@ -172,3 +172,26 @@ fn review2_status_shows_a_daily_limit_used_up_by_another_campaign_before_this_on
         "\"daily_limit\":{\"used\":3,\"limit\":3,\"shared\":[{\"campaign\":\"spring\",\"letters\":3}]",
     );
 }
+
+#[test]
+fn review2_status_names_a_ledger_beside_it_could_not_count_against_daily_limit() {
+    let c = limited()
+        .section("[schedule]\nstart = 2026-01-01\nend = 2030-12-31\ntimezone = \"UTC\"\n")
+        .file(
+            ".mailer/broken.sqlite3",
+            "this is no SQLite database, just text\n".repeat(200),
+        );
+    for args in [&["status"][..], &["status", "--json"]] {
+        let r = c.run(args);
+        r.code(0)
+            .stderr_has("ledger `.mailer/broken.sqlite3` is not a mailer ledger")
+            .stderr_has("its letters are not counted against daily_limit");
+    }
+    c.run(&["status"]).stdout_has("daily_limit 0/3");
+    let r = c.run(&["status", "--json"]);
+    assert!(
+        r.stdout.starts_with('{') && r.stdout.ends_with("}\n"),
+        "{}",
+        r.stdout
+    );
+}

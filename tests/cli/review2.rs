@@ -195,3 +195,20 @@ fn review2_status_names_a_ledger_beside_it_could_not_count_against_daily_limit()
         r.stdout
     );
 }
+
+#[test]
+fn review2_status_failed_shows_an_invalid_rows_address_escaped() {
+    let c = Campaign::new().file(
+        "supporters.csv",
+        "email,first_name,last_name,city,note\n\
+         a\u{1b}]0;owned\u{7}@mail.example,Ana,L,T,\n\
+         b\u{202e}ob@mail.example,Bob,O,M,\n\
+         sam@mail.example,Sam,O,M,\n",
+    );
+    let r = c.run(&["status", "--failed"]);
+    r.code(0)
+        .stdout_has("skipped  a\\u{1b}]0;owned\\u{7}@mail.example (supporters.csv:2)")
+        .stdout_has("skipped  b\\u{202e}ob@mail.example (supporters.csv:3)");
+    no_controls(&r.stdout);
+    no_controls(&r.stderr);
+}

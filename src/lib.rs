@@ -138,7 +138,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<Exit> {
             let opts = cmd::requeue::Options { supporter, target };
             cmd::requeue::run(&load()?, &opts, ui, clock.unix())
         }
-        Command::Status { json, failed } => cmd::status::run(&load()?, json, failed, clock.unix()),
+        Command::Status { json, failed } => cmd::status::run(&load()?, json, failed, ui, clock.unix()),
         Command::Export { out } => cmd::export::run(&load()?, out.as_deref()),
         Command::Completions { shell } => {
             let mut script = Vec::new();

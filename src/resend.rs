@@ -53,7 +53,7 @@ pub(crate) fn warnings(campaign: &Campaign, ledger: Option<&Ledger>) -> Result<V
             "`{}` (campaign `{id}`) already sent letters to this campaign's targets: {}; this \
              campaign (`{}`) keeps its own ledger and would send them again\n\nhint: if it is the \
              same campaign, set [campaign] id back to `{id}`",
-            path.display(),
+            crate::ui::printable(&path.display().to_string()),
             listing(&same),
             config.campaign.id
         ));

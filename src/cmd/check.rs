@@ -60,7 +60,7 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
         file: campaign.config.supporters_file.display().to_string(),
         ..CheckReport::default()
     };
-    let gathered = gather(campaign, opts, &mut found);
+    let gathered = gather(campaign, opts, &mut found, ui);
     report::emit(&report::check::render(&found, ui.quiet), ui)?;
     gathered?;
     if opts.smtp {
@@ -78,7 +78,7 @@ pub(crate) fn run(campaign: &Campaign, opts: Options, ui: &Ui) -> Result<Exit> {
 /// Fills `found` section by section, in the order they are shown; an error
 /// leaves the sections after it empty.
 #[allow(clippy::too_many_lines)] // one pass over the rows, each kind counted in place
-fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport) -> Result<()> {
+fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport, ui: &Ui) -> Result<()> {
     let Options { smtp, strict } = opts;
     let (mut supporters, mut letters, mut problems) = (0u64, 0u64, 0u64);
     // Problems that stop `send`, as opposed to rows it skips.
@@ -95,7 +95,17 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport) -> Result
     let mut meter = Meter::new(&campaign.config.targets, routing_file.as_deref());
     let mut unmatched = Unmatched::default();
     let mut languages: BTreeMap<String, u64> = BTreeMap::new();
+    // Row problems are shown as they are found (in file order, before
+    // anything else the report says), not kept: one per row adds up.
+    let shown = |found: &mut CheckReport| -> Result<()> {
+        if !found.rows.is_empty() {
+            report::emit(&report::check::rows(&found.file, &found.rows), ui)?;
+            found.rows.clear();
+        }
+        Ok(())
+    };
     for prepared in campaign.prepared(false)? {
+        shown(found)?;
         match prepared {
             Ok(Prepared::Letters {
                 letters: built,
@@ -162,6 +172,7 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport) -> Result
             },
         }
     }
+    shown(found)?;
     found.repeats = template_errors.into_iter().collect();
     problems += unmatched.total;
     shape(campaign, unmatched, &languages, found);

@@ -16,10 +16,10 @@ use crate::report::status::{
     TargetCounts, TargetProgress, utc_minute,
 };
 use crate::report::{self, StatusCounts, out};
-use crate::ui::printable;
+use crate::ui::{Ui, printable};
 
 /// Runs `mailer status [--json] [--failed]` at `now` (Unix seconds).
-pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) -> Result<Exit> {
+pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, ui: &Ui, now: i64) -> Result<Exit> {
     let config = &campaign.config;
     let ledger = Ledger::open_existing(&config.ledger_path, &config.campaign.id)?;
     let mut found = StatusReport {
@@ -33,7 +33,7 @@ pub(crate) fn run(campaign: &Campaign, json: bool, failed_only: bool, now: i64) 
     let routed = walk(campaign, ledger.as_ref(), &mut found)?;
     // `--failed` lists letters only; `--json` always carries the schedule.
     if json || !failed_only {
-        found.schedule = schedule(campaign, ledger.as_ref(), &routed, now)?;
+        found.schedule = schedule(campaign, ledger.as_ref(), &routed, now, ui)?;
     }
     if json {
         out(&report::status::json(&found)?)?;
@@ -223,7 +223,8 @@ fn walk(
 }
 
 /// Each target's progress against `[schedule]`, and what `daily_limit`
-/// used and when it frees; `None` without `[schedule]`.
+/// used and when it frees (warning of a ledger beside it could not read);
+/// `None` without `[schedule]`.
 ///
 /// A target's state at `now`, from its letters in today's file and the
 /// ledger: `behind by N` when N letters could go now (the schedule's share
@@ -237,6 +238,7 @@ fn schedule(
     ledger: Option<&Ledger>,
     routed: &BTreeMap<String, u64>,
     now: i64,
+    ui: &Ui,
 ) -> Result<Option<ScheduleProgress>> {
     let config = &campaign.config;
     let Some(schedule) = &config.schedule else {
@@ -289,8 +291,13 @@ fn schedule(
             state,
         });
     }
-    if let (Some(limit), Some(l)) = (config.delivery.daily_limit, ledger) {
-        let daily = crate::delivery::daily_use(campaign, Some(l), now)?;
+    // Without a ledger yet too: other campaigns may have used the account.
+    if let Some(limit) = config.delivery.daily_limit {
+        let daily = crate::delivery::daily_use(campaign, ledger, now)?;
+        // As `send` says: the use shown leaves these ledgers' letters out.
+        for why in &daily.unread {
+            ui.warn(why);
+        }
         let used = daily.used();
         let next_letter_allowed = if used >= limit {
             daily.frees_at(limit).map(|t| Moment {

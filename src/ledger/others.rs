@@ -40,9 +40,17 @@ pub(crate) fn sent_elsewhere(path: &Path) -> Result<Option<SentElsewhere>> {
     Ok(Some((id, sent)))
 }
 
-/// Opens another ledger read-only, without its run lock: its connection
-/// and campaign id, or `None` when it records no campaign id.
+/// Opens another ledger beside this one, read only and without its run
+/// lock: the connection and its campaign id (made printable: it is shown,
+/// and a real one is only a-z, 0-9 and `-`). `Ok(None)` when it records
+/// no campaign. Only a regular file is opened: `SQLite` would wait forever
+/// on a FIFO, and a folder or a device is no ledger either.
 fn open_other(path: &Path) -> Result<Option<(Connection, String)>> {
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if !regular {
+        return Err(anyhow::anyhow!("not a regular file")
+            .context(format!("ledger `{}` is not a mailer ledger", path.display())));
+    }
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| read_error(e, path))?;
     conn.busy_timeout(std::time::Duration::from_secs(2))?;
@@ -52,7 +60,7 @@ fn open_other(path: &Path) -> Result<Option<(Connection, String)>> {
         })
         .optional()
         .map_err(|e| read_error(e, path))?;
-    Ok(id.map(|id| (conn, id)))
+    Ok(id.map(|id| (conn, crate::ui::printable(&id).into_owned())))
 }
 
 /// The other ledgers (`*.sqlite3`) in the folder of `own`, sorted; `own`

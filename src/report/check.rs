@@ -183,10 +183,7 @@ pub(crate) struct SmtpCheck {
 /// are dropped by [`crate::report::emit`].
 #[must_use]
 pub(crate) fn render(r: &CheckReport, quiet: bool) -> Vec<Line> {
-    let mut lines = Vec::new();
-    for row in &r.rows {
-        row_lines(&mut lines, &r.file, row);
-    }
+    let mut lines = rows(&r.file, &r.rows);
     for (msg, n) in &r.repeats {
         if *n > 1 {
             lines.push(Line::Note(format!(
@@ -265,6 +262,16 @@ pub(crate) fn render(r: &CheckReport, quiet: bool) -> Vec<Line> {
                     .to_owned(),
             ));
         }
+    }
+    lines
+}
+
+/// Row problems of `file`, as [`render`] begins: `check` shows them as it
+/// finds them, so a file of a million bad rows is not held in memory.
+pub(crate) fn rows(file: &str, rows: &[RowProblem]) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for row in rows {
+        row_lines(&mut lines, file, row);
     }
     lines
 }

@@ -114,8 +114,8 @@ impl Problem {
         format!(
             "  {:<8} {}{at} → {}{reply}{note}\n",
             self.state.as_str(),
-            self.supporter,
-            self.target
+            printable(&self.supporter),
+            printable(&self.target)
         )
     }
 }
@@ -510,12 +510,19 @@ pub(crate) fn attention(r: &StatusReport) -> String {
             .next()
             .unwrap_or("");
         let at = line.map(|l| format!(" ({file}:{l})")).unwrap_or_default();
-        let _ = writeln!(text, "  bounced  {supporter}{at} → {target}: {}", printable(why));
+        let _ = writeln!(
+            text,
+            "  bounced  {}{at} → {}: {}",
+            printable(supporter),
+            printable(target),
+            printable(why)
+        );
     }
     for (line, supporter, reason) in &r.invalid_rows {
         let _ = writeln!(
             text,
-            "  skipped  {supporter} ({file}:{line}): {}",
+            "  skipped  {} ({file}:{line}): {}",
+            printable(supporter),
             printable(reason)
         );
     }

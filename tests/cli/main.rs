@@ -23,6 +23,7 @@ mod hold_one_letter;
 mod hostile_files;
 mod inputs;
 mod reports;
+mod review2;
 mod routing;
 mod schedule;
 mod security;

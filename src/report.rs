@@ -261,6 +261,48 @@ pub(crate) fn letters(n: u64) -> String {
     format!("{} letter{}", thousands(n), if n == 1 { "" } else { "s" })
 }
 
+/// Rows `send` would skip, by kind: when they are every row of the file,
+/// the campaign has nothing to send, and that is the config's or the
+/// file's mistake (a wrong `email_column`, `delimiter` or `match`), not a
+/// run that quietly skips everyone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SkippedRows {
+    /// Invalid rows.
+    pub(crate) invalid: u64,
+    /// Repeated addresses.
+    pub(crate) duplicates: u64,
+    /// Valid supporters who match no target.
+    pub(crate) unmatched: u64,
+}
+
+impl SkippedRows {
+    /// The error when every row is skipped (and there was at least one).
+    #[must_use]
+    pub(crate) fn every_row(self, file: &str, valid: u64) -> Option<String> {
+        let total = self.invalid + self.duplicates + self.unmatched;
+        if valid > 0 || total == 0 {
+            return None;
+        }
+        let kinds: Vec<String> = [
+            (self.invalid, "invalid"),
+            (self.duplicates, "repeated"),
+            (self.unmatched, "matching no target"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{} {what}", thousands(*n)))
+        .collect();
+        Some(format!(
+            "`{file}`: none of its {} row{} gives a letter ({}): there is nothing to send\n\n\
+             hint: the rows are listed above; when every row is skipped, the config usually names the \
+             wrong `email_column`, `delimiter` or `match` column: fix it, then run `mailer check`",
+            thousands(total),
+            if total == 1 { "" } else { "s" },
+            kinds.join(", ")
+        ))
+    }
+}
+
 /// Routed targets shown by name in a dry run; the rest are summed up.
 const ROUTED_SHOWN: usize = 10;
 
@@ -441,6 +483,27 @@ pub(crate) struct StatusCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_row_skipped_is_an_error_only_with_rows_and_no_valid_one() {
+        let rows = |invalid, duplicates, unmatched| SkippedRows {
+            invalid,
+            duplicates,
+            unmatched,
+        };
+        assert_eq!(rows(0, 0, 0).every_row("s.csv", 0), None, "no rows at all");
+        assert_eq!(rows(5, 1, 2).every_row("s.csv", 1), None, "one valid supporter");
+        let e = rows(1_200, 3, 0).every_row("s.csv", 0).unwrap();
+        assert!(
+            e.starts_with("`s.csv`: none of its 1,203 rows gives a letter (1,200 invalid, 3 repeated): there is nothing to send\n\nhint: "),
+            "{e}"
+        );
+        let e = rows(0, 0, 1).every_row("s.csv", 0).unwrap();
+        assert!(
+            e.starts_with("`s.csv`: none of its 1 row gives a letter (1 matching no target)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn thousands_separators() {

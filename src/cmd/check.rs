@@ -10,7 +10,7 @@ use crate::exit::{Exit, Failure};
 use crate::placeholder;
 use crate::provider;
 use crate::report::{
-    self,
+    self, SkippedRows,
     check::{CheckReport, CheckTotals, Password, RowProblem, SenderWarning, SmtpCheck, UnknownTarget},
 };
 use crate::roster::{Duplicate, Malformed, Skipped};
@@ -95,6 +95,7 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport, ui: &Ui) 
     let mut meter = Meter::new(&campaign.config.targets, routing_file.as_deref());
     let mut unmatched = Unmatched::default();
     let mut languages: BTreeMap<String, u64> = BTreeMap::new();
+    let mut skipped = SkippedRows::default();
     // Row problems are shown as they are found (in file order, before
     // anything else the report says), not kept: one per row adds up.
     let shown = |found: &mut CheckReport| -> Result<()> {
@@ -128,6 +129,7 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport, ui: &Ui) 
             Ok(Prepared::Unmatched { label, .. }) => unmatched.add(label),
             Ok(Prepared::Skipped(Skipped { line, reason, .. })) => {
                 problems += 1;
+                skipped.invalid += 1;
                 found.rows.push(RowProblem::Skipped { line, reason });
             }
             Ok(Prepared::Duplicate(Duplicate {
@@ -136,6 +138,7 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport, ui: &Ui) 
                 first_line,
             })) => {
                 problems += 1;
+                skipped.duplicates += 1;
                 found.rows.push(RowProblem::Duplicate {
                     line,
                     email,
@@ -175,6 +178,15 @@ fn gather(campaign: &Campaign, opts: Options, found: &mut CheckReport, ui: &Ui) 
     shown(found)?;
     found.repeats = template_errors.into_iter().collect();
     problems += unmatched.total;
+    skipped.unmatched = unmatched.total;
+    // Only when the whole file was read: a file cut short says so itself.
+    if blocking == 0 {
+        found.every_row_skipped = skipped.every_row(&found.file, supporters);
+        if found.every_row_skipped.is_some() {
+            problems += 1;
+            blocking += 1;
+        }
+    }
     shape(campaign, unmatched, &languages, found);
     if let Some(scan) = placeholders {
         found.placeholders = scan.finish();

@@ -4,12 +4,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::campaign::{Campaign, Prepared};
 use crate::delivery::{Options, interrupted_early};
 use crate::ledger::{Ledger, Record, State};
-use crate::report::{Plan, SHOWN};
+use crate::report::{Plan, SHOWN, SkippedRows};
 use crate::roster::{Duplicate, Skipped};
 use crate::schedule::{Allowance, Limit, Sent};
 use crate::ui::Ui;
@@ -389,6 +389,14 @@ pub(crate) fn scan(
     }
     if stop.load(Ordering::Relaxed) {
         return Err(interrupted_early());
+    }
+    let skipped = SkippedRows {
+        invalid: plan.skipped_rows,
+        duplicates: plan.duplicates,
+        unmatched: plan.unmatched.total,
+    };
+    if let Some(e) = skipped.every_row(&file, plan.supporters) {
+        bail!(e);
     }
     Ok((plan, last_line))
 }

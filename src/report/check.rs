@@ -25,6 +25,8 @@ pub(crate) struct CheckReport {
     pub(crate) repeats: Vec<(String, u64)>,
     /// Valid supporters who match no target.
     pub(crate) unmatched: Unmatched,
+    /// Every row is skipped: the campaign has nothing to send (an error).
+    pub(crate) every_row_skipped: Option<String>,
     /// Supporters per value of the language column (`""` for empty).
     pub(crate) languages: Vec<(String, u64)>,
     /// Languages found with no letter of their own.
@@ -196,6 +198,13 @@ pub(crate) fn render(r: &CheckReport, quiet: bool) -> Vec<Line> {
     }
     if r.unmatched.total > 0 {
         lines.push(Line::Data(format!("{}\n", r.unmatched)));
+    }
+    if let Some(every) = &r.every_row_skipped {
+        let (problem, hint) = every.split_once("\n\nhint: ").unwrap_or((every, ""));
+        lines.push(Line::Data(format!("{problem}\n")));
+        if !hint.is_empty() {
+            lines.push(Line::Hint(hint.to_owned()));
+        }
     }
     if !quiet && !r.languages.is_empty() {
         lines.push(Line::Data(language_line(&r.languages, &r.without_letter)));

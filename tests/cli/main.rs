@@ -22,6 +22,7 @@ mod follow;
 mod hold_one_letter;
 mod hostile_files;
 mod inputs;
+mod nothing_to_send;
 mod reports;
 mod review2;
 mod routing;

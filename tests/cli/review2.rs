@@ -122,14 +122,19 @@ fn review2_check_lists_row_problems_as_it_reads_them_in_bounded_memory() {
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Every row skipped: nothing to send, so `check` fails (exit 1).
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stdout.starts_with("supporters.csv:2: invalid email `not-an-email-0`"),
         "{}",
         &stdout[..stdout.len().min(300)]
     );
     assert!(
-        stdout.ends_with("0 supporters × 1 target = 0 letters ready; 1,000,000 problems\n"),
+        stdout.ends_with(
+            "`supporters.csv`: none of its 1,000,000 rows gives a letter (1,000,000 invalid): \
+             there is nothing to send\n\
+             0 supporters × 1 target = 0 letters ready; 1,000,001 problems\n"
+        ),
         "{}",
         &stdout[stdout.len().saturating_sub(300)..]
     );

@@ -3,8 +3,10 @@
 //! The pipeline, from the edges in:
 //! - `cli` parses the command line; `run` turns it into plain options.
 //! - `cmd/*` orchestrate one subcommand each: load → plan → confirm → run → report.
-//! - `campaign` is the shared pipeline: `config` + `letter` (Tera) +
-//!   `roster` (CSV, streamed) → `message` (lettre, DKIM via `dkim`).
+//! - `campaign` is the shared pipeline: `config` (one file per section) +
+//!   `letter` (Tera: load, folder, headers, variants, render) + `roster`
+//!   (CSV, streamed) → `message` (lettre, DKIM via `dkim`); rows are
+//!   prepared on every core in batches and given out in file order.
 //! - `schedule` says when each target's letters may go (`[schedule]`), purely.
 //! - `send` hands the prepared letters to `delivery`, the engine: `plan`
 //!   (resume rules, budget), `dispatch` (pass 2), `worker` (sessions,
@@ -12,14 +14,16 @@
 //! - `delivery` talks to the relay through `smtp`'s `Dialer`/`Session` seam:
 //!   `session` (TCP, TLS, STARTTLS, AUTH, pipelining) over `wire` (replies,
 //!   deadlines, dot-stuffing, redaction); each letter's exchange ends as one
-//!   `Attempt`, classified once, which `ledger` (`SQLite`, crash-safe states,
-//!   the run lock) records and `report` counts.
+//!   `Attempt`, classified once, which `ledger` (`SQLite`: schema, the run
+//!   lock, claims and outcomes, holds, bounces, the other ledgers beside it)
+//!   records and `report` counts.
 //! - `census` joins CSV and ledger for `status` and `export`; `bounces`
 //!   ties each delivery status notification to its letter (VERP, Message-ID);
 //!   `uniformity` measures how alike the letters are, for `check`; `targets`
 //!   routes supporters to targets; `hold`, `placeholder`, `provider` and `man`
 //!   serve `skip`/`requeue`, `check`, `init` and `man`.
-//! - `report` formats data for stdout; `ui` talks to the person on stderr;
+//! - Commands return report values; `report` (with `report::check` and
+//!   `report::status`) renders them for stdout; `ui` talks to the person on stderr;
 //!   `exit` maps outcomes to the exit codes SPEC.md fixes; `clock` and
 //!   `secret` keep time and passwords behind small seams.
 

@@ -25,6 +25,7 @@ mod inputs;
 mod reports;
 mod routing;
 mod schedule;
+mod sync_cost;
 mod security;
 mod terminal;
 mod variants;

@@ -25,7 +25,7 @@ mod inputs;
 mod reports;
 mod routing;
 mod schedule;
-mod sync_cost;
 mod security;
+mod sync_cost;
 mod terminal;
 mod variants;

@@ -15,10 +15,12 @@ const BEFORE_STALL: usize = 600;
 
 #[test]
 fn the_ledger_wal_is_reused_after_checkpoints_not_grown_through_the_run() {
-    let server = Server::start(ServerOptions::new(Security::Plain).with_script(|step| match step {
-        Step::Dot { nth, .. } if *nth == BEFORE_STALL + 1 => Action::Stall(Duration::from_secs(30)),
-        _ => Action::Default,
-    }));
+    let server = Server::start(
+        ServerOptions::new(Security::Plain).with_script(|step| match step {
+            Step::Dot { nth, .. } if *nth == BEFORE_STALL + 1 => Action::Stall(Duration::from_secs(30)),
+            _ => Action::Default,
+        }),
+    );
     let mut csv = String::from("email,first_name,last_name,city,note\n");
     for i in 1..=BEFORE_STALL + 1 {
         let _ = writeln!(csv, "s{i:04}@mail.example,First{i},Last{i},City{i},");
@@ -38,5 +40,8 @@ fn the_ledger_wal_is_reused_after_checkpoints_not_grown_through_the_run() {
     let size = size.expect("the run's WAL is there while it runs");
     // SQLite's default checkpoint: 1,000 pages of 4 KiB, plus the frames of
     // the commit that crossed it.
-    assert!(size <= 4_300_000, "the WAL grew to {size} bytes over {BEFORE_STALL} letters");
+    assert!(
+        size <= 4_300_000,
+        "the WAL grew to {size} bytes over {BEFORE_STALL} letters"
+    );
 }

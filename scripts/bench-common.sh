@@ -6,11 +6,19 @@
 #   apt_update_once, apt_install, apt_download
 #   ensure_time                 /usr/bin/time (Debian `time`)
 #   build_mailer                cargo build --release; sets MAILER
-#   gen_supporters N FILE       scripts/gen-supporters
+#   gen_supporters N FILE       scripts/gen-supporters (addresses in BENCH_DOMAIN)
 #   write_letter FILE STYLE     the ~1.5 KB benchmark letter; STYLE tera|jinja
 #   write_mailer_campaign DIR HOST PORT CONCURRENCY INSECURE(0|1) SUPPORTERS.csv
 #   measure LOG CMD...          runs CMD under /usr/bin/time -v; sets M_SECS M_RSS_KB M_RC
 #   median NUMBERS...           prints the median
+
+# The domain of every made-up address (supporters, sender, target), under
+# which each gets its own subdomain. `example` (reserved, RFC 2606) by
+# default; a caller whose relay is not loopback sets `internal`:
+# `send` refuses placeholder addresses there, and `.internal` is reserved
+# for private use (ICANN, 2024), so it is no placeholder and never a real
+# public domain either.
+BENCH_DOMAIN=${BENCH_DOMAIN:-example}
 
 # Set by measure(); read by the callers.
 # shellcheck disable=SC2034
@@ -68,7 +76,7 @@ build_mailer() {
 }
 
 gen_supporters() {
-	"$ROOT/scripts/gen-supporters" "$1" "$2"
+	"$ROOT/scripts/gen-supporters" "$1" "$2" "supporters.$BENCH_DOMAIN"
 }
 
 # write_letter FILE tera|jinja — the benchmark letter (~1.4 KB body; ~1.8 KB
@@ -135,12 +143,12 @@ letter = "letters/letter.txt"
 subject = "{{ supporter.name }} from {{ supporter.city }}: cancel the ICE contract"
 
 [sender]
-from = "{{ supporter.name }} via Bench Org <letters@bench.example>"
+from = "{{ supporter.name }} via Bench Org <letters@bench.$BENCH_DOMAIN>"
 reply_to = "{{ supporter.email }}"
 
 [[targets]]
 name = "Satya Nadella"
-email = "satya.nadella@microsoft.example"
+email = "satya.nadella@microsoft.$BENCH_DOMAIN"
 
 [supporters]
 file = "supporters.csv"

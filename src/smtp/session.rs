@@ -361,6 +361,8 @@ impl Connection {
         }
         self.wire.rbuf.clear();
         self.wire.stream = Stream::Tls(Box::new(StreamOwned::new(client, tcp)));
+        // The handshake set the socket's timeouts itself.
+        self.wire.forget_bound();
         Ok(())
     }
 

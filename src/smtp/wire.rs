@@ -5,6 +5,7 @@
 //! Generic over the stream, so it is unit-tested over an in-memory one; TCP,
 //! TLS, STARTTLS and AUTH are `session`'s.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,10 @@ const MAX_SHOWN: usize = 1000;
 /// leave within the timeout (a slow uplink may need longer for a whole body).
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Longest one read blocks before it looks at the run's stop flag again.
+/// Longest one read or write blocks before it looks at the run's stop flag
+/// (reads) or the deadline again. Every read and write is bounded by this
+/// same slice, so the socket's timeouts are set once per connection, not
+/// once per call.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// The run's stop flag, set by `send`'s SIGINT/SIGTERM handlers.
@@ -98,6 +102,9 @@ pub(crate) struct Wire<S> {
     pub(crate) awaiting_outcome: bool,
     /// When the last reply was asked for.
     pub(crate) last_used: Instant,
+    /// The bound last set on the stream (see [`Wire::bound`]); `None` when
+    /// unknown, as after the stream was replaced.
+    bounded: Cell<Option<Duration>>,
 }
 
 impl<S: Timed> Wire<S> {
@@ -109,7 +116,14 @@ impl<S: Timed> Wire<S> {
             secrets: Vec::new(),
             awaiting_outcome: false,
             last_used: Instant::now(),
+            bounded: Cell::new(None),
         }
+    }
+
+    /// Forgets the bound set on the stream: call after something other
+    /// than this wire set the stream's timeouts (the TLS handshake).
+    pub(crate) fn forget_bound(&self) {
+        self.bounded.set(None);
     }
 
     /// Writes `text` and reads one reply.
@@ -126,11 +140,12 @@ impl<S: Timed> Wire<S> {
     /// [`Wire::send`], counting into `written` the bytes the stream took,
     /// so a failed write can say whether a given prefix left.
     pub(crate) fn send_counted(&mut self, bytes: &[u8], written: &mut usize) -> io::Result<()> {
+        let late = |e| timeout_as(e, "the server did not take the data in time");
         for chunk in bytes.chunks(WRITE_CHUNK) {
             let deadline = Instant::now() + self.timeout;
             let mut rest = chunk;
             while !rest.is_empty() {
-                self.set_timeout(deadline, false)?;
+                self.bound(deadline).map_err(late)?;
                 match self.stream.write(rest) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
@@ -138,29 +153,38 @@ impl<S: Timed> Wire<S> {
                         rest = &rest[n..];
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(timeout_as(e, "the server did not take the data in time")),
+                    // A slice of the deadline ran out, not the deadline.
+                    Err(e) if is_timeout(&e) && Instant::now() < deadline => {}
+                    Err(e) => return Err(late(e)),
                 }
             }
-            self.set_timeout(deadline, false)?;
-            self.stream
-                .flush()
-                .map_err(|e| timeout_as(e, "the server did not take the data in time"))?;
+            loop {
+                self.bound(deadline).map_err(late)?;
+                match self.stream.flush() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if is_timeout(&e) && Instant::now() < deadline => {}
+                    Err(e) => return Err(late(e)),
+                }
+            }
         }
         Ok(())
     }
 
-    /// Bounds the next reads and writes by what is left until `deadline`
-    /// (both: TLS may write while reading). `read` names the error.
-    fn set_timeout(&self, deadline: Instant, read: bool) -> io::Result<()> {
-        let left = until(deadline).map_err(|e| {
-            let what = if read {
-                "the server did not reply in time"
-            } else {
-                "the server did not take the data in time"
-            };
-            timeout_as(e, what)
-        })?;
-        self.stream.limit(left)
+    /// Bounds the next reads and writes (both: TLS may write while
+    /// reading) by a slice of what is left until `deadline`: at most
+    /// [`STOP_POLL`], so callers retry a slice that ran out while the
+    /// deadline has not. The stream's timeouts change only when the slice
+    /// does: with time to spare it is always [`STOP_POLL`], and a letter
+    /// costs no system calls for them.
+    fn bound(&self, deadline: Instant) -> io::Result<()> {
+        let slice = until(deadline)?.min(STOP_POLL);
+        if self.bounded.get() != Some(slice) {
+            self.bounded.set(None);
+            self.stream.limit(slice)?;
+            self.bounded.set(Some(slice));
+        }
+        Ok(())
     }
 
     /// Reads `n` replies.
@@ -222,8 +246,8 @@ impl<S: Timed> Wire<S> {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
             }
             let mut chunk = [0u8; 4096];
-            let left = until(deadline).map_err(|e| timeout_as(e, "the server did not reply in time"))?;
-            self.stream.limit(left.min(STOP_POLL))?;
+            self.bound(deadline)
+                .map_err(|e| timeout_as(e, "the server did not reply in time"))?;
             let n = match self.stream.read(&mut chunk) {
                 Ok(n) => n,
                 // A slice of the deadline ran out, not the deadline.
@@ -407,6 +431,99 @@ pub(crate) mod tests {
 
     fn wire(input: &[u8]) -> Wire<Memory> {
         Wire::new(Memory::new(input), Duration::from_secs(1))
+    }
+
+    /// A [`Memory`] that counts the bounds set on it and whose first
+    /// `stalls` writes and flushes time out, as a socket's do when its
+    /// send timeout runs out before the peer takes the data.
+    struct Slow {
+        memory: Memory,
+        limits: std::cell::RefCell<Vec<Duration>>,
+        stalls: usize,
+    }
+
+    impl Slow {
+        fn new(input: &[u8], stalls: usize) -> Slow {
+            Slow {
+                memory: Memory::new(input),
+                limits: std::cell::RefCell::new(Vec::new()),
+                stalls,
+            }
+        }
+
+        /// One stall: the write times out at once (the wire retries at
+        /// once while its deadline has not passed).
+        fn stall(&mut self) -> io::Result<()> {
+            if self.stalls == 0 {
+                return Ok(());
+            }
+            self.stalls -= 1;
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.memory.read(buf)
+        }
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.stall()?;
+            self.memory.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.stall()
+        }
+    }
+
+    impl Timed for Slow {
+        fn limit(&self, left: Duration) -> io::Result<()> {
+            self.limits.borrow_mut().push(left);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn socket_timeouts_are_set_once_not_per_read_and_write() {
+        let mut w = Wire::new(
+            Slow::new(b"250 a\r\n250 b\r\n354 c\r\n", 0),
+            Duration::from_secs(30),
+        );
+        for line in ["MAIL FROM:<a@b.org>\r\n", "RCPT TO:<c@d.org>\r\n", "DATA\r\n"] {
+            w.command(line).unwrap();
+        }
+        assert_eq!(
+            w.stream.memory.output,
+            b"MAIL FROM:<a@b.org>\r\nRCPT TO:<c@d.org>\r\nDATA\r\n"
+        );
+        let limits = w.stream.limits.borrow();
+        assert_eq!(limits.len(), 1, "{limits:?}");
+        assert!(limits[0] <= Duration::from_secs(30), "{limits:?}");
+    }
+
+    #[test]
+    fn a_write_whose_slice_of_the_deadline_runs_out_is_retried() {
+        // Three writes and then the flush time out: the deadline (30 s) has not.
+        let mut w = Wire::new(Slow::new(b"250 ok\r\n", 4), Duration::from_secs(30));
+        let mut written = 0;
+        w.send_counted(b"MAIL FROM:<a@b.org>\r\n", &mut written).unwrap();
+        assert_eq!(written, 21);
+        assert_eq!(w.stream.memory.output, b"MAIL FROM:<a@b.org>\r\n");
+        assert_eq!(w.reply().unwrap().code, 250);
+    }
+
+    #[test]
+    fn a_write_still_stalled_at_the_deadline_times_out() {
+        let mut w = Wire::new(Slow::new(b"", usize::MAX), Duration::from_millis(50));
+        let e = w.send(b"MAIL FROM:<a@b.org>\r\n").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            e.to_string(),
+            "timed out: the server did not take the data in time"
+        );
+        assert!(w.stream.memory.output.is_empty());
     }
 
     #[test]

@@ -28,5 +28,6 @@ mod review2;
 mod routing;
 mod schedule;
 mod security;
+mod sync_cost;
 mod terminal;
 mod variants;

@@ -2,11 +2,12 @@
 //! letter, a sender that adapts to the relay.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::campaign::Campaign;
+use crate::support::relays::throttling_relay;
 use crate::support::smtp::{Action, Received, Security, Server, ServerOptions, Step};
 use crate::support::wait::idle;
 
@@ -144,25 +145,6 @@ fn issue13_a_refused_rcpt_in_the_combined_flight_fails_that_letter_only() {
         c.states(),
         vec![("failed".to_string(), 1), ("sent".to_string(), 2)]
     );
-}
-
-/// A relay that takes at most one letter per `gap` (counted at MAIL) and
-/// answers faster ones as Amazon SES does; counts its refusals.
-fn throttling_relay(gap: Duration, refused: &Arc<AtomicUsize>) -> ServerOptions {
-    let last = Mutex::new(None::<Instant>);
-    let refused = Arc::clone(refused);
-    ServerOptions::new(Security::Plain).with_script(move |step| {
-        if let Step::Mail { .. } = step {
-            let mut last = last.lock().unwrap();
-            let now = Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < gap) {
-                refused.fetch_add(1, SeqCst);
-                return Action::reply("454 Throttling failure: Maximum sending rate exceeded.");
-            }
-            *last = Some(now);
-        }
-        Action::Default
-    })
 }
 
 #[test]

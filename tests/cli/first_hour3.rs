@@ -9,7 +9,8 @@ use crate::support::campaign::Campaign;
 use crate::support::pty::Term;
 use base64::Engine as _;
 
-use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+use crate::support::relays::starttls_auth_campaign;
+use crate::support::smtp::{Security, Server, ServerOptions};
 
 // ---------------------------------------------------------------- item 3: the confirmation shows the letter
 
@@ -76,26 +77,9 @@ fn issue15_the_confirmation_of_a_larger_run_shows_the_first_letters_headers() {
 const USER: &str = "letters@org.example";
 const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
 
-/// A STARTTLS server that requires AUTH as [`USER`] / [`PASSWORD`], and the
-/// default campaign pointed at it (`ca_file` trusts it); `extra` goes in [smtp].
-fn auth_campaign(extra: &str) -> (Server, Campaign) {
-    let pki = TestPki::new();
-    let mut opts = ServerOptions::new(Security::StartTls)
-        .with_auth(USER, PASSWORD)
-        .with_pki(&pki);
-    opts.auth_after_tls = true;
-    let server = Server::start(opts);
-    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
-        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\n\
-         username = \"{USER}\"\nca_file = \"ca.pem\"\ntimeout_secs = 5\n{extra}",
-        server.port()
-    ));
-    (server, c)
-}
-
 #[test]
 fn issue15_a_password_typed_at_the_terminal_is_not_echoed_and_reaches_auth() {
-    let (server, c) = auth_campaign("");
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let mut t = Term::spawn_ctty(&c.command(&["send"]));
     t.expect("(not stored): ");
     t.expect_no_echo();
@@ -135,7 +119,11 @@ fn issue15_a_password_typed_at_the_terminal_is_not_echoed_and_reaches_auth() {
 
 #[test]
 fn issue15_a_failing_password_command_stops_send_before_the_question() {
-    let (server, c) = auth_campaign("password_command = \"echo 'vault locked' >&2; exit 3\"\n");
+    let (server, c) = starttls_auth_campaign(
+        USER,
+        PASSWORD,
+        "password_command = \"echo 'vault locked' >&2; exit 3\"\n",
+    );
     let t = Term::spawn(c.command(&["send"]));
     let (code, text) = t.finish();
     assert_eq!(code, 1, "--- terminal\n{text}");
@@ -146,7 +134,7 @@ fn issue15_a_failing_password_command_stops_send_before_the_question() {
 
 #[test]
 fn issue15_an_unset_password_variable_stops_a_run_without_a_terminal_before_connecting() {
-    let (server, c) = auth_campaign("");
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let r = c.run(&["send", "--yes"]);
     r.code(1).stderr_has("MAILER_SMTP_PASSWORD");
     assert_eq!(server.connections(), 0, "connected with no password");
@@ -157,7 +145,7 @@ fn issue15_an_unset_password_variable_stops_a_run_without_a_terminal_before_conn
 
 #[test]
 fn issue15_check_reports_a_missing_password_source() {
-    let (_server, c) = auth_campaign("");
+    let (_server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     // Not set: a warning; `send` at a terminal would ask, so exit 0.
     c.run(&["check"])
         .code(0)
@@ -170,7 +158,7 @@ fn issue15_check_reports_a_missing_password_source() {
     assert!(!r.stderr.contains("SMTP password"), "{}", r.stderr);
     assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
     // A command that fails stops `send`: exit 1.
-    let (_server, c) = auth_campaign("password_command = \"exit 3\"\n");
+    let (_server, c) = starttls_auth_campaign(USER, PASSWORD, "password_command = \"exit 3\"\n");
     c.run(&["check"])
         .code(1)
         .stdout_has("[smtp] password")

@@ -10,29 +10,13 @@ use base64::Engine as _;
 
 use crate::support::campaign::Campaign;
 use crate::support::pty::Term;
-use crate::support::smtp::{Security, Server, ServerOptions, TestPki};
+use crate::support::relays::starttls_auth_campaign;
+use crate::support::smtp::{Security, Server, ServerOptions};
 
 // ---------------------------------------------------------------- item 4: the password, asked for
 
 const USER: &str = "letters@org.example";
 const PASSWORD: &str = "Tr0ub4dor&3-horse-Battery";
-
-/// A STARTTLS server that requires AUTH as [`USER`] / [`PASSWORD`], and the
-/// default campaign pointed at it (`ca_file` trusts it).
-fn auth_campaign() -> (Server, Campaign) {
-    let pki = TestPki::new();
-    let mut opts = ServerOptions::new(Security::StartTls)
-        .with_auth(USER, PASSWORD)
-        .with_pki(&pki);
-    opts.auth_after_tls = true;
-    let server = Server::start(opts);
-    let c = Campaign::new().file("ca.pem", pki.ca_pem()).section(&format!(
-        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"starttls\"\n\
-         username = \"{USER}\"\nca_file = \"ca.pem\"\ntimeout_secs = 5\n",
-        server.port()
-    ));
-    (server, c)
-}
 
 /// Runs `args` at a terminal, types [`PASSWORD`] at the prompt (checking
 /// that echo is off), and returns the exit code and the whole screen.
@@ -70,7 +54,7 @@ fn authenticated_with_the_typed_password(server: &Server) {
 
 #[test]
 fn issue15_send_test_asks_for_the_password_at_a_terminal() {
-    let (server, c) = auth_campaign();
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let (code, text) = typed_password(&c, &["send", "--test", "me@mail.example"]);
     assert_eq!(code, 0, "--- terminal\n{text}");
     assert!(text.contains("accepted"), "--- terminal\n{text}");
@@ -81,7 +65,7 @@ fn issue15_send_test_asks_for_the_password_at_a_terminal() {
 
 #[test]
 fn issue15_check_smtp_asks_for_the_password_at_a_terminal() {
-    let (server, c) = auth_campaign();
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let (code, text) = typed_password(&c, &["check", "--smtp"]);
     assert_eq!(code, 0, "--- terminal\n{text}");
     assert!(
@@ -93,7 +77,7 @@ fn issue15_check_smtp_asks_for_the_password_at_a_terminal() {
 
 #[test]
 fn issue15_without_a_terminal_send_test_and_check_smtp_still_name_the_missing_variable() {
-    let (server, c) = auth_campaign();
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     for args in [&["send", "--test", "me@mail.example"][..], &["check", "--smtp"]] {
         let r = c.run(args);
         r.code(1).stderr_has("MAILER_SMTP_PASSWORD");
@@ -224,7 +208,7 @@ fn with<'a>(config: &'a [String; 2], args: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn issue15_daily_limit_counts_every_campaign_in_the_folder_sent_through_the_same_account() {
-    let (server, c) = auth_campaign();
+    let (server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let c = c
         .section("[delivery]\ndaily_limit = 3\n")
         .env("MAILER_SMTP_PASSWORD", PASSWORD);
@@ -284,7 +268,7 @@ fn issue15_daily_limit_counts_every_campaign_in_the_folder_sent_through_the_same
 
 #[test]
 fn issue15_a_ledger_beside_that_cannot_be_read_is_named_and_not_counted() {
-    let (_server, c) = auth_campaign();
+    let (_server, c) = starttls_auth_campaign(USER, PASSWORD, "");
     let c = c.section("[delivery]\ndaily_limit = 3\n").file(
         ".mailer/broken.sqlite3",
         "this is no SQLite database, just text\n".repeat(200),

@@ -3,11 +3,12 @@
 //! literal password.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::campaign::{Campaign, SUPPORTERS};
+use crate::support::relays::throttling_relay;
 use crate::support::smtp::{Action, Security, Server, ServerOptions, Step};
 
 /// How many times `needle` occurs in `text`.
@@ -60,25 +61,6 @@ fn follow_shows_each_note_once_and_later_rounds_only_what_is_new() {
 }
 
 // ---- the relay's pace carries over to the next round ----
-
-/// A relay that takes at most one letter per `gap` (counted at MAIL) and
-/// answers faster ones as Amazon SES does; counts its refusals.
-fn throttling_relay(gap: Duration, refused: &Arc<AtomicUsize>) -> ServerOptions {
-    let last = Mutex::new(None::<Instant>);
-    let refused = Arc::clone(refused);
-    ServerOptions::new(Security::Plain).with_script(move |step| {
-        if let Step::Mail { .. } = step {
-            let mut last = last.lock().unwrap();
-            let now = Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < gap) {
-                refused.fetch_add(1, SeqCst);
-                return Action::reply("454 Throttling failure: Maximum sending rate exceeded.");
-            }
-            *last = Some(now);
-        }
-        Action::Default
-    })
-}
 
 #[test]
 fn follow_starts_the_next_round_at_the_pace_the_relay_left() {

@@ -164,6 +164,11 @@ impl Campaign {
     fn check_headers(&self) -> Result<()> {
         let many = self.config.targets.len() > 1;
         for h in self.letter.header_templates() {
+            // With `one_of`, each letter gets one of the choices: every
+            // choice is checked (rendered under enough letter seeds to meet
+            // each), since a bad one would fail the letters that draw it.
+            let choices = letter::mentions(&h.text, "one_of");
+            let seeds = if choices { ONE_OF_SEEDS } else { 1 };
             let problem = if letter::same_for_every_supporter(&h.text) {
                 // Nor target: the same for every letter, rendered once
                 // (not once per row of a 535-row targets file).
@@ -173,29 +178,46 @@ impl Campaign {
                     1
                 };
                 self.config.targets.iter().take(targets).find_map(|target| {
-                    let value = match self.letter.render_header(h, target, &self.globals) {
-                        Ok(v) => v,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    let for_target = if many {
-                        format!(" (for target `{}`)", target.email)
-                    } else {
-                        String::new()
-                    };
-                    message::check_part(h.part, &value)
-                        .err()
-                        .map(|why| Ok(format!("{why}{for_target}")))
+                    let mut seen = std::collections::HashSet::new();
+                    (0..seeds).find_map(|seed| {
+                        let value = match self.letter.render_header(h, target, &self.globals, seed) {
+                            Ok(v) => v,
+                            Err(e) => return Some(Err(e)),
+                        };
+                        if !seen.insert(value.clone()) {
+                            return None;
+                        }
+                        let for_target = if many {
+                            format!(" (for target `{}`)", target.email)
+                        } else {
+                            String::new()
+                        };
+                        message::check_part(h.part, &value).err().map(|why| {
+                            Ok(if choices {
+                                format!(
+                                    "{why}{for_target}; it is one of the template's `one_of` choices, \
+                                     so every letter that draws it would fail"
+                                )
+                            } else {
+                                format!("{why}{for_target}; this holds for every supporter, so no letter could be sent")
+                            })
+                        })
+                    })
                 })
             } else {
                 letter::always_rendered(&h.text)
                     .and_then(|pieces| message::check_part_floor(h.part, &pieces).err())
-                    .map(Ok)
+                    .map(|why| {
+                        Ok(format!(
+                            "{why}; this holds for every supporter, so no letter could be sent"
+                        ))
+                    })
             };
             match problem {
                 None => {}
                 Some(Err(e)) => return Err(e),
                 Some(Ok(why)) => bail!(
-                    "{}: {why}; this holds for every supporter, so no letter could be sent\n\n\
+                    "{}: {why}\n\n\
                      hint: fix {} in `{}`",
                     h.location,
                     h.part.config_key(),
@@ -422,6 +444,11 @@ impl Campaign {
         self.config.targets.len()
     }
 }
+
+/// Letter seeds a header with `one_of` is rendered under by `check`, to
+/// meet each of its choices (a choice among 16 is missed with odds of about
+/// one in a million).
+const ONE_OF_SEEDS: u64 = 256;
 
 /// Rows read and prepared together by [`Batches`].
 const BATCH_ROWS: usize = 1024;

@@ -99,7 +99,9 @@ impl Letter {
         h: &HeaderTemplate,
         target: &Target,
         globals: &Globals,
+        seed: u64,
     ) -> Result<String> {
+        let _seed = Seeded::new(seed);
         let ctx = context_with(&BTreeMap::new(), target, globals);
         Ok(self
             .headers_tera

@@ -23,6 +23,7 @@ mod hold_one_letter;
 mod hostile_files;
 mod inputs;
 mod nothing_to_send;
+mod one_of_headers;
 mod reports;
 mod review2;
 mod routing;

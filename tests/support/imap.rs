@@ -155,15 +155,10 @@ service imap-login {{
     /// gives up after 30 s, since a loaded machine once took longer than 10,
     /// and returns what is there).
     pub fn wait_log(&self, needle: &str) -> String {
-        self.wait_log_any(&[needle])
-    }
-
-    /// dovecot's log once it holds any of `needles` (as [`Dovecot::wait_log`]).
-    pub fn wait_log_any(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log();
-            if needles.iter().any(|n| log.contains(n)) || Instant::now() > deadline {
+            if log.contains(needle) || Instant::now() > deadline {
                 return log;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -3,9 +3,9 @@
 //! relay, `init`'s questions and `preview` at a terminal.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use crate::support::campaign::Campaign;
+use crate::support::pty::Term;
 use crate::support::smtp::{Received, Security, Server, ServerOptions};
 use crate::support::wait::idle;
 
@@ -328,45 +328,8 @@ fn issue15_placeholders_on_loopback_are_fine() {
 
 /// Runs `cmd` with stdin, stdout and stderr on a fresh pseudo-terminal and
 /// returns its exit code and everything the terminal showed.
-fn on_a_terminal(mut cmd: std::process::Command) -> (i32, String) {
-    use rustix::fs::{Mode, OFlags};
-    use rustix::pty::OpenptFlags;
-    use std::io::Read as _;
-    use std::process::Stdio;
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .expect("open /dev/ptmx");
-    rustix::pty::grantpt(&master).unwrap();
-    rustix::pty::unlockpt(&master).unwrap();
-    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .unwrap();
-    let tty = || Stdio::from(slave.try_clone().unwrap());
-    cmd.env("TERM", "xterm-256color")
-        .stdin(tty())
-        .stdout(tty())
-        .stderr(tty());
-    let mut child = cmd.spawn().expect("spawn mailer on a pty");
-    drop(cmd);
-    drop(slave);
-    let mut reader = std::fs::File::from(master);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = reader.read(&mut buf) {
-            all.extend_from_slice(&buf[..n]);
-        }
-        let _ = tx.send(all);
-    });
-    let seen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the command ended within 20 s");
-    let code = child.wait().unwrap().code().unwrap_or(-1);
-    (code, String::from_utf8_lossy(&seen).replace("\r\n", "\n"))
+fn on_a_terminal(cmd: std::process::Command) -> (i32, String) {
+    Term::spawn(cmd).finish()
 }
 
 fn many_supporters(n: usize) -> String {

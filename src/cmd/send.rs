@@ -114,7 +114,7 @@ fn round(
     // Plan: render everything, count what is due.
     let now = engine.clock.unix();
     let (plan, scanned) = delivery::scan(campaign, Some(&ledger), opts, now, ui, &interrupt.stop)?;
-    let budget = delivery::campaign_budget(campaign, Some(&ledger), opts, now, ui)?;
+    let (budget, daily) = delivery::campaign_budget(campaign, Some(&ledger), opts, now, ui)?;
     let pace = delivery::pace(campaign, &ledger, &plan, now)?;
     let to_send = pace
         .as_ref()
@@ -131,7 +131,7 @@ fn round(
     };
     if to_send == 0 {
         summary.not_reached = summary.plan.due;
-        let held = delivery::held_by(campaign, &ledger, &summary.plan, budget, pace.as_ref(), now)?;
+        let held = delivery::held_by(campaign, &summary.plan, (budget, daily.as_ref()), pace.as_ref());
         if !(opts.follow && summary.plan.due > 0) {
             report::print_summary(&summary, budget, ui);
         }
@@ -336,7 +336,7 @@ fn dry_run(
     for w in crate::resend::warnings(campaign, ledger.as_ref())? {
         ui.warn(&w);
     }
-    let budget = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now, ui)?;
+    let (budget, _) = delivery::campaign_budget(campaign, ledger.as_ref(), opts, now, ui)?;
     report::print_plan(campaign, &plan, budget)?;
     if campaign.config.schedule.is_some() {
         report::out(&schedule_plan(campaign, ledger.as_ref(), &plan, now)?)?;

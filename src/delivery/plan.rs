@@ -60,16 +60,18 @@ pub(crate) fn budget(per_run: Option<u64>, daily_limit: Option<u64>, handed_over
 
 /// [`budget`] for this campaign, from its ledger if there is one and the
 /// other ledgers sharing its relay account ([`daily_use`]); says when
-/// `daily_limit` is shared, and warns of a ledger it could not read.
+/// `daily_limit` is shared, and warns of a ledger it could not read. Also
+/// returns that use (with `daily_limit`), for [`held_by`]: the other
+/// ledgers are read once a round.
 pub(crate) fn campaign_budget(
     campaign: &Campaign,
     ledger: Option<&Ledger>,
     opts: &Options,
     now: i64,
     ui: &Ui,
-) -> Result<Option<u64>> {
+) -> Result<(Option<u64>, Option<DailyUse>)> {
     let d = &campaign.config.delivery;
-    let today = match d.daily_limit {
+    let (today, daily) = match d.daily_limit {
         Some(limit) => {
             let used = daily_use(campaign, ledger, now)?;
             for why in &used.unread {
@@ -83,11 +85,11 @@ pub(crate) fn campaign_budget(
             {
                 ui.note(&line);
             }
-            used.used()
+            (used.used(), Some(used))
         }
-        None => 0,
+        None => (0, None),
     };
-    Ok(budget(opts.limit.or(d.max_per_run), d.daily_limit, today))
+    Ok((budget(opts.limit.or(d.max_per_run), d.daily_limit, today), daily))
 }
 
 /// A day, the `daily_limit` period.
@@ -233,19 +235,18 @@ pub(crate) struct Held {
     pub(crate) wake: Option<i64>,
 }
 
-/// What held a run that sends nothing (`budget`: [`campaign_budget`]).
+/// What held a run that sends nothing (`budget` and `daily`:
+/// [`campaign_budget`]).
 pub(crate) fn held_by(
     campaign: &Campaign,
-    ledger: &Ledger,
     plan: &Plan,
-    budget: Option<u64>,
+    (budget, daily): (Option<u64>, Option<&DailyUse>),
     pace: Option<&Pace>,
-    now: i64,
-) -> Result<Held> {
+) -> Held {
     let config = &campaign.config;
     let mut held = Held::default();
     if plan.due == 0 {
-        return Ok(held);
+        return held;
     }
     let zone = config
         .schedule
@@ -254,11 +255,7 @@ pub(crate) fn held_by(
     let mut earliest = |t: i64| held.wake = Some(held.wake.map_or(t, |w| w.min(t)));
     let mut lines = Vec::new();
     if budget == Some(0) {
-        let used = match config.delivery.daily_limit {
-            Some(_) => Some(daily_use(campaign, Some(ledger), now)?),
-            None => None,
-        };
-        if let (Some(limit), Some(used)) = (config.delivery.daily_limit, used)
+        if let (Some(limit), Some(used)) = (config.delivery.daily_limit, daily)
             && used.used() >= limit
         {
             let when = used.frees_at(limit).map_or_else(String::new, |t| {
@@ -306,7 +303,7 @@ pub(crate) fn held_by(
         }
     }
     held.lines = lines;
-    Ok(held)
+    held
 }
 
 /// Pass 1: renders every letter, reports row problems, counts what is due.

@@ -90,22 +90,7 @@ impl Term {
     /// Waits until the terminal shows `needle`.
     #[track_caller]
     pub fn expect(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.text().contains(needle) {
-            match self
-                .chunks
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(chunk) => self.seen.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "the terminal never showed {needle:?}\n--- terminal\n{}",
-                        self.text()
-                    );
-                }
-            }
-        }
+        self.expect_after(0, needle);
     }
 
     /// Waits until the terminal shows `needle` after byte `at` of the text.

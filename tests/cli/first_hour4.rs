@@ -257,13 +257,7 @@ fn issue15_daily_limit_counts_every_campaign_in_the_folder_sent_through_the_same
     r.code(0).stdout_has("This run would send at most 3 ");
     assert!(!r.stderr.contains("shared"), "{}", r.stderr);
 
-    for entry in std::fs::read_dir(c.join(".mailer")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains(PASSWORD),
-            "the password was stored"
-        );
-    }
+    c.assert_never_stored(PASSWORD);
 }
 
 #[test]

@@ -139,6 +139,24 @@ impl Campaign {
         self.join(".mailer/test-campaign.sqlite3")
     }
 
+    /// Asserts no file in `.mailer/` (ledgers, journals, rescued copies)
+    /// holds `secret`.
+    #[track_caller]
+    pub fn assert_never_stored(&self, secret: &str) {
+        let Ok(entries) = std::fs::read_dir(self.join(".mailer")) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(secret),
+                "the password was stored in {}",
+                path.display()
+            );
+        }
+    }
+
     /// `SELECT state, count(*)` from the ledger, as `state=n` sorted.
     pub fn states(&self) -> Vec<(String, i64)> {
         let conn = rusqlite::Connection::open(self.ledger()).unwrap();

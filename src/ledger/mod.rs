@@ -375,6 +375,17 @@ mod tests {
         (dir, l)
     }
 
+    /// The letter from `supporter` to `ceo@corp.example` (line 2).
+    pub(super) fn to_ceo<'a>(supporter: &'a str, variant: &'a Variant) -> Key<'a> {
+        Key {
+            supporter,
+            target: "ceo@corp.example",
+            line: 2,
+            message_id: "<id@o>",
+            variant,
+        }
+    }
+
     pub(super) fn reply(code: u16, text: &str) -> End {
         End::Reply(Reply {
             code,

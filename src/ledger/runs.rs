@@ -93,8 +93,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use crate::ledger::Key;
-    use crate::ledger::tests::{ledger, reply, sent};
+    use crate::ledger::tests::{ledger, reply, sent, to_ceo};
     use crate::letter::Variant;
     use crate::smtp::classify;
 
@@ -103,13 +102,7 @@ mod tests {
         let (_d, l) = ledger();
         assert_eq!(l.last_run().unwrap(), None);
         let v = Variant::default();
-        let key = |supporter| Key {
-            supporter,
-            target: "ceo@corp.example",
-            line: 2,
-            message_id: "<id@o>",
-            variant: &v,
-        };
+        let key = |supporter| to_ceo(supporter, &v);
         l.record(&key("a@x.org"), &sent("250", "ok", &[]), 0, false, 100)
             .unwrap();
         let deferred = classify(reply(451, "later"), false, Vec::new());

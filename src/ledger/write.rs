@@ -297,7 +297,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::tests::{ledger, reply, sent};
+    use crate::ledger::tests::{ledger, reply, sent, to_ceo};
     use crate::letter::Variant;
     use crate::smtp::classify;
 
@@ -305,13 +305,7 @@ mod tests {
     fn an_outcome_rides_with_the_next_claim_in_one_commit() {
         let (_d, l) = ledger();
         let v = Variant::default();
-        let key = |supporter| Key {
-            supporter,
-            target: "ceo@corp.example",
-            line: 2,
-            message_id: "<id@o>",
-            variant: &v,
-        };
+        let key = |supporter| to_ceo(supporter, &v);
         l.claim(&key("a@x.org"), 100).unwrap();
         let sent_a = Outcome::new(
             &key("a@x.org"),
@@ -345,13 +339,8 @@ mod tests {
     #[test]
     fn transitions_and_recovery() {
         let (_d, l) = ledger();
-        let a = Key {
-            supporter: "a@x.org",
-            target: "ceo@corp.example",
-            line: 2,
-            message_id: "<id@o>",
-            variant: &Variant::default(),
-        };
+        let variant = Variant::default();
+        let a = to_ceo("a@x.org", &variant);
         l.claim(&a, 100).unwrap();
         assert_eq!(
             l.get("a@x.org", "ceo@corp.example").unwrap().unwrap().state,
@@ -403,13 +392,8 @@ mod tests {
     #[test]
     fn refused_copies_are_kept_with_the_sent_letter() {
         let (_d, l) = ledger();
-        let a = Key {
-            supporter: "a@x.org",
-            target: "ceo@corp.example",
-            line: 2,
-            message_id: "<id@o>",
-            variant: &Variant::default(),
-        };
+        let variant = Variant::default();
+        let a = to_ceo("a@x.org", &variant);
         l.claim(&a, 100).unwrap();
         let refused = vec![
             ("a@x.org".to_string(), "550 5.1.1 no".to_string()),
@@ -449,13 +433,8 @@ mod tests {
     #[test]
     fn a_claim_refuses_a_letter_another_run_holds() {
         let (_d, l) = ledger();
-        let a = Key {
-            supporter: "a@x.org",
-            target: "ceo@corp.example",
-            line: 2,
-            message_id: "<id@o>",
-            variant: &Variant::default(),
-        };
+        let variant = Variant::default();
+        let a = to_ceo("a@x.org", &variant);
         l.claim(&a, 100).unwrap();
         let err = l.claim(&a, 101).unwrap_err();
         assert!(err.to_string().contains("another run"), "{err}");
